@@ -1,0 +1,110 @@
+//! The admin listener: `/metrics` (Prometheus text), `/livez`, `/readyz`. Never on the ingress
+//! port, so the metrics and health of a bridge are not exposed to the webhook sender.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::server::{self, HttpResponse};
+use crate::sink::{BrokerState, BrokerStatus};
+use crate::spool::{Health, Spool};
+
+pub struct Admin {
+    pub spool: Spool,
+    pub metrics: Arc<Metrics>,
+    pub broker: Arc<BrokerStatus>,
+}
+
+#[derive(Clone)]
+pub struct AdminService(pub Arc<Admin>);
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { Ok(this.handle(&req)) })
+    }
+}
+
+impl Admin {
+    fn handle(&self, req: &Request<Incoming>) -> HttpResponse {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return server::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed", "detail": "use GET"}),
+            );
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                self.refresh_gauges();
+                Response::builder()
+                    .header(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                    .body(Full::new(Bytes::from(self.metrics.render())))
+                    .expect("static response parts are valid")
+            }
+            "/livez" => server::json(StatusCode::OK, &json!({"status": "alive"})),
+            "/readyz" => self.readyz(),
+            _ => server::json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "detail": "try /metrics, /livez or /readyz"}),
+            ),
+        }
+    }
+
+    /// Ready while the spool can take deliveries, whatever the broker's state: during a broker
+    /// outage the bridge is exactly what should keep receiving traffic.
+    fn readyz(&self) -> HttpResponse {
+        let stats = self.spool.stats();
+        let (ready, spool) = match self.spool.health() {
+            Health::Ok => (true, "ok"),
+            Health::Full => (false, "full"),
+            Health::Failed => (false, "failed"),
+        };
+        let broker = match self.broker.get() {
+            BrokerState::Unknown => "unknown",
+            BrokerState::Up => "up",
+            BrokerState::Down => "down",
+        };
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        server::json(
+            status,
+            &json!({
+                "ready": ready,
+                "spool": spool,
+                "broker": broker,
+                "backlog_records": stats.records,
+                "backlog_bytes": stats.bytes,
+            }),
+        )
+    }
+
+    fn refresh_gauges(&self) {
+        let s = self.spool.stats();
+        let m = &self.metrics;
+        m.spool_records.set(s.records as i64);
+        m.spool_bytes.set(s.bytes as i64);
+        m.spool_segments.set(s.segments as i64);
+        m.spool_confirmed_seq.set(s.confirmed as i64);
+        m.spool_oldest_record_age
+            .set(s.oldest_unconfirmed_age.map_or(0.0, |d| d.as_secs_f64()));
+    }
+}

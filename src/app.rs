@@ -1,0 +1,266 @@
+//! Wires the pieces together: spool, ingress and admin listeners, sink, forwarder, and the order
+//! in which they stop.
+//!
+//! Shutdown order matters for the 2xx promise: first the ingress stops accepting and lets every
+//! in-flight request finish its fsync and get its answer; then the forwarder stops reading and
+//! lets in-flight publishes resolve; then the spool persists the confirmed position; the admin
+//! listener goes last so the process stays observable while it drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{Admin, AdminService};
+use crate::config::{Settings, SinkKind};
+use crate::forward::Forwarder;
+use crate::ingress::auth::Gate;
+use crate::ingress::{Ingress, IngressService};
+use crate::metrics::Metrics;
+use crate::server::{self, Limits};
+use crate::sink::{nats::NatsSink, BrokerStatus, Sink};
+use crate::spool::{self, Spool, SpoolConfig};
+
+/// Bytes a spool frame and the delivery metadata add around a body, at most.
+const RECORD_OVERHEAD: u32 = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spool could not be opened (locked by another process, unreadable directory...).
+    #[error("spool {dir}: {source}")]
+    Spool {
+        dir: String,
+        #[source]
+        source: spool::Error,
+    },
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink could not be set up (bad URL or credentials; an unreachable broker is not an error).
+    #[error("sink: {0}")]
+    Sink(String),
+}
+
+/// A bound, ready-to-run bridge.
+pub struct App {
+    settings: Settings,
+    ingress: TcpListener,
+    admin: TcpListener,
+    spool: Spool,
+    sink: Arc<dyn Sink>,
+    broker: Arc<BrokerStatus>,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Opens the spool (recovering it), binds both listeners and sets up the sink. Port 0 binds a
+    /// free port; see [`App::http_addr`].
+    pub async fn bind(settings: Settings) -> Result<App, Error> {
+        let metrics = Arc::new(Metrics::new());
+        let c = &settings.raw;
+        metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
+        let spool_cfg = SpoolConfig {
+            dir: c.spool.dir.clone(),
+            segment_bytes: c.spool.segment_bytes,
+            max_bytes: c.spool.max_bytes,
+            max_record_bytes: c.http.max_body_bytes + RECORD_OVERHEAD,
+            max_batch_bytes: c.spool.max_batch_bytes,
+            confirm_interval: c.spool.confirm_interval,
+        };
+        let dir = c.spool.dir.display().to_string();
+        let m = metrics.clone();
+        let started = Instant::now();
+        let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg, m))
+            .await
+            .expect("spool open does not panic")
+            .map_err(|source| Error::Spool {
+                dir: dir.clone(),
+                source,
+            })?;
+        tracing::info!(
+            dir = %dir,
+            segments = report.segments,
+            records = report.records,
+            confirmed = report.confirmed,
+            torn_tail_bytes = report.torn_tail_bytes,
+            corrupt_records_skipped = report.corrupt_records_skipped,
+            moved_aside = ?report.segments_moved_aside,
+            took = ?started.elapsed(),
+            "spool recovered"
+        );
+
+        let ingress = TcpListener::bind(c.http.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: c.http.listen,
+                source,
+            })?;
+        let admin = TcpListener::bind(c.admin.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: c.admin.listen,
+                source,
+            })?;
+
+        let broker = Arc::new(BrokerStatus::default());
+        let sink: Arc<dyn Sink> = match c.sink.kind {
+            SinkKind::Nats => Arc::new(
+                NatsSink::connect(&c.sink.nats, &settings.router, broker.clone())
+                    .await
+                    .map_err(|e| Error::Sink(e.to_string()))?,
+            ),
+            SinkKind::Kafka => return Err(Error::Sink("the kafka sink is not built in".into())),
+        };
+        Ok(App {
+            settings,
+            ingress,
+            admin,
+            spool,
+            sink,
+            broker,
+            metrics,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.ingress
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order (see the module doc) within
+    /// `shutdown.grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let App {
+            settings,
+            ingress,
+            admin,
+            spool,
+            sink,
+            broker,
+            metrics,
+        } = self;
+        let c = &settings.raw;
+        let grace = c.shutdown.grace;
+        tracing::info!(
+            listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            path = %c.http.path,
+            admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            sink = sink.name(),
+            "hookbridge serving"
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let forwarder = Forwarder {
+            spool: spool.clone(),
+            sink: sink.clone(),
+            router: settings.router.clone(),
+            cfg: c.forward.clone(),
+            metrics: metrics.clone(),
+            status: broker.clone(),
+        };
+        let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
+        let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
+
+        let gate = match &settings.token_auth {
+            Some(t) => Gate::Token(t.clone()),
+            None => Gate::Open,
+        };
+        let ingress_svc = IngressService(Arc::new(Ingress {
+            path: c.http.path.clone(),
+            max_body_bytes: c.http.max_body_bytes,
+            request_timeout: c.http.request_timeout,
+            retry_after: c.http.retry_after,
+            gate,
+            router: settings.router.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+        }));
+        let ingress_limits = Limits {
+            max_connections: c.http.max_connections,
+            header_timeout: c.http.header_timeout,
+            rejected_counter: Some(metrics.http_rejected_connections.clone()),
+            open_gauge: Some(metrics.http_connections.clone()),
+        };
+        let ingress_task = tokio::spawn(server::serve(
+            ingress,
+            ingress_svc,
+            ingress_limits,
+            stopped(stop_rx.clone()),
+            grace,
+        ));
+
+        let admin_svc = AdminService(Arc::new(Admin {
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            broker,
+        }));
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            admin_svc,
+            Limits {
+                max_connections: 64,
+                header_timeout: c.http.header_timeout,
+                rejected_counter: None,
+                open_gauge: None,
+            },
+            stopped(admin_stop_rx),
+            std::time::Duration::from_secs(1),
+        ));
+
+        shutdown.await;
+        let began = tokio::time::Instant::now();
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections; finishing in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+        let _ = ingress_task.await;
+        // The forwarder gets whatever grace the ingress left.
+        let remaining = grace.saturating_sub(began.elapsed());
+        tracing::info!(
+            ?remaining,
+            "ingress closed; letting in-flight publishes resolve"
+        );
+        let _ = fwd_stop_tx.send(true);
+        if tokio::time::timeout(
+            remaining + std::time::Duration::from_millis(200),
+            forward_task,
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("forwarder did not stop in time");
+        }
+        if let Err(e) = spool.close().await {
+            tracing::error!(error = %e, "closing the spool failed; the next start replays from the last persisted position");
+        }
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+        let s = spool.stats();
+        tracing::info!(backlog_records = s.records, confirmed = s.confirmed, took = ?began.elapsed(), "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,604 @@
+//! Configuration: built-in defaults → TOML file (`--config`) → environment (`HOOKBRIDGE_…`, `__`
+//! for nesting), merged by figment, then [`Config::validate`] turns the raw values into the typed
+//! [`Settings`] the rest of the process uses. Unknown keys are errors that name the key.
+//!
+//! The key names here are the public contract documented in the README; rename nothing without a
+//! deprecation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::routing::{self, Router};
+
+/// What the environment prefix is; `HOOKBRIDGE_HTTP__LISTEN` sets `http.listen`.
+pub const ENV_PREFIX: &str = "HOOKBRIDGE_";
+
+const REDACTED: &str = "<redacted>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
+    /// figment's message names the key and where the value came from.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value parsed but makes no sense (names the key).
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The raw configuration as written by the operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub spool: SpoolSection,
+    pub routing: RoutingConfig,
+    pub forward: ForwardConfig,
+    pub sink: SinkConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the webhook endpoint listens on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Path the sender posts to. Default `/webhooks/sessionboard`.
+    pub path: String,
+    /// Largest accepted body; larger ones get 413. Default 1 MiB.
+    pub max_body_bytes: u32,
+    /// Time allowed to read a whole request (head and body). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time allowed to read a request head (slow-loris guard). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open connections beyond this are closed at once. Default 1024.
+    pub max_connections: usize,
+    /// `Retry-After` sent with 503 answers. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            path: "/webhooks/sessionboard".into(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the metrics and health listener. Default `127.0.0.1:9090`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9090".parse().unwrap(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Header carrying a shared token (e.g. `x-hookbridge-token`). Default: none.
+    pub header_name: Option<String>,
+    /// Accepted token values (several, for rotation). Default: none.
+    pub header_values: Vec<String>,
+    /// Serve without any authentication on a non-loopback address. Default false.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Spool directory. Default `./hookbridge-spool`.
+    pub dir: PathBuf,
+    /// Quota for all segment files; above it deliveries get 503. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Segment size at which a new segment is started. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Most bytes written by one group commit. Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// How often the confirmed position is persisted while it moves. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub confirm_interval: Duration,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: PathBuf::from("./hookbridge-spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            confirm_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Prepended to the action to form the subject / topic. Default `sessionboard.`.
+    pub prefix: String,
+    /// Suffix (after `prefix`) for deliveries whose action is not a valid token. Default `unroutable`.
+    pub dead_letter: String,
+    /// Fixed destinations for an action (`session.updated`) or a pattern (`session.*`). Default empty.
+    pub routes: BTreeMap<String, String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            prefix: "sessionboard.".into(),
+            dead_letter: "unroutable".into(),
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Records handed to the sink and not yet confirmed, at most. Default 1024.
+    pub max_in_flight: usize,
+    /// First retry delay after a failed publish. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Retry delay cap. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            max_in_flight: 1024,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    #[default]
+    Nats,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `nats` or `kafka`. Default `nats`.
+    pub kind: SinkKind,
+    pub nats: NatsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsMode {
+    /// Publish through JetStream and wait for the stream's PubAck.
+    #[default]
+    Jetstream,
+    /// Plain publish, confirmed by a flush (the server has read it; no persistence).
+    Core,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// `jetstream` or `core`. Default `jetstream`.
+    pub mode: NatsMode,
+    /// JetStream stream name. Default `SESSIONBOARD`.
+    pub stream: String,
+    /// Create the stream (subjects `<prefix>>`) when it is missing. Default true.
+    pub create_stream: bool,
+    /// Time to wait for a PubAck or flush before the attempt counts as failed. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Credentials file (`.creds`) for NATS auth. Default none.
+    pub credentials_file: Option<PathBuf>,
+    /// Token for NATS token auth. Default none.
+    pub token: Option<String>,
+    /// User and password for NATS auth. Default none.
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            mode: NatsMode::Jetstream,
+            stream: "SESSIONBOARD".into(),
+            create_stream: true,
+            request_timeout: Duration::from_secs(5),
+            credentials_file: None,
+            token: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// tracing filter directive (`RUST_LOG` wins when set). Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time allowed for in-flight requests and publishes after SIGTERM. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The figment that [`Config::load`] extracts from; exposed so tests can add providers.
+pub fn figment(file: Option<&Path>) -> Figment {
+    let mut f = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        // `Toml::file` silently yields nothing for a missing file; an operator who names a file
+        // means it, so that is checked in `load`.
+        f = f.merge(Toml::file_exact(path));
+    }
+    // `HOOKBRIDGE_CONFIG` names the file (read by the CLI); it is not a key.
+    f.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
+}
+
+/// Typed, validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub router: Router,
+    /// Accepted token hashes (SHA-256), if header-token auth is configured.
+    pub token_auth: Option<TokenAuth>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub header: http::HeaderName,
+    /// SHA-256 of each accepted value: compared in constant time, and equal length whatever the
+    /// configured tokens are, so neither content nor length leaks through timing.
+    pub digests: Vec<[u8; 32]>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, Error> {
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+        }
+        figment(file)
+            .extract()
+            .map_err(|e| Error::Load(Box::new(e)))
+    }
+
+    pub fn validate(self) -> Result<Settings, Error> {
+        let c = &self;
+        if !c.http.path.starts_with('/') {
+            return Err(invalid("http.path", "must start with `/`"));
+        }
+        if c.http.max_body_bytes == 0 || c.http.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1 and 64 MiB",
+            ));
+        }
+        if c.http.request_timeout.is_zero() {
+            return Err(invalid("http.request_timeout", "must be positive"));
+        }
+        if c.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be positive"));
+        }
+        if c.spool.segment_bytes < 4096 {
+            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+        }
+        if c.spool.max_bytes < 2 * c.spool.segment_bytes {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must be at least twice spool.segment_bytes (a full segment is only deleted once a newer one exists)",
+            ));
+        }
+        if (c.spool.max_bytes as u128) < 4 * c.http.max_body_bytes as u128 {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must hold at least four maximum-size bodies (http.max_body_bytes)",
+            ));
+        }
+        if c.spool.max_batch_bytes == 0 {
+            return Err(invalid("spool.max_batch_bytes", "must be positive"));
+        }
+        if c.forward.max_in_flight == 0 {
+            return Err(invalid("forward.max_in_flight", "must be positive"));
+        }
+        if c.forward.retry_initial.is_zero() || c.forward.retry_max < c.forward.retry_initial {
+            return Err(invalid(
+                "forward.retry_max",
+                "retry_initial must be positive and retry_max at least retry_initial",
+            ));
+        }
+        if c.shutdown.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be positive"));
+        }
+        if c.sink.kind == SinkKind::Kafka {
+            return Err(invalid(
+                "sink.kind",
+                "`kafka` is not built into this version yet; use `nats`",
+            ));
+        }
+        if c.sink.nats.stream.is_empty()
+            || c.sink.nats.stream.contains(['.', '*', '>', ' ', '/', '\\'])
+        {
+            return Err(invalid(
+                "sink.nats.stream",
+                "must be a non-empty name without `.`, `*`, `>`, `/`, `\\` or spaces",
+            ));
+        }
+        if c.sink.nats.request_timeout.is_zero() {
+            return Err(invalid("sink.nats.request_timeout", "must be positive"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&c.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+
+        let router = Router::new(&c.routing.prefix, &c.routing.dead_letter, &c.routing.routes)
+            .map_err(|e| match e {
+                routing::ConfigError::Prefix(r) => invalid("routing.prefix", r),
+                routing::ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
+                routing::ConfigError::Route(r) => invalid("routing.routes", r),
+            })?;
+
+        let token_auth = match (&c.auth.header_name, c.auth.header_values.is_empty()) {
+            (None, true) => None,
+            (None, false) => {
+                return Err(invalid(
+                    "auth.header_name",
+                    "must be set when auth.header_values is",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    "auth.header_values",
+                    "must list at least one token when auth.header_name is set",
+                ))
+            }
+            (Some(name), false) => {
+                let header = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid("auth.header_name", "is not a valid header name"))?;
+                if c.auth.header_values.iter().any(|v| v.len() < 16) {
+                    return Err(invalid(
+                        "auth.header_values",
+                        "each token must be at least 16 characters",
+                    ));
+                }
+                Some(TokenAuth {
+                    header,
+                    digests: c
+                        .auth
+                        .header_values
+                        .iter()
+                        .map(|v| crate::ingress::auth::digest(v.as_bytes()))
+                        .collect(),
+                })
+            }
+        };
+        if token_auth.is_none()
+            && !c.auth.allow_unauthenticated
+            && !c.http.listen.ip().is_loopback()
+        {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{} is not a loopback address and no authentication is configured; set auth.header_name/auth.header_values, or auth.allow_unauthenticated = true",
+                    c.http.listen
+                ),
+            ));
+        }
+        Ok(Settings {
+            router,
+            token_auth,
+            raw: self,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `<redacted>`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for v in &mut c.auth.header_values {
+            *v = REDACTED.into();
+        }
+        if c.sink.nats.token.is_some() {
+            c.sink.nats.token = Some(REDACTED.into());
+        }
+        if c.sink.nats.password.is_some() {
+            c.sink.nats.password = Some(REDACTED.into());
+        }
+        toml::to_string_pretty(&c).expect("config serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+// figment's `Jail` closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_str(toml: &str) -> Result<Settings, Error> {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        c.validate()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.raw.http.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.token_auth.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = load_str("[spool]\ndirr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("dirr"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = load_str("[spool]\nmax_bytes = \"lots\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_key() {
+        for (toml, key) in [
+            ("[http]\npath = \"no-slash\"\n", "http.path"),
+            ("[spool]\nsegment_bytes = 10\n", "spool.segment_bytes"),
+            ("[spool]\nmax_bytes = 1000000\n", "spool.max_bytes"),
+            ("[routing]\nprefix = \"a b.\"\n", "routing.prefix"),
+            (
+                "[routing.routes]\n\"session.*\" = \"x.>\"\n",
+                "routing.routes",
+            ),
+            (
+                "[auth]\nheader_values = [\"0123456789abcdef\"]\n",
+                "auth.header_name",
+            ),
+            (
+                "[auth]\nheader_name = \"x-token\"\nheader_values = [\"short\"]\n",
+                "auth.header_values",
+            ),
+            ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.listen"),
+            ("[sink.nats]\nstream = \"a.b\"\n", "sink.nats.stream"),
+            ("[log]\nlevel = \"[[[\"\n", "log.level"),
+        ] {
+            let err = load_str(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_allowed_with_auth_or_explicit_opt_out() {
+        load_str("[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n")
+            .unwrap();
+        let s = load_str(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.token_auth.unwrap().digests.len(), 2);
+    }
+
+    #[test]
+    fn environment_overrides_file_with_double_underscore_nesting() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "hb.toml",
+                "[http]\nlisten = \"127.0.0.1:1000\"\n[sink.nats]\nstream = \"FROMFILE\"\n",
+            )?;
+            jail.set_env("HOOKBRIDGE_SINK__NATS__STREAM", "FROMENV");
+            jail.set_env("HOOKBRIDGE_SPOOL__MAX_BYTES", "2147483648");
+            let c = Config::load(Some(Path::new("hb.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.listen.port(), 1000);
+            assert_eq!(c.sink.nats.stream, "FROMENV");
+            assert_eq!(c.spool.max_bytes, 2 << 30);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_environment_key_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HOOKBRIDGE_HTTP__LISTN", "127.0.0.1:1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/hb.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let mut c = Config::default();
+        c.auth.header_name = Some("x-token".into());
+        c.auth.header_values = vec!["supersecretvalue1".into()];
+        c.sink.nats.password = Some("hunter2hunter2".into());
+        let out = c.redacted_toml();
+        assert!(!out.contains("supersecretvalue1"));
+        assert!(!out.contains("hunter2"));
+        assert!(out.contains(REDACTED));
+    }
+}

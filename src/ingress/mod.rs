@@ -1,0 +1,369 @@
+//! The webhook endpoint: authenticate, bound and read the body, check it is a Sessionboard
+//! delivery, append it to the spool, and answer 2xx only once the spool says it is fsync'd.
+//!
+//! The ingress never talks to a broker: a broker outage cannot slow or fail an acknowledgement.
+
+pub mod auth;
+pub mod envelope;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::json;
+
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::routing::{self, Router};
+use crate::server::{self, HttpResponse};
+use crate::spool::{self, Spool};
+use auth::{Authenticated, Gate};
+
+/// Longest delivery id or timestamp header value accepted.
+const MAX_ID_HEADER_LEN: usize = 256;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct Ingress {
+    pub path: String,
+    pub max_body_bytes: u32,
+    pub request_timeout: Duration,
+    pub retry_after: Duration,
+    pub gate: Gate,
+    pub router: Router,
+    pub spool: Spool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A refusal: status, error code and a short human explanation.
+struct Reject {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    retry_after: Option<Duration>,
+}
+
+fn reject(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Reject {
+    Reject {
+        status,
+        code,
+        detail: detail.into(),
+        retry_after: None,
+    }
+}
+
+/// hyper `Service` wrapper; cheap to clone per connection.
+#[derive(Clone)]
+pub struct IngressService(pub Arc<Ingress>);
+
+impl hyper::service::Service<Request<Incoming>> for IngressService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+impl Ingress {
+    async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
+        let started = Instant::now();
+        let resp = match self.accept(req).await {
+            Ok((id, seq)) => {
+                self.metrics
+                    .ack_latency
+                    .observe(started.elapsed().as_secs_f64());
+                server::json(
+                    StatusCode::OK,
+                    &json!({"status": "accepted", "id": id, "seq": seq}),
+                )
+            }
+            Err(r) => {
+                let mut resp =
+                    server::json(r.status, &json!({"error": r.code, "detail": r.detail}));
+                // A refused request may have left its body unread, which makes the connection
+                // unusable for another request: say so instead of letting the client find out.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                if let Some(after) = r.retry_after {
+                    resp.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from(after.as_secs().max(1)),
+                    );
+                }
+                if r.status == StatusCode::METHOD_NOT_ALLOWED {
+                    resp.headers_mut()
+                        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                }
+                resp
+            }
+        };
+        self.metrics
+            .http_requests
+            .with_label_values(&[resp.status().as_str()])
+            .inc();
+        resp
+    }
+
+    /// Returns the delivery id and spool sequence number once the delivery is durable.
+    async fn accept(&self, req: Request<Incoming>) -> Result<(String, u64), Reject> {
+        if req.uri().path() != self.path {
+            return Err(reject(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            ));
+        }
+        if req.method() != Method::POST {
+            return Err(reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "deliveries are POSTed",
+            ));
+        }
+        let authenticated = self
+            .gate
+            .check(req.headers())
+            .map_err(|d| reject(StatusCode::UNAUTHORIZED, d.code(), "authentication failed"))?;
+
+        let limit = self.max_body_bytes as usize;
+        if let Some(len) = content_length(req.headers()) {
+            if len > limit as u64 {
+                return Err(too_large(limit));
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let body =
+            match tokio::time::timeout(self.request_timeout, Limited::new(body, limit).collect())
+                .await
+            {
+                Err(_) => {
+                    return Err(reject(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("body not received within {:?}", self.request_timeout),
+                    ))
+                }
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(too_large(limit))
+                }
+                Ok(Err(e)) => {
+                    return Err(reject(
+                        StatusCode::BAD_REQUEST,
+                        "body_read_failed",
+                        e.to_string(),
+                    ))
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
+            };
+        let delivery = self.build(authenticated, &parts.headers, body)?;
+        let id = delivery.id.clone();
+        let route = self.router.route(&delivery.action);
+        let label = routing::action_label(&delivery.action, &route);
+        match self.spool.append(delivery.encode()).await {
+            Ok(seq) => {
+                self.metrics
+                    .deliveries_accepted
+                    .with_label_values(&[label])
+                    .inc();
+                if route.unroutable {
+                    self.metrics.deliveries_unroutable.inc();
+                    tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
+                        "action is not a valid routing token; routed to the dead-letter destination");
+                }
+                tracing::debug!(delivery_id = %id, seq, action = label, "accepted");
+                Ok((id, seq))
+            }
+            Err(spool::Error::Full) => Err(Reject {
+                retry_after: Some(self.retry_after),
+                ..reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "spool_full",
+                    "the local spool is at its quota; retry later",
+                )
+            }),
+            Err(spool::Error::TooLarge) => Err(too_large(limit)),
+            Err(spool::Error::Closed) => Err(Reject {
+                retry_after: Some(self.retry_after),
+                ..reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the bridge is shutting down; retry later",
+                )
+            }),
+            Err(e) => {
+                tracing::error!(delivery_id = %id, error = %e, "spool append failed; delivery not acknowledged");
+                Err(Reject {
+                    retry_after: Some(self.retry_after),
+                    ..reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "spool_failed",
+                        "the local spool cannot store deliveries; retry later",
+                    )
+                })
+            }
+        }
+    }
+
+    /// Turns an authenticated request into a delivery, or says what is wrong with it.
+    fn build(
+        &self,
+        _proof: Authenticated,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Delivery, Reject> {
+        let id = id_header(headers, "webhook-id", "svix-id")?;
+        let timestamp = id_header(headers, "webhook-timestamp", "svix-timestamp")?;
+        let env = envelope::parse(&body).map_err(|e| {
+            let detail = match &e {
+                envelope::EnvelopeError::InvalidJson(why) => {
+                    format!("body is not valid JSON: {why}")
+                }
+                envelope::EnvelopeError::MissingAction => {
+                    "metadata.action is missing or not a string".to_owned()
+                }
+                envelope::EnvelopeError::MissingDataId => {
+                    "data.id is missing, empty, too long, or not a string or number".to_owned()
+                }
+            };
+            reject(StatusCode::BAD_REQUEST, e.code(), detail)
+        })?;
+        let id = id.unwrap_or_else(|| body_id(&body));
+        Ok(Delivery {
+            id,
+            timestamp,
+            action: crate::delivery::clip(&env.action).to_owned(),
+            resource_id: env.resource_id,
+            org_id: env.org_id.map(|s| crate::delivery::clip(&s).to_owned()),
+            event_id: env.event_id.map(|s| crate::delivery::clip(&s).to_owned()),
+            received_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            body,
+        })
+    }
+}
+
+/// The id used when the sender gave none: the body's SHA-256, so a retried identical body maps to
+/// the same id (and the broker's de-duplication still works).
+pub fn body_id(body: &[u8]) -> String {
+    let d = auth::digest(body);
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn too_large(limit: usize) -> Reject {
+    reject(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("body exceeds http.max_body_bytes ({limit} bytes)"),
+    )
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads one of two equivalent headers (Standard Webhooks and Svix spellings). Both present with
+/// different values, a repeated header, or a value that is not short visible ASCII is refused:
+/// the value ends up in broker headers and de-duplication keys.
+fn id_header(h: &HeaderMap, a: &'static str, b: &'static str) -> Result<Option<String>, Reject> {
+    let mut found: Option<&str> = None;
+    for name in [a, b] {
+        let mut values = h.get_all(name).iter();
+        let Some(v) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "conflicting_headers",
+                format!("{name} is repeated"),
+            ));
+        }
+        let v = v
+            .to_str()
+            .ok()
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= MAX_ID_HEADER_LEN
+                    && s.bytes().all(|c| c.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("{name} must be 1 to {MAX_ID_HEADER_LEN} visible ASCII characters"),
+                )
+            })?;
+        match found {
+            Some(prev) if prev != v => {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    "conflicting_headers",
+                    format!("{a} and {b} differ"),
+                ))
+            }
+            _ => found = Some(v),
+        }
+    }
+    Ok(found.map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn id_header_table() {
+        let ok = |p: &[(&'static str, &str)]| id_header(&headers(p), "webhook-id", "svix-id").ok();
+        assert_eq!(ok(&[]), Some(None));
+        assert_eq!(ok(&[("webhook-id", "msg_1")]), Some(Some("msg_1".into())));
+        assert_eq!(ok(&[("svix-id", "msg_1")]), Some(Some("msg_1".into())));
+        assert_eq!(
+            ok(&[("svix-id", "msg_1"), ("webhook-id", "msg_1")]),
+            Some(Some("msg_1".into()))
+        );
+        assert_eq!(ok(&[("svix-id", "msg_1"), ("webhook-id", "msg_2")]), None);
+        assert_eq!(
+            ok(&[("webhook-id", "msg_1"), ("webhook-id", "msg_1")]),
+            None
+        );
+        assert_eq!(ok(&[("webhook-id", "a b")]), None);
+        assert_eq!(ok(&[("webhook-id", "")]), None);
+        assert_eq!(ok(&[("webhook-id", &"x".repeat(257))]), None);
+    }
+
+    #[test]
+    fn body_id_is_stable_hex() {
+        let a = body_id(b"{}");
+        assert_eq!(a, body_id(b"{}"));
+        assert_eq!(a.len(), 71);
+        assert_ne!(a, body_id(b"{ }"));
+    }
+}

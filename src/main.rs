@@ -1,0 +1,79 @@
+//! The `hookbridge` binary: parse the command line, load the configuration, install tracing, and
+//! hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookbridge::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Durable webhook ingress for Sessionboard → NATS / Kafka"
+)]
+struct Cli {
+    /// TOML configuration file; environment variables `HOOKBRIDGE_…` override it.
+    #[arg(long, short, global = true, env = "HOOKBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default).
+    Run,
+    /// Validate the configuration and print the effective values, secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookbridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            let redacted = config.redacted_toml();
+            config.validate()?;
+            print!("{redacted}");
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Run => {
+            let settings = config.validate()?;
+            init_tracing(settings.raw.log.format, &settings.raw.log.level);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(async {
+                let app = hookbridge::app::App::bind(settings).await?;
+                app.run(hookbridge::shutdown::signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

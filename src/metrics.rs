@@ -1,0 +1,252 @@
+//! Prometheus metrics: one registry per process (or per test app), handles passed as `Arc<Metrics>`.
+//!
+//! Every label set here is bounded: `action` is one of the catalogued Sessionboard actions or
+//! `other` / `unroutable`, `status` is an HTTP status code, `sink` is `nats` or `kafka`, `kind` and
+//! `reason` come from fixed enums in the code.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Latency buckets from 100 µs to 10 s: an fsync on a good disk is well under a millisecond, and
+/// anything near the sender's 15 s timeout must still be visible.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub deliveries_accepted: IntCounterVec,
+    pub deliveries_unroutable: IntCounter,
+    pub ack_latency: Histogram,
+    pub http_connections: IntGauge,
+    pub http_rejected_connections: IntCounter,
+
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_segments: IntGauge,
+    pub spool_oldest_record_age: prometheus::Gauge,
+    pub spool_max_bytes: IntGauge,
+    pub spool_confirmed_seq: IntGauge,
+    pub spool_fsync: Histogram,
+    pub spool_batch_records: Histogram,
+    pub spool_errors: IntCounterVec,
+    pub spool_corrupt_records: IntCounter,
+    pub spool_rejected: IntCounterVec,
+
+    pub published: IntCounterVec,
+    pub publish_errors: IntCounterVec,
+    pub publish_latency: HistogramVec,
+    pub broker_up: IntGaugeVec,
+    pub forward_in_flight: IntGauge,
+    pub forward_retries: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new("hookbridge_http_requests_total", "Ingress HTTP responses by status code."),
+                &["status"],
+            )
+            .unwrap(),
+            deliveries_accepted: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_deliveries_accepted_total",
+                    "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).",
+                ),
+                &["action"],
+            )
+            .unwrap(),
+            deliveries_unroutable: IntCounter::new(
+                "hookbridge_deliveries_unroutable_total",
+                "Accepted deliveries whose action is not a valid subject token, routed to the dead-letter subject.",
+            )
+            .unwrap(),
+            ack_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookbridge_ack_latency_seconds",
+                    "Time from request head to the 2xx answer for accepted deliveries (includes the fsync).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+            http_connections: IntGauge::new(
+                "hookbridge_http_connections",
+                "Open ingress connections.",
+            )
+            .unwrap(),
+            http_rejected_connections: IntCounter::new(
+                "hookbridge_http_rejected_connections_total",
+                "Ingress connections closed at once because `http.max_connections` was reached.",
+            )
+            .unwrap(),
+            spool_records: IntGauge::new(
+                "hookbridge_spool_records",
+                "Records in the spool not yet confirmed by the broker.",
+            )
+            .unwrap(),
+            spool_bytes: IntGauge::new("hookbridge_spool_bytes", "Bytes of segment files on disk.")
+                .unwrap(),
+            spool_segments: IntGauge::new("hookbridge_spool_segments", "Segment files on disk.")
+                .unwrap(),
+            spool_oldest_record_age: prometheus::Gauge::new(
+                "hookbridge_spool_oldest_record_age_seconds",
+                "Age of the oldest record not yet confirmed by the broker (0 when none).",
+            )
+            .unwrap(),
+            spool_max_bytes: IntGauge::new(
+                "hookbridge_spool_max_bytes",
+                "Configured spool quota (`spool.max_bytes`).",
+            )
+            .unwrap(),
+            spool_confirmed_seq: IntGauge::new(
+                "hookbridge_spool_confirmed_seq",
+                "Highest sequence number below which every record is confirmed.",
+            )
+            .unwrap(),
+            spool_fsync: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookbridge_spool_fsync_seconds",
+                    "Duration of each group-commit fdatasync.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+            spool_batch_records: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookbridge_spool_batch_records",
+                    "Records covered by one group commit.",
+                )
+                .buckets(BATCH_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+            spool_errors: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_spool_errors_total",
+                    "Spool I/O failures by operation (write, fsync, rotate, confirm, read).",
+                ),
+                &["op"],
+            )
+            .unwrap(),
+            spool_corrupt_records: IntCounter::new(
+                "hookbridge_spool_corrupt_records_total",
+                "Records found corrupt (bad CRC or frame) and skipped, at recovery or while reading.",
+            )
+            .unwrap(),
+            spool_rejected: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_spool_rejected_total",
+                    "Appends refused by the spool, by reason (full, too_large, failed).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            published: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_published_total",
+                    "Records confirmed by the broker.",
+                ),
+                &["sink"],
+            )
+            .unwrap(),
+            publish_errors: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_publish_errors_total",
+                    "Failed publish attempts by sink and error kind (each is retried).",
+                ),
+                &["sink", "kind"],
+            )
+            .unwrap(),
+            publish_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "hookbridge_publish_latency_seconds",
+                    "Time from handing a record to the sink until the broker confirmed it.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["sink"],
+            )
+            .unwrap(),
+            broker_up: IntGaugeVec::new(
+                Opts::new(
+                    "hookbridge_broker_up",
+                    "1 while the last publish attempt to the broker succeeded, 0 after a failure.",
+                ),
+                &["sink"],
+            )
+            .unwrap(),
+            forward_in_flight: IntGauge::new(
+                "hookbridge_forward_in_flight",
+                "Records handed to the sink and not yet confirmed (including those waiting for a retry).",
+            )
+            .unwrap(),
+            forward_retries: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_forward_retries_total",
+                    "Records scheduled for another publish attempt, by sink.",
+                ),
+                &["sink"],
+            )
+            .unwrap(),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let r = &self.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.http_requests.clone()),
+            Box::new(self.deliveries_accepted.clone()),
+            Box::new(self.deliveries_unroutable.clone()),
+            Box::new(self.ack_latency.clone()),
+            Box::new(self.http_connections.clone()),
+            Box::new(self.http_rejected_connections.clone()),
+            Box::new(self.spool_records.clone()),
+            Box::new(self.spool_bytes.clone()),
+            Box::new(self.spool_segments.clone()),
+            Box::new(self.spool_oldest_record_age.clone()),
+            Box::new(self.spool_max_bytes.clone()),
+            Box::new(self.spool_confirmed_seq.clone()),
+            Box::new(self.spool_fsync.clone()),
+            Box::new(self.spool_batch_records.clone()),
+            Box::new(self.spool_errors.clone()),
+            Box::new(self.spool_corrupt_records.clone()),
+            Box::new(self.spool_rejected.clone()),
+            Box::new(self.published.clone()),
+            Box::new(self.publish_errors.clone()),
+            Box::new(self.publish_latency.clone()),
+            Box::new(self.broker_up.clone()),
+            Box::new(self.forward_in_flight.clone()),
+            Box::new(self.forward_retries.clone()),
+        ];
+        for c in collectors {
+            r.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

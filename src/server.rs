@@ -1,0 +1,113 @@
+//! The HTTP/1.1 accept loop shared by the ingress and admin listeners: connection limit, header
+//! read timeout, and graceful shutdown (stop accepting, let in-flight requests finish, then give
+//! up after the grace period).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Time allowed to read a request head (slow-loris guard).
+    pub header_timeout: Duration,
+    /// Counts connections refused for the limit.
+    pub rejected_counter: Option<prometheus::IntCounter>,
+    /// Gauge of open connections.
+    pub open_gauge: Option<prometheus::IntGauge>,
+}
+
+/// Serves `listener` until `shutdown` resolves, then waits up to `grace` for open connections to
+/// finish their in-flight requests. Returns once every connection is closed or the grace ran out.
+pub async fn serve<S, F>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    S: Service<Request<Incoming>, Response = HttpResponse, Error = Infallible, Future = F>
+        + Clone
+        + Send
+        + 'static,
+    F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if let Some(c) = &limits.rejected_counter {
+                c.inc();
+            }
+            tracing::debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        let gauge = limits.open_gauge.clone();
+        tokio::spawn(async move {
+            if let Some(g) = &gauge {
+                g.inc();
+            }
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+            if let Some(g) = &gauge {
+                g.dec();
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json(status: http::StatusCode, body: &serde_json::Value) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}

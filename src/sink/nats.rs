@@ -1,0 +1,293 @@
+//! NATS sink (async-nats): JetStream publish confirmed by the stream's PubAck, or core publish
+//! confirmed by a flush. The only module that imports `async_nats`.
+//!
+//! The client connects in the background and reconnects forever, so the bridge starts and keeps
+//! accepting while NATS is down; each send is bounded by `sink.nats.request_timeout` and a timeout
+//! is just a retryable failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{ConnectOptions, HeaderMap};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{BrokerState, BrokerStatus, Message, SendError, Sink};
+use crate::config::{NatsConfig, NatsMode};
+use crate::routing::Router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL or credentials could not be used (bad URL, unreadable credentials file).
+    #[error("cannot set up the NATS connection: {0}")]
+    Setup(String),
+}
+
+/// The stream hookbridge creates when `create_stream = true`.
+#[derive(Debug, Clone)]
+struct StreamSpec {
+    name: String,
+    subjects: Vec<String>,
+}
+
+pub struct NatsSink {
+    client: async_nats::Client,
+    /// `Some` in JetStream mode.
+    js: Option<jetstream::Context>,
+    stream: Option<StreamSpec>,
+    /// Set once the stream is known to exist; cleared when a publish says it is gone.
+    stream_ready: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
+impl NatsSink {
+    /// Returns at once; the connection is made (and remade) in the background.
+    pub async fn connect(
+        cfg: &NatsConfig,
+        router: &Router,
+        status: Arc<BrokerStatus>,
+    ) -> Result<NatsSink, Error> {
+        let mut opts = ConnectOptions::new()
+            .name("hookbridge")
+            .retry_on_initial_connect()
+            .connection_timeout(cfg.request_timeout)
+            .request_timeout(Some(cfg.request_timeout))
+            .event_callback(move |event| {
+                let status = status.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            status.set(BrokerState::Up);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(
+                                "disconnected from NATS; reconnecting in the background"
+                            );
+                            status.set(BrokerState::Down);
+                        }
+                        other => tracing::info!(event = %other, "NATS client event"),
+                    }
+                }
+            });
+        if let Some(path) = &cfg.credentials_file {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(|e| Error::Setup(format!("credentials file {}: {e}", path.display())))?;
+        }
+        if let Some(token) = &cfg.token {
+            opts = opts.token(token.clone());
+        }
+        if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
+            opts = opts.user_and_password(user.clone(), pass.clone());
+        }
+        let client = opts
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let (js, stream) = match cfg.mode {
+            NatsMode::Core => (None, None),
+            NatsMode::Jetstream => {
+                let js = jetstream::ContextBuilder::new()
+                    .timeout(cfg.request_timeout)
+                    .ack_timeout(cfg.request_timeout)
+                    .build(client.clone());
+                let stream = cfg.create_stream.then(|| StreamSpec {
+                    name: cfg.stream.clone(),
+                    subjects: stream_subjects(router),
+                });
+                (Some(js), stream)
+            }
+        };
+        Ok(NatsSink {
+            client,
+            js,
+            stream,
+            stream_ready: Arc::new(AtomicBool::new(false)),
+            timeout: cfg.request_timeout,
+        })
+    }
+}
+
+/// `<prefix>>` plus every fixed route destination outside the prefix.
+fn stream_subjects(router: &Router) -> Vec<String> {
+    let wildcard = format!("{}>", router.prefix());
+    let mut subjects = vec![wildcard];
+    for d in router.fixed_destinations() {
+        if !d.starts_with(router.prefix()) && !subjects.iter().any(|s| s == d) {
+            subjects.push(d.to_owned());
+        }
+    }
+    subjects
+}
+
+fn headers(msg: &Message, jetstream: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in &msg.headers {
+        h.insert(*name, value.as_str());
+    }
+    if jetstream {
+        // JetStream drops a second message with the same id inside the stream's duplicate window,
+        // which absorbs our own retries and the sender's.
+        h.insert("Nats-Msg-Id", msg.id.as_str());
+    }
+    h
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn send(&self, msg: Message) -> BoxFuture<'static, Result<(), SendError>> {
+        let client = self.client.clone();
+        let js = self.js.clone();
+        let stream = self.stream.clone();
+        let ready = self.stream_ready.clone();
+        let timeout = self.timeout;
+        async move {
+            match js {
+                None => {
+                    let h = headers(&msg, false);
+                    client
+                        .publish_with_headers(msg.destination, h, msg.payload)
+                        .await
+                        .map_err(|e| classify_core(e.kind(), e.to_string()))?;
+                    match tokio::time::timeout(timeout, client.flush()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(SendError::Retryable {
+                            kind: "connection",
+                            detail: e.to_string(),
+                        }),
+                        Err(_) => Err(SendError::Retryable {
+                            kind: "timeout",
+                            detail: format!("flush not confirmed within {timeout:?}"),
+                        }),
+                    }
+                }
+                Some(js) => {
+                    if let Some(spec) = &stream {
+                        if !ready.load(Ordering::Acquire) {
+                            ensure_stream(&js, spec).await?;
+                            ready.store(true, Ordering::Release);
+                        }
+                    }
+                    let h = headers(&msg, true);
+                    let ack = js
+                        .publish_with_headers(msg.destination, h, msg.payload)
+                        .await
+                        .map_err(|e| classify_js(e.kind(), e.to_string()))?;
+                    match ack.await {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            if e.kind() == PublishErrorKind::StreamNotFound {
+                                ready.store(false, Ordering::Release);
+                            }
+                            Err(classify_js(e.kind(), e.to_string()))
+                        }
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        async move {
+            let _ = tokio::time::timeout(timeout, client.flush()).await;
+        }
+        .boxed()
+    }
+}
+
+async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(), SendError> {
+    let config = jetstream::stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        ..Default::default()
+    };
+    match js.get_or_create_stream(config).await {
+        Ok(_) => {
+            tracing::info!(stream = %spec.name, subjects = ?spec.subjects, "JetStream stream ready");
+            Ok(())
+        }
+        Err(e) => Err(SendError::Retryable {
+            kind: "stream_unavailable",
+            detail: format!("cannot get or create stream {}: {e}", spec.name),
+        }),
+    }
+}
+
+fn classify_js(kind: PublishErrorKind, detail: String) -> SendError {
+    match kind {
+        PublishErrorKind::TimedOut => SendError::Retryable {
+            kind: "timeout",
+            detail,
+        },
+        PublishErrorKind::BrokenPipe => SendError::Retryable {
+            kind: "connection",
+            detail,
+        },
+        // No stream bound to the subject: with create_stream = false the operator has to create
+        // it; either way waiting is the only safe thing to do.
+        PublishErrorKind::StreamNotFound => SendError::Retryable {
+            kind: "stream_not_found",
+            detail,
+        },
+        PublishErrorKind::MaxPayloadExceeded => SendError::Permanent {
+            kind: "too_large",
+            detail,
+        },
+        _ => SendError::Retryable {
+            kind: "broker",
+            detail,
+        },
+    }
+}
+
+fn classify_core(kind: async_nats::client::PublishErrorKind, detail: String) -> SendError {
+    use async_nats::client::PublishErrorKind as K;
+    match kind {
+        K::MaxPayloadExceeded => SendError::Permanent {
+            kind: "too_large",
+            detail,
+        },
+        K::InvalidSubject => SendError::Permanent {
+            kind: "invalid_destination",
+            detail,
+        },
+        K::Send => SendError::Retryable {
+            kind: "connection",
+            detail,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn stream_covers_prefix_and_outside_routes() {
+        let routes: BTreeMap<_, _> = [
+            ("session.*".to_string(), "other.sessions".to_string()),
+            (
+                "contact.created".to_string(),
+                "sessionboard.contacts".to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let r = Router::new("sessionboard.", "unroutable", &routes).unwrap();
+        assert_eq!(
+            stream_subjects(&r),
+            vec!["sessionboard.>".to_string(), "other.sessions".to_string()]
+        );
+    }
+}

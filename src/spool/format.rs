@@ -1,0 +1,341 @@
+//! On-disk layouts: the segment header, the record frame and the confirmed-position file.
+//!
+//! Everything in this file is persistent format. DO NOT reorder fields, change their sizes or
+//! endianness, or change what a CRC covers without bumping [`FORMAT_VERSION`] and teaching
+//! recovery to read the previous version: a spool written by the running release must stay
+//! readable by the next one. All integers are little-endian.
+
+use std::fmt;
+
+/// Format version written into segment headers and the confirmed file.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// First 8 bytes of every segment file.
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"HBSPOOL\0";
+
+/// First 8 bytes of the confirmed-position file.
+pub(crate) const CONFIRMED_MAGIC: [u8; 8] = *b"HBCONFRM";
+
+/// Segment header — do not reorder / change without bumping the format version:
+///
+/// | offset | size | field                         |
+/// |-------:|-----:|-------------------------------|
+/// | 0      | 8    | magic `b"HBSPOOL\0"`          |
+/// | 8      | 4    | format version (u32)          |
+/// | 12     | 4    | reserved, written as zero     |
+/// | 16     | 8    | base seq (u64): first record  |
+pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
+
+/// Record frame header — do not reorder / change without bumping the format version:
+///
+/// | offset | size | field                                              |
+/// |-------:|-----:|----------------------------------------------------|
+/// | 0      | 4    | `len` (u32): payload bytes that follow the header  |
+/// | 4      | 4    | CRC-32C over bytes 8 .. 24 + len                   |
+/// | 8      | 8    | seq (u64)                                          |
+/// | 16     | 8    | appended_at_ms (u64), ms since the Unix epoch      |
+/// | 24     | len  | payload                                            |
+///
+/// The CRC covers everything after itself, so a frame is checked with one pass over one
+/// contiguous slice. `len` is outside the CRC; a corrupt `len` is caught because the CRC is then
+/// computed over the wrong bytes (and by the `max_record_bytes` bound).
+pub(crate) const FRAME_HEADER_LEN: u64 = 24;
+
+/// Confirmed-position file — do not reorder / change without bumping the format version:
+///
+/// | offset | size | field                                   |
+/// |-------:|-----:|-----------------------------------------|
+/// | 0      | 8    | magic `b"HBCONFRM"`                     |
+/// | 8      | 4    | format version (u32)                    |
+/// | 12     | 8    | confirmed seq (u64)                     |
+/// | 20     | 4    | CRC-32C over bytes 0 .. 20              |
+pub(crate) const CONFIRMED_LEN: usize = 24;
+
+/// Bytes a frame carrying `payload_len` bytes occupies on disk.
+pub(crate) fn frame_len(payload_len: usize) -> u64 {
+    FRAME_HEADER_LEN + payload_len as u64
+}
+
+/// Why a segment header was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// Fewer than [`SEGMENT_HEADER_LEN`] bytes.
+    Short(usize),
+    BadMagic,
+    /// A well-formed header of a format this build cannot read (e.g. after a downgrade).
+    UnsupportedVersion(u32),
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Short(n) => write!(f, "short header ({n} of {SEGMENT_HEADER_LEN} bytes)"),
+            HeaderError::BadMagic => f.write_str("bad magic"),
+            HeaderError::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+        }
+    }
+}
+
+pub(crate) fn encode_segment_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // 12..16 reserved: zero.
+    h[16..24].copy_from_slice(&base_seq.to_le_bytes());
+    h
+}
+
+/// Returns the base seq of a valid header.
+pub(crate) fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
+    if b.len() < SEGMENT_HEADER_LEN as usize {
+        return Err(HeaderError::Short(b.len()));
+    }
+    if b[0..8] != SEGMENT_MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::UnsupportedVersion(version));
+    }
+    Ok(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")))
+}
+
+/// Appends one frame to `out`. `payload` must fit a u32 (callers enforce `max_record_bytes`).
+pub(crate) fn encode_frame(out: &mut Vec<u8>, seq: u64, appended_at_ms: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload length is bounded by max_record_bytes");
+    let start = out.len();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&appended_at_ms.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The fixed part of a frame, decoded but not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub len: u32,
+    pub crc: u32,
+    pub seq: u64,
+    pub appended_at_ms: u64,
+}
+
+impl FrameHeader {
+    /// `b` must hold at least [`FRAME_HEADER_LEN`] bytes.
+    pub(crate) fn decode(b: &[u8]) -> FrameHeader {
+        FrameHeader {
+            len: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            crc: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+            seq: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            appended_at_ms: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+        }
+    }
+
+    /// Whole frame size on disk.
+    pub(crate) fn frame_len(&self) -> u64 {
+        FRAME_HEADER_LEN + u64::from(self.len)
+    }
+
+    /// `frame` is the complete frame (header and payload) this header was decoded from.
+    pub(crate) fn crc_matches(&self, frame: &[u8]) -> bool {
+        crc32c::crc32c(&frame[8..]) == self.crc
+    }
+}
+
+/// Why bytes do not form a frame, judged on the bytes alone (sequence checks need context and
+/// live in the scanner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// Fewer bytes than the header, or than the header says the frame needs.
+    Incomplete,
+    /// `len` exceeds the configured `max_record_bytes`: never written by us, so corrupt.
+    TooLong,
+    BadCrc,
+}
+
+/// Decodes and verifies the frame at the start of `b`; returns the header and payload.
+pub(crate) fn decode_frame(
+    b: &[u8],
+    max_record_bytes: u32,
+) -> Result<(FrameHeader, &[u8]), FrameError> {
+    if b.len() < FRAME_HEADER_LEN as usize {
+        return Err(FrameError::Incomplete);
+    }
+    let h = FrameHeader::decode(b);
+    if h.len > max_record_bytes {
+        return Err(FrameError::TooLong);
+    }
+    let end = h.frame_len() as usize;
+    if b.len() < end {
+        return Err(FrameError::Incomplete);
+    }
+    if !h.crc_matches(&b[..end]) {
+        return Err(FrameError::BadCrc);
+    }
+    Ok((h, &b[FRAME_HEADER_LEN as usize..end]))
+}
+
+/// Why the confirmed file was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConfirmedError {
+    /// Wrong size, bad magic or bad CRC.
+    Corrupt,
+    UnsupportedVersion(u32),
+}
+
+pub(crate) fn encode_confirmed(seq: u64) -> [u8; CONFIRMED_LEN] {
+    let mut b = [0u8; CONFIRMED_LEN];
+    b[0..8].copy_from_slice(&CONFIRMED_MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12..20].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..20]);
+    b[20..24].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+pub(crate) fn decode_confirmed(b: &[u8]) -> Result<u64, ConfirmedError> {
+    if b.len() != CONFIRMED_LEN || b[0..8] != CONFIRMED_MAGIC {
+        return Err(ConfirmedError::Corrupt);
+    }
+    let crc = u32::from_le_bytes(b[20..24].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&b[0..20]) != crc {
+        return Err(ConfirmedError::Corrupt);
+    }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(ConfirmedError::UnsupportedVersion(version));
+    }
+    Ok(u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")))
+}
+
+/// File name of the segment whose first record is `base_seq`: 20 digits, so that lexical and
+/// numeric order agree.
+pub(crate) fn segment_file_name(base_seq: u64) -> String {
+    format!("{base_seq:020}.seg")
+}
+
+/// Inverse of [`segment_file_name`]; `None` for anything else.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".seg")?;
+    if stem.len() != 20 || !stem.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        for payload in [&b""[..], b"x", &[0xA5; 5000]] {
+            let mut buf = Vec::new();
+            encode_frame(&mut buf, 42, 1_700_000_000_123, payload);
+            assert_eq!(buf.len() as u64, frame_len(payload.len()));
+            let (h, p) = decode_frame(&buf, 1 << 20).unwrap();
+            assert_eq!(
+                (h.seq, h.appended_at_ms, h.len as usize),
+                (42, 1_700_000_000_123, payload.len())
+            );
+            assert_eq!(p, payload);
+        }
+    }
+
+    #[test]
+    fn frames_concatenate() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 1, 10, b"first");
+        encode_frame(&mut buf, 2, 11, b"second");
+        let (h1, p1) = decode_frame(&buf, 100).unwrap();
+        let (h2, p2) = decode_frame(&buf[h1.frame_len() as usize..], 100).unwrap();
+        assert_eq!(
+            (h1.seq, p1, h2.seq, p2),
+            (1, &b"first"[..], 2, &b"second"[..])
+        );
+    }
+
+    #[test]
+    fn crc_detects_every_single_bit_flip_after_len() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 7, 99, b"hello, spool");
+        for bit in 32..buf.len() * 8 {
+            let mut bad = buf.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(
+                decode_frame(&bad, 100).unwrap_err(),
+                FrameError::BadCrc,
+                "bit {bit}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_len_is_rejected() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 7, 99, b"hello, spool");
+        let mut longer = buf.clone();
+        longer[0] ^= 0x01; // 12 -> 13: frame now runs past the buffer
+        assert_eq!(
+            decode_frame(&longer, 100).unwrap_err(),
+            FrameError::Incomplete
+        );
+        let mut shorter = buf.clone();
+        shorter[0] ^= 0x04; // 12 -> 8: CRC over the wrong bytes
+        assert_eq!(decode_frame(&shorter, 100).unwrap_err(), FrameError::BadCrc);
+        let mut huge = buf.clone();
+        huge[3] ^= 0x80;
+        assert_eq!(decode_frame(&huge, 100).unwrap_err(), FrameError::TooLong);
+        assert_eq!(
+            decode_frame(&buf[..10], 100).unwrap_err(),
+            FrameError::Incomplete
+        );
+    }
+
+    #[test]
+    fn segment_header_validation() {
+        let h = encode_segment_header(12345);
+        assert_eq!(decode_segment_header(&h), Ok(12345));
+        assert_eq!(decode_segment_header(&h[..23]), Err(HeaderError::Short(23)));
+        assert_eq!(decode_segment_header(&[]), Err(HeaderError::Short(0)));
+        let mut bad = h;
+        bad[0] = b'X';
+        assert_eq!(decode_segment_header(&bad), Err(HeaderError::BadMagic));
+        let mut v2 = h;
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(
+            decode_segment_header(&v2),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn confirmed_round_trip_and_corruption() {
+        let b = encode_confirmed(987_654_321);
+        assert_eq!(decode_confirmed(&b), Ok(987_654_321));
+        for i in 0..CONFIRMED_LEN {
+            let mut bad = b;
+            bad[i] ^= 0x10;
+            assert!(decode_confirmed(&bad).is_err(), "byte {i}");
+        }
+        assert_eq!(decode_confirmed(&b[..20]), Err(ConfirmedError::Corrupt));
+    }
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.seg");
+        assert_eq!(parse_segment_file_name("00000000000000000001.seg"), Some(1));
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_segment_file_name("1.seg"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000000a.seg"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000001.seg.tmp"),
+            None
+        );
+    }
+}

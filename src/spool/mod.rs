@@ -1,0 +1,497 @@
+//! The spool: hookbridge's fsync'd, local write-ahead log.
+//!
+//! Ingress appends each verified delivery and answers 2xx only when [`Spool::append`] returns a
+//! sequence number; the forwarder reads records with a [`Reader`], publishes them, and calls
+//! [`Spool::confirm`] as the broker confirms them. The promise to users rests on this module:
+//! **nothing acknowledged is ever lost, even on kill -9 or power loss.**
+//!
+//! # What a successful `append` promises
+//!
+//! `append` resolves with `Ok(seq)` only after an `fdatasync` covering the record's frame has
+//! returned success, and, if the record is the first in a new segment file, after that file's
+//! header and its directory entry were fsync'd as well. From then on the record survives a crash
+//! of the process or the machine, is returned by a reader after any restart until it is
+//! confirmed, and `seq` is never given to another record. Cancelling an `append` future after
+//! it was queued does not cancel the write; the record may still be stored and forwarded.
+//!
+//! # On disk
+//!
+//! ```text
+//! <dir>/LOCK                          flock'd while a process has the spool open
+//! <dir>/confirmed                     the persisted confirmed position
+//! <dir>/confirmed.tmp                 transient: the next `confirmed`, before its rename
+//! <dir>/00000000000000000001.seg      segment files, named by base seq (20 digits)
+//! <dir>/00000000000000004711.seg
+//! <dir>/00000000000000004711.seg.tmp  transient: a segment being created, before its rename
+//! <dir>/damaged/                      files recovery refused to use; the spool never deletes them
+//! ```
+//!
+//! All integers are little-endian. The layouts below are persistent format: **do not reorder or
+//! change them without bumping the format version** (`FORMAT_VERSION`, currently 1, in
+//! `format.rs`, which holds the authoritative definitions).
+//!
+//! ## Segment file
+//!
+//! A 24-byte header — magic `b"HBSPOOL\0"` (8), format version u32 (4), reserved u32 = 0 (4),
+//! base seq u64 (8) — followed by frames back to back. The base seq is also the file name, and
+//! recovery rejects a header that disagrees with its name.
+//!
+//! Invariant: the i-th frame of a segment carries seq `base + i`, and every record in a segment
+//! is below the next segment's base. The writer keeps this by starting a new segment whenever the
+//! next seq would not continue the active one (possible only after a recovery that skipped
+//! numbers). Recovery and readers use it to resynchronise after corruption and to decide which
+//! segments are fully confirmed.
+//!
+//! ## Record frame
+//!
+//! `len: u32 | crc32c: u32 | seq: u64 | appended_at_ms: u64 | payload[len]` — a 24-byte header
+//! and the payload. The CRC-32C (Castagnoli) covers seq, appended_at_ms and the payload. A frame
+//! with `len > max_record_bytes` is corrupt (the writer never produces one).
+//!
+//! ## Confirmed file
+//!
+//! `magic b"HBCONFRM" (8) | format version u32 (4) | seq u64 (8) | crc32c u32 (4)`, the CRC over
+//! the first 20 bytes. It holds a position P such that every record with seq <= P was confirmed
+//! by the broker. It is replaced crash-safely: write `confirmed.tmp`, fsync it, rename it over
+//! `confirmed`, fsync the directory. A crash leaves either the old or the new position, both
+//! valid because the position only grows and replaying confirmed records is merely a duplicate.
+//!
+//! # Ordering rules (why a crash at any instant is safe)
+//!
+//! 1. A frame's bytes are fdatasync'd before its append is answered.
+//! 2. A new segment's header is fsync'd, then the file is renamed into place and the directory
+//!    fsync'd, before any frame is written to it.
+//! 3. Frames for the old segment are fsync'd before the next segment is created, so only the
+//!    newest segment can end in a torn write.
+//! 4. `confirmed.tmp` is fsync'd before it is renamed, and the directory is fsync'd before any
+//!    segment the new position covers is deleted.
+//! 5. A torn tail is truncated, and the truncation fsync'd, before new frames follow it.
+//!
+//! # Sequence numbers
+//!
+//! They start at 1, strictly increase, and are never reused during the spool's life, even after
+//! every segment was deleted: on open the next seq is one more than the largest of the last seq
+//! on disk, the confirmed position (which outlives deleted segments), and the highest seq that
+//! any file recovery could not read (or bytes it cut off) might have held. Numbers may therefore
+//! skip after a crash or corruption; they never repeat.
+//!
+//! # Appending: group commit
+//!
+//! A dedicated writer thread (blocking file I/O, no async runtime) owns the active segment.
+//! `append` checks the quota, reserves space and queues the payload with a oneshot for the reply.
+//! The writer blocks for the first request, drains whatever else is queued (up to
+//! `max_batch_bytes`), assigns consecutive seqs, encodes all frames into one buffer, and issues
+//! one positional write and one `fdatasync`; then it publishes the new commit point and replies
+//! to every waiter. Requests arriving during that fsync form the next batch, so the fsync rate
+//! stays bounded however many requests are concurrent.
+//!
+//! Rotation: when a frame would push the active segment past `segment_bytes` and the segment
+//! already holds records, the frames encoded so far are written and fsync'd to the old segment,
+//! then a new segment is created (header written to `NAME.seg.tmp`, fsync'd, renamed to
+//! `NAME.seg`, directory fsync'd) and the batch continues there. So a batch that straddles a
+//! rotation costs one fsync per segment, and only the newest segment can ever end in a torn
+//! write. A record larger than `segment_bytes` gets a segment of its own.
+//!
+//! # Fail closed
+//!
+//! Any error writing or fsyncing a segment, or creating one, poisons the spool
+//! ([`Health::Failed`]): the batch's waiters get [`Error::Failed`], every later append fails at
+//! once, and the writer does no further I/O. An fsync is never retried: after a failed fsync
+//! the kernel may have dropped or cleaned the dirty pages, so a retry can "succeed" with the data
+//! lost. Restarting the process runs recovery, which trusts only what it reads back. Committed
+//! records stay readable, so the forwarder can drain them meanwhile.
+//!
+//! # Confirming and deleting
+//!
+//! [`Spool::confirm`] only raises an in-memory atomic. The writer persists it (as above) at most
+//! once per `confirm_interval` while it moves, and on `close`. After persisting it deletes, oldest
+//! first, every segment whose records are all <= the *persisted* position (a segment is fully
+//! confirmed when the next segment's base is <= persisted + 1), then fsyncs the directory. The
+//! newest segment is kept — appends continue it — except when it is fully confirmed and the
+//! quota is too tight to accept a maximum-size record: then it is deleted too (the `confirmed`
+//! file keeps the seq high-water mark) and the next append starts a new one. A segment holding
+//! an unconfirmed record is never deleted.
+//!
+//! # Recovery (inside `open`)
+//!
+//! 1. Create `dir` if missing (fsyncing the parent of each directory created); take the flock
+//!    on `dir/LOCK`, or fail with [`Error::Locked`].
+//! 2. Read every header first. If the confirmed file or any segment names a format version this
+//!    build does not know (a downgrade), fail with [`Error::Incompatible`] before anything on
+//!    disk is changed. A missing `confirmed` means 0; a corrupt one (size, magic or CRC) is moved
+//!    into `damaged/` and 0 is used: replaying everything is safe (at-least-once), trusting a
+//!    damaged position is not.
+//! 3. Delete our stray temporary files (`confirmed.tmp`, `*.seg.tmp`): never renamed into place,
+//!    so never referenced, and a segment tmp holds only a header. Other unknown files are left
+//!    alone (logged).
+//! 4. List `*.seg` in base order. A zero-length segment is removed (segments appear by rename
+//!    after their header is fsync'd, so it never held a record of ours). A short or bad header,
+//!    or one disagreeing with the file name, moves the file into `damaged/` (never deleted); it is
+//!    listed in [`RecoveryReport::segments_moved_aside`] and its records are not replayed.
+//! 5. Delete segments fully covered by the confirmed position (left by a crash before deletion).
+//! 6. Scan every frame of the remaining segments:
+//!    * A bad frame (incomplete, oversized `len`, CRC mismatch, or a seq that does not continue
+//!      the segment) followed by valid data is corruption: logged as an error with segment and
+//!      offset, counted in `spool_corrupt_records` and the report, skipped. The scan resyncs by
+//!      trying every following byte offset for a frame whose `len` is sane, whose seq lies in the
+//!      narrow window the skipped bytes allow, and whose CRC verifies.
+//!    * A bad frame at the end of the *newest* segment with no valid frame after it is a torn
+//!      tail (an interrupted, never-acknowledged group commit): the file is truncated there and
+//!      fsync'd, and the report says how many bytes were cut.
+//!    * The same at the end of an older segment cannot be a torn write (older segments are
+//!      fsync'd before the next exists), so it is reported as corruption, not truncated.
+//! 7. New records continue the newest segment if it scanned clean and keeps seqs consecutive,
+//!    else they start a new segment.
+//!
+//! # Reading
+//!
+//! A [`Reader`] starts at the first record above the confirmed position (as of
+//! [`Spool::reader`]), using a sparse in-memory index of (seq, offset, time) checkpoints, at
+//! most one per second per segment, to avoid rescanning segments. It reads with its own file
+//! handles and never beyond the commit point the writer publishes after each fsync, so it cannot
+//! observe a partially written batch. It skips corrupt records with the same resync rules. Reads
+//! are small positional reads done inline (the data is normally still in the page cache), which
+//! keeps `next_batch` cancel-safe.
+//!
+//! # Quota and health
+//!
+//! `append` fails with [`Error::Full`], before queueing, when bytes of segment files + bytes
+//! reserved by queued appends + this record's reservation would exceed `max_bytes`. A
+//! reservation is the frame plus one segment header (the record may open a new segment), so the
+//! segment files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
+//! maximum-size record could not be accepted right now (free room < `max_record_bytes` + frame
+//! header + segment header), which includes every state in which the last append was refused
+//! for quota; it clears as soon as deletion frees room.
+
+mod format;
+mod fs;
+mod reader;
+mod recovery;
+mod scan;
+mod state;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+pub use reader::Reader;
+
+use crate::metrics::Metrics;
+use format::{frame_len, SEGMENT_HEADER_LEN};
+use state::{lock, now_ms, Shared};
+use writer::{Request, Writer};
+
+/// Name of the confirmed-position file in the spool directory.
+const CONFIRMED_FILE: &str = "confirmed";
+/// Name the next confirmed-position file is written under before its rename.
+const CONFIRMED_TMP_FILE: &str = "confirmed.tmp";
+
+/// Spool settings, already validated by `config`.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Directory holding segments, the confirmed-position file and the lock. Created if missing.
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started once it would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Quota over all segment files: an append that would exceed it fails with `Error::Full`.
+    pub max_bytes: u64,
+    /// Largest payload one record may carry (the frame header comes on top).
+    pub max_record_bytes: u32,
+    /// Upper bound on the bytes written by one group commit.
+    pub max_batch_bytes: usize,
+    /// How often the confirmed position is persisted (and fully confirmed segments deleted) while it moves.
+    pub confirm_interval: Duration,
+}
+
+/// One record as read back from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Sequence number, strictly increasing across the spool's life (never reused).
+    pub seq: u64,
+    /// Wall-clock time of the append, milliseconds since the Unix epoch.
+    pub appended_at_ms: u64,
+    /// The opaque payload exactly as appended.
+    pub payload: Bytes,
+}
+
+/// What `open` found and did, for logging.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Segment files in use after recovery.
+    pub segments: usize,
+    /// Valid records above the confirmed position: what a reader will replay.
+    pub records: u64,
+    /// The confirmed position read from disk (0 if missing or corrupt).
+    pub confirmed: u64,
+    /// Bytes cut off the end of the newest segment as a torn write.
+    pub torn_tail_bytes: u64,
+    /// Records lost to corruption and skipped (judged from the seqs around each damaged region).
+    pub corrupt_records_skipped: u64,
+    /// Where files that could not be used were moved (inside `dir/damaged/`).
+    pub segments_moved_aside: Vec<PathBuf>,
+}
+
+/// Point-in-time view of the spool.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Records appended but not yet confirmed.
+    pub records: u64,
+    /// Bytes in segment files on disk.
+    pub bytes: u64,
+    pub segments: usize,
+    /// Highest sequence number such that every record at or below it is confirmed.
+    pub confirmed: u64,
+    /// Sequence number the next append will get.
+    pub next_seq: u64,
+    /// Age of the oldest unconfirmed record, if any.
+    pub oldest_unconfirmed_age: Option<Duration>,
+}
+
+/// Whether the spool accepts appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// A maximum-size record would be refused for quota right now.
+    Full,
+    /// Poisoned by a write or fsync error: every append fails until the process restarts.
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The quota (`max_bytes`) has no room for this record; retry after the forwarder catches up.
+    #[error("spool is full")]
+    Full,
+    /// The payload exceeds `max_record_bytes`.
+    #[error("record too large")]
+    TooLarge,
+    /// The spool is poisoned (a write or fsync failed); the message says what failed.
+    #[error("spool failed: {0}")]
+    Failed(String),
+    /// Another process (or `Spool`) holds the directory lock.
+    #[error("spool is locked by another process")]
+    Locked,
+    /// `close` was called.
+    #[error("spool is closed")]
+    Closed,
+    /// An I/O error during `open`, or while reading.
+    #[error("spool i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A file in the spool has a format version this build cannot read (e.g. after a
+    /// downgrade); `open` refuses rather than guess, and has changed nothing on disk.
+    #[error("{}: spool format version {version} is not supported by this build", path.display())]
+    Incompatible { path: PathBuf, version: u32 },
+}
+
+/// Cloneable handle to the spool.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+/// The handle's state. The writer thread holds only `Shared` and the receiving end of the
+/// queue, so dropping the last `Spool` drops the sender and lets the writer finish and exit.
+struct Inner {
+    shared: Arc<Shared>,
+    /// `None` once `close` was called.
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<Result<(), Error>>>>,
+}
+
+impl Spool {
+    /// Blocking: takes the directory lock, recovers, starts the group-commit writer thread.
+    pub fn open(cfg: SpoolConfig, metrics: Arc<Metrics>) -> Result<(Spool, RecoveryReport), Error> {
+        let rec = recovery::recover(&cfg, &metrics)?;
+        let shared = Arc::new(Shared::new(
+            cfg,
+            metrics,
+            rec.table,
+            rec.disk_bytes,
+            rec.confirmed,
+            rec.next_seq,
+            rec.commit,
+        ));
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(
+            shared.clone(),
+            rx,
+            rec.lock,
+            rec.active,
+            rec.next_seq,
+            rec.confirmed,
+        );
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run())?;
+        let inner = Inner {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+        };
+        Ok((
+            Spool {
+                inner: Arc::new(inner),
+            },
+            rec.report,
+        ))
+    }
+
+    /// Resolves with the record's seq only after an fsync covering it has returned.
+    pub async fn append(&self, payload: Bytes) -> Result<u64, Error> {
+        let result = self.enqueue(payload).await;
+        let reason = match &result {
+            Err(Error::Full) => "full",
+            Err(Error::TooLarge) => "too_large",
+            Err(Error::Failed(_)) => "failed",
+            _ => return result,
+        };
+        self.inner
+            .shared
+            .metrics
+            .spool_rejected
+            .with_label_values(&[reason])
+            .inc();
+        result
+    }
+
+    async fn enqueue(&self, payload: Bytes) -> Result<u64, Error> {
+        let shared = &self.inner.shared;
+        if payload.len() > shared.cfg.max_record_bytes as usize {
+            return Err(Error::TooLarge);
+        }
+        if let Some(reason) = shared.poison_reason() {
+            return Err(Error::Failed(reason.to_owned()));
+        }
+        // Worst case the record opens a new segment, so reserve a header with it: the segment
+        // files then never exceed the quota.
+        let reserved = frame_len(payload.len()) + SEGMENT_HEADER_LEN;
+        let (reply, response) = oneshot::channel();
+        {
+            let tx = lock(&self.inner.tx);
+            let Some(tx) = tx.as_ref() else {
+                return Err(Error::Closed);
+            };
+            {
+                let mut quota = lock(&shared.quota);
+                if quota.disk + quota.queued + reserved > shared.cfg.max_bytes {
+                    return Err(Error::Full);
+                }
+                quota.queued += reserved;
+            }
+            if tx
+                .send(Request {
+                    payload,
+                    reserved,
+                    reply,
+                })
+                .is_err()
+            {
+                lock(&shared.quota).release(reserved);
+                return Err(Error::Failed("spool writer thread is gone".to_owned()));
+            }
+        }
+        response
+            .await
+            .unwrap_or_else(|_| Err(Error::Failed("spool writer thread is gone".to_owned())))
+    }
+
+    /// A reader positioned at the first unconfirmed record.
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.inner.shared.clone())
+    }
+
+    /// Every record with seq <= `seq` is confirmed by the broker. Monotonic; persisted lazily.
+    ///
+    /// Smaller values than before are ignored. A value beyond the last committed record is a
+    /// caller bug and is clamped to it: records appended later must never count as confirmed.
+    pub fn confirm(&self, seq: u64) {
+        let shared = &self.inner.shared;
+        let committed = shared.commit.borrow().seq;
+        if seq > committed {
+            tracing::warn!(
+                seq,
+                committed,
+                "confirm beyond the last committed record; clamped"
+            );
+        }
+        shared
+            .confirmed
+            .fetch_max(seq.min(committed), Ordering::AcqRel);
+    }
+
+    /// Cheap (two short lock acquisitions, a walk over the segments holding unconfirmed
+    /// records); `oldest_unconfirmed_age` is accurate to about one second.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let confirmed = shared.confirmed();
+        let (records, oldest_ms, segments) = {
+            let table = lock(&shared.segments);
+            let (records, oldest) = table.unconfirmed(confirmed);
+            (records, oldest, table.segs.len())
+        };
+        let bytes = lock(&shared.quota).disk;
+        Stats {
+            records,
+            bytes,
+            segments,
+            confirmed,
+            next_seq: shared.next_seq.load(Ordering::Acquire),
+            oldest_unconfirmed_age: oldest_ms
+                .map(|at| Duration::from_millis(now_ms().saturating_sub(at))),
+        }
+    }
+
+    /// `Failed` once poisoned; `Full` while a maximum-size record would be refused for quota
+    /// (see the module docs); else `Ok`.
+    pub fn health(&self) -> Health {
+        let shared = &self.inner.shared;
+        if shared.poison_reason().is_some() {
+            return Health::Failed;
+        }
+        let quota = lock(&shared.quota);
+        let free = shared
+            .cfg
+            .max_bytes
+            .saturating_sub(quota.disk + quota.queued);
+        if free < shared.max_reservation() {
+            Health::Full
+        } else {
+            Health::Ok
+        }
+    }
+
+    /// Stops the writer after pending appends, persists the confirmed position.
+    ///
+    /// New appends fail with [`Error::Closed`] at once; appends already queued are written and
+    /// answered. Returns once the writer thread has exited and released the directory lock (the
+    /// directory can then be opened again). Readers keep returning what was committed, then
+    /// [`Error::Closed`]. Calling it again waits for the first call to finish.
+    pub async fn close(&self) -> Result<(), Error> {
+        // Dropping the only sender: the writer drains the queue, then sees the disconnect.
+        drop(lock(&self.inner.tx).take());
+        let handle = lock(&self.inner.writer).take();
+        match handle {
+            Some(handle) => match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_panic)) => Err(Error::Failed("spool writer thread panicked".to_owned())),
+                Err(e) => Err(Error::Failed(format!(
+                    "waiting for the spool writer failed: {e}"
+                ))),
+            },
+            None => {
+                let mut commit = self.inner.shared.commit.subscribe();
+                let _ = commit.wait_for(|c| c.closed).await;
+                match self.inner.shared.poison_reason() {
+                    Some(reason) => Err(Error::Failed(reason.to_owned())),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}

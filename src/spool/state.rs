@@ -1,0 +1,300 @@
+//! State shared by the handle, the writer thread and readers.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::SpoolConfig;
+use crate::metrics::Metrics;
+
+/// Locks ignoring poisoning: a panic elsewhere has already poisoned the spool itself (see the
+/// writer's panic guard), and what these mutexes protect stays readable for stats and readers.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How far the durable, readable part of the spool reaches. Published by the writer after every
+/// group commit; readers never read past it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CommitPoint {
+    /// Highest seq whose frame is fsync'd (0 if none).
+    pub seq: u64,
+    /// Base seq of the segment holding that frame (0 if there is no segment).
+    pub segment: u64,
+    /// Byte offset just past the last committed frame in `segment`.
+    pub end: u64,
+    /// The writer has stopped: nothing will be committed any more.
+    pub closed: bool,
+}
+
+/// Disk quota bookkeeping. One mutex, so that an append's check-and-reserve and the writer's
+/// move of a batch from `queued` to `disk` are each atomic (no transient double or under count).
+#[derive(Debug, Default)]
+pub(crate) struct Quota {
+    /// Bytes of all segment files in the table.
+    pub disk: u64,
+    /// Reservations of appends accepted but not yet written.
+    pub queued: u64,
+}
+
+impl Quota {
+    /// Releases reserved bytes. Saturating so that an accounting bug degrades to a slightly
+    /// lenient quota rather than a wrapped counter that refuses every append forever.
+    pub(crate) fn release(&mut self, reserved: u64) {
+        debug_assert!(
+            reserved <= self.queued,
+            "releasing {reserved} of {} queued",
+            self.queued
+        );
+        self.queued = self.queued.saturating_sub(reserved);
+    }
+
+    /// Accounts for deleted segment bytes (saturating, as above).
+    pub(crate) fn freed(&mut self, bytes: u64) {
+        debug_assert!(
+            bytes <= self.disk,
+            "freeing {bytes} of {} on disk",
+            self.disk
+        );
+        self.disk = self.disk.saturating_sub(bytes);
+    }
+}
+
+/// A sparse index entry: the frame of `seq` starts at `offset` and was appended at `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub seq: u64,
+    pub offset: u64,
+    pub at_ms: u64,
+}
+
+/// At most one checkpoint per this many milliseconds per segment, enough for the 1-second
+/// accuracy of `oldest_unconfirmed_age` at a memory cost that does not grow with throughput.
+const CHECKPOINT_EVERY_MS: u64 = 1000;
+
+/// What the spool knows about one segment file.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentMeta {
+    pub base: u64,
+    pub path: PathBuf,
+    /// File length: header plus complete frames.
+    pub len: u64,
+    /// Seq of the last valid frame, `None` while the segment holds none.
+    pub last_seq: Option<u64>,
+    /// Sparse (seq, offset, time) index, ascending.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Start offsets of corrupt regions recovery already reported, so a reader skipping them
+    /// again does not count them twice.
+    pub known_corrupt: Vec<u64>,
+}
+
+impl SegmentMeta {
+    pub(crate) fn new(base: u64, path: PathBuf) -> SegmentMeta {
+        SegmentMeta {
+            base,
+            path,
+            len: SEGMENT_HEADER_LEN,
+            last_seq: None,
+            checkpoints: Vec::new(),
+            known_corrupt: Vec::new(),
+        }
+    }
+
+    /// Records a frame (in seq order); adds a checkpoint if the last one is a second old, or the
+    /// clock went backwards.
+    pub(crate) fn note_frame(&mut self, seq: u64, offset: u64, at_ms: u64) {
+        self.last_seq = Some(seq);
+        let due = match self.checkpoints.last() {
+            None => true,
+            Some(cp) => at_ms >= cp.at_ms.saturating_add(CHECKPOINT_EVERY_MS) || at_ms < cp.at_ms,
+        };
+        if due {
+            self.checkpoints.push(Checkpoint { seq, offset, at_ms });
+        }
+    }
+
+    /// Where to start scanning to find `seq`: the last checkpoint at or before it (as the cursor's
+    /// `(offset, last_good)`), or the first frame of the segment.
+    pub(crate) fn scan_start_for(&self, seq: u64) -> (u64, u64) {
+        let i = self.checkpoints.partition_point(|cp| cp.seq <= seq);
+        match i.checked_sub(1).map(|i| self.checkpoints[i]) {
+            Some(cp) => (cp.offset, cp.seq - 1),
+            None => (SEGMENT_HEADER_LEN, self.base.saturating_sub(1)),
+        }
+    }
+
+    /// Append time of the first record with seq >= `seq`, rounded down to a checkpoint.
+    fn time_of(&self, seq: u64) -> Option<u64> {
+        let i = self.checkpoints.partition_point(|cp| cp.seq <= seq);
+        self.checkpoints.get(i.saturating_sub(1)).map(|cp| cp.at_ms)
+    }
+}
+
+/// Segments on disk, ascending by base seq. The last one is the newest (the writer's active
+/// segment once it has written to it).
+#[derive(Debug, Default)]
+pub(crate) struct SegmentTable {
+    pub segs: VecDeque<SegmentMeta>,
+}
+
+impl SegmentTable {
+    pub(crate) fn get_mut(&mut self, base: u64) -> Option<&mut SegmentMeta> {
+        let i = self.segs.binary_search_by_key(&base, |s| s.base).ok()?;
+        self.segs.get_mut(i)
+    }
+
+    /// The segment that would hold `seq`: the last one whose base is <= seq, else the first.
+    pub(crate) fn index_for_seq(&self, seq: u64) -> Option<usize> {
+        if self.segs.is_empty() {
+            return None;
+        }
+        Some(
+            self.segs
+                .partition_point(|s| s.base <= seq)
+                .saturating_sub(1),
+        )
+    }
+
+    /// The first segment with a base above `base`.
+    pub(crate) fn index_after(&self, base: u64) -> Option<usize> {
+        let i = self.segs.partition_point(|s| s.base <= base);
+        (i < self.segs.len()).then_some(i)
+    }
+
+    /// Unconfirmed records (counting seq numbers, so records lost to corruption count until they
+    /// are confirmed past) and the append time of the oldest one. Walks back only over segments
+    /// holding unconfirmed records.
+    pub(crate) fn unconfirmed(&self, confirmed: u64) -> (u64, Option<u64>) {
+        let mut records = 0;
+        let mut oldest = None;
+        for seg in self.segs.iter().rev() {
+            let Some(last) = seg.last_seq else { continue };
+            if last <= confirmed {
+                break;
+            }
+            let first = confirmed.max(seg.base.saturating_sub(1)) + 1;
+            records += last + 1 - first;
+            oldest = seg.time_of(first).or(oldest);
+        }
+        (records, oldest)
+    }
+}
+
+/// Everything the writer, the handle and readers share.
+pub(crate) struct Shared {
+    pub cfg: SpoolConfig,
+    pub metrics: Arc<Metrics>,
+    pub segments: Mutex<SegmentTable>,
+    pub quota: Mutex<Quota>,
+    /// Latest position passed to `confirm` (in memory; the writer persists it).
+    pub confirmed: AtomicU64,
+    /// Seq the writer will give the next record.
+    pub next_seq: AtomicU64,
+    pub commit: watch::Sender<CommitPoint>,
+    /// Set once, on the first write/fsync failure: the reason every later append fails with.
+    poison: OnceLock<String>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        cfg: SpoolConfig,
+        metrics: Arc<Metrics>,
+        table: SegmentTable,
+        disk: u64,
+        confirmed: u64,
+        next_seq: u64,
+        commit: CommitPoint,
+    ) -> Shared {
+        Shared {
+            cfg,
+            metrics,
+            segments: Mutex::new(table),
+            quota: Mutex::new(Quota { disk, queued: 0 }),
+            confirmed: AtomicU64::new(confirmed),
+            next_seq: AtomicU64::new(next_seq),
+            commit: watch::channel(commit).0,
+            poison: OnceLock::new(),
+        }
+    }
+
+    /// Largest frame an append may produce, plus a segment header: what one append reserves.
+    pub(crate) fn max_reservation(&self) -> u64 {
+        SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + u64::from(self.cfg.max_record_bytes)
+    }
+
+    pub(crate) fn poison_reason(&self) -> Option<&str> {
+        self.poison.get().map(String::as_str)
+    }
+
+    /// Fails the spool closed. `op` is the `spool_errors` label.
+    pub(crate) fn poison(&self, op: &'static str, reason: String) {
+        self.metrics.spool_errors.with_label_values(&[op]).inc();
+        tracing::error!(op, error = %reason, "spool failed; refusing all further appends");
+        let _ = self.poison.set(reason);
+    }
+
+    pub(crate) fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment holding seqs `base..base + n`, one frame per 100 ms, frames 50 bytes apart.
+    fn seg(base: u64, n: u64, t0: u64) -> SegmentMeta {
+        let mut s = SegmentMeta::new(base, PathBuf::from(format!("{base}")));
+        for i in 0..n {
+            s.note_frame(base + i, SEGMENT_HEADER_LEN + 50 * i, t0 + 100 * i);
+        }
+        s
+    }
+
+    #[test]
+    fn checkpoints_are_sparse_and_find_scan_starts() {
+        let s = seg(10, 30, 5_000); // 3 s of appends
+        assert_eq!(s.last_seq, Some(39));
+        let cps: Vec<u64> = s.checkpoints.iter().map(|c| c.seq).collect();
+        assert_eq!(cps, vec![10, 20, 30], "one per second");
+        assert_eq!(s.scan_start_for(10), (SEGMENT_HEADER_LEN, 9));
+        assert_eq!(s.scan_start_for(25), (SEGMENT_HEADER_LEN + 500, 19));
+        assert_eq!(
+            s.scan_start_for(5),
+            (SEGMENT_HEADER_LEN, 9),
+            "before the first: header"
+        );
+    }
+
+    #[test]
+    fn unconfirmed_counts_and_ages_from_the_confirmed_position() {
+        let table = SegmentTable {
+            segs: [seg(1, 30, 0), seg(31, 30, 10_000)].into_iter().collect(),
+        };
+        assert_eq!(table.unconfirmed(0), (60, Some(0)));
+        assert_eq!(
+            table.unconfirmed(14),
+            (46, Some(1_000)),
+            "seq 15 was appended at 1.4 s"
+        );
+        assert_eq!(table.unconfirmed(30), (30, Some(10_000)));
+        assert_eq!(table.unconfirmed(59), (1, Some(12_000)));
+        assert_eq!(table.unconfirmed(60), (0, None));
+        assert_eq!(table.index_for_seq(30), Some(0));
+        assert_eq!(table.index_for_seq(31), Some(1));
+        assert_eq!(table.index_after(1), Some(1));
+        assert_eq!(table.index_after(31), None);
+    }
+}

@@ -1,0 +1,455 @@
+//! The group-commit writer thread: the only code that writes segments, creates them, persists
+//! the confirmed position and deletes segments.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::format::{
+    encode_confirmed, encode_frame, encode_segment_header, frame_len, segment_file_name,
+    SEGMENT_HEADER_LEN,
+};
+use super::fs::{self, DirLock, SpoolFile};
+use super::state::{lock, now_ms, SegmentMeta, Shared};
+use super::{Error, CONFIRMED_FILE, CONFIRMED_TMP_FILE};
+
+/// One append waiting for its group commit.
+pub(crate) struct Request {
+    pub payload: Bytes,
+    /// Quota bytes reserved by `append` (released when the batch is written or fails).
+    pub reserved: u64,
+    pub reply: oneshot::Sender<Result<u64, Error>>,
+}
+
+/// The segment new frames are appended to.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub base: u64,
+    pub file: SpoolFile,
+    /// Bytes in the file that are written and fsync'd.
+    pub len: u64,
+    /// Seq the next frame in this segment must carry to keep its seqs consecutive.
+    pub next_seq: u64,
+}
+
+/// Confirm-persist period when the configured one is zero (a zero `recv_timeout` would spin).
+const MIN_CONFIRM_INTERVAL: Duration = Duration::from_millis(1);
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<Request>,
+    dir: PathBuf,
+    active: Option<ActiveSegment>,
+    next_seq: u64,
+    /// Confirmed position last made durable in the `confirmed` file.
+    persisted: u64,
+    last_persist: Instant,
+    /// Segments may be deletable without the confirmed position having moved: a rotation just
+    /// sealed a fully confirmed segment, or the writer just started.
+    deletions_due: bool,
+    /// Reused encode buffer.
+    buf: Vec<u8>,
+    /// The directory lock lives as long as the writer, so it is released when `close` returns
+    /// even if readers still hold the shared state.
+    _lock: DirLock,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Request>,
+        lock: DirLock,
+        active: Option<ActiveSegment>,
+        next_seq: u64,
+        persisted: u64,
+    ) -> Writer {
+        let dir = shared.cfg.dir.clone();
+        Writer {
+            shared,
+            rx,
+            dir,
+            active,
+            next_seq,
+            persisted,
+            last_persist: Instant::now(),
+            deletions_due: true,
+            buf: Vec::new(),
+            _lock: lock,
+        }
+    }
+
+    /// The thread body. Returns once every sender is gone (close, or the last handle dropped)
+    /// and the queue is drained; the result is what `close` reports.
+    pub(crate) fn run(mut self) -> Result<(), Error> {
+        let _guard = PanicGuard(self.shared.clone());
+        let interval = self.shared.cfg.confirm_interval.max(MIN_CONFIRM_INTERVAL);
+        let max_batch = self.shared.cfg.max_batch_bytes as u64;
+        // A request drained from the queue that did not fit the previous batch.
+        let mut carry: Option<Request> = None;
+        loop {
+            let first = match carry.take() {
+                Some(r) => r,
+                None => match self.rx.recv_timeout(interval) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.maintain(interval);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            // Group commit: everything that queued up while the previous fsync ran goes into
+            // this one write and one fsync, up to max_batch_bytes (the first request always goes,
+            // however large).
+            let mut bytes = frame_len(first.payload.len());
+            let mut batch = vec![first];
+            while bytes < max_batch {
+                match self.rx.try_recv() {
+                    Ok(r) if bytes + frame_len(r.payload.len()) > max_batch => {
+                        carry = Some(r);
+                        break;
+                    }
+                    Ok(r) => {
+                        bytes += frame_len(r.payload.len());
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            self.maintain(interval);
+        }
+        self.shutdown()
+    }
+
+    /// Writes one batch and answers its waiters.
+    fn commit(&mut self, batch: Vec<Request>) {
+        let reserved: u64 = batch.iter().map(|r| r.reserved).sum();
+        let result = match self.shared.poison_reason() {
+            Some(reason) => Err(reason.to_owned()),
+            None => self.write_batch(&batch),
+        };
+        lock(&self.shared.quota).release(reserved);
+        match result {
+            Ok(first_seq) => {
+                let a = self
+                    .active
+                    .as_ref()
+                    .expect("a written batch has an active segment");
+                let last_seq = first_seq + batch.len() as u64 - 1;
+                self.shared.commit.send_modify(|c| {
+                    c.seq = last_seq;
+                    c.segment = a.base;
+                    c.end = a.len;
+                });
+                self.shared
+                    .metrics
+                    .spool_batch_records
+                    .observe(batch.len() as f64);
+                for (i, req) in batch.into_iter().enumerate() {
+                    // A dropped receiver (the append future was cancelled) is fine: the record is
+                    // durable and will be forwarded anyway.
+                    let _ = req.reply.send(Ok(first_seq + i as u64));
+                }
+            }
+            Err(reason) => {
+                for req in batch {
+                    let _ = req.reply.send(Err(Error::Failed(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Encodes, writes and fsyncs `batch`, rotating segments as needed. Returns the first seq.
+    /// Any error poisons the spool and is returned as the poison reason. Its waiters are told
+    /// the append failed, yet some of its frames may reach the disk anyway; after a restart
+    /// those are replayed (the client got an error and may resend: a duplicate, never a loss)
+    /// and any cut off as a torn tail have their seqs skipped, so no seq is reused.
+    fn write_batch(&mut self, batch: &[Request]) -> Result<u64, String> {
+        let at_ms = now_ms();
+        let first_seq = self.next_seq;
+        let end_seq = first_seq + batch.len() as u64;
+        let mut run = std::mem::take(&mut self.buf);
+        run.clear();
+        // Frames encoded in `run` carry seqs run_first..seq and go to the active segment.
+        let mut run_first = first_seq;
+        let mut result = Ok(());
+        for (seq, req) in (first_seq..).zip(batch) {
+            let flen = frame_len(req.payload.len());
+            if self.must_rotate(seq, seq - run_first, run.len() as u64, flen) {
+                // The frames already encoded for the current segment are written and fsync'd
+                // before the next segment exists: only the newest segment can ever end in a torn
+                // write, which is what lets recovery tell a torn tail from corruption.
+                result = self
+                    .write_run(&run, run_first, seq - run_first, at_ms)
+                    .and_then(|()| self.rotate(seq));
+                if result.is_err() {
+                    break;
+                }
+                run.clear();
+                run_first = seq;
+            }
+            encode_frame(&mut run, seq, at_ms, &req.payload);
+        }
+        if result.is_ok() {
+            result = self.write_run(&run, run_first, end_seq - run_first, at_ms);
+        }
+        run.clear();
+        self.buf = run;
+        result?;
+        self.next_seq = end_seq;
+        self.shared.next_seq.store(end_seq, Ordering::Release);
+        Ok(first_seq)
+    }
+
+    /// Whether the frame for `seq` (`flen` bytes, following `pending_frames` frames of
+    /// `pending_bytes` encoded for the active segment but not yet written) needs a new segment.
+    fn must_rotate(&self, seq: u64, pending_frames: u64, pending_bytes: u64, flen: u64) -> bool {
+        let Some(a) = &self.active else { return true };
+        // Seqs within a segment must stay consecutive from its base (resync relies on it); they
+        // would not after a recovery that had to skip numbers.
+        if a.next_seq + pending_frames != seq {
+            return true;
+        }
+        let holds_records = a.len > SEGMENT_HEADER_LEN || pending_frames > 0;
+        // A record larger than a whole segment still gets written: into a fresh segment of its own.
+        holds_records && a.len + pending_bytes + flen > self.shared.cfg.segment_bytes
+    }
+
+    /// Writes and fdatasyncs `frames` frames (`run`, seqs from `first_seq`) at the end of the
+    /// active segment.
+    fn write_run(
+        &mut self,
+        run: &[u8],
+        first_seq: u64,
+        frames: u64,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let a = self.active.as_mut().expect("rotate precedes the first run");
+        if let Err(e) = a.file.write_all_at(run, a.len) {
+            let reason = format!("write to segment {} failed: {e}", a.base);
+            self.shared.poison("write", reason.clone());
+            return Err(reason);
+        }
+        let started = Instant::now();
+        if let Err(e) = a.file.sync_data() {
+            // Never retried: after a failed fsync the kernel may have dropped the dirty pages or
+            // marked them clean, so a second fsync can succeed without the data being on disk.
+            // The only honest answer is to stop and let recovery rescan what really is there.
+            let reason = format!("fsync of segment {} failed: {e}", a.base);
+            self.shared.poison("fsync", reason.clone());
+            return Err(reason);
+        }
+        self.shared
+            .metrics
+            .spool_fsync
+            .observe(started.elapsed().as_secs_f64());
+        let offset = a.len;
+        a.len += run.len() as u64;
+        a.next_seq = first_seq + frames;
+        {
+            let mut table = lock(&self.shared.segments);
+            let meta = table
+                .get_mut(a.base)
+                .expect("the active segment is in the table");
+            meta.len = a.len;
+            // One checkpoint candidate per run (its first frame) keeps the index sparse.
+            meta.note_frame(first_seq, offset, at_ms);
+            meta.last_seq = Some(first_seq + frames - 1);
+        }
+        lock(&self.shared.quota).disk += run.len() as u64;
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record will be `base`. The header is fsync'd and the
+    /// file published by rename plus a directory fsync before any record goes in: a record in
+    /// a file whose directory entry is not durable could vanish with it on power loss.
+    fn rotate(&mut self, base: u64) -> Result<(), String> {
+        let name = segment_file_name(base);
+        let file = match fs::publish_file(
+            &self.dir,
+            &format!("{name}.tmp"),
+            &name,
+            &encode_segment_header(base),
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = format!("creating segment {name} failed: {e}");
+                self.shared.poison("rotate", reason.clone());
+                return Err(reason);
+            }
+        };
+        if let Some(old) = &self.active {
+            tracing::debug!(sealed = old.base, new = base, "rotated spool segment");
+            self.deletions_due = true;
+        }
+        self.active = Some(ActiveSegment {
+            base,
+            file,
+            len: SEGMENT_HEADER_LEN,
+            next_seq: base,
+        });
+        lock(&self.shared.segments)
+            .segs
+            .push_back(SegmentMeta::new(base, self.dir.join(&name)));
+        lock(&self.shared.quota).disk += SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Periodic work between batches: persist the confirmed position once per interval while it
+    /// moves, and delete what it (or a rotation) made deletable.
+    fn maintain(&mut self, interval: Duration) {
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        let confirmed = self.shared.confirmed();
+        if confirmed > self.persisted && self.last_persist.elapsed() >= interval {
+            self.last_persist = Instant::now();
+            if let Err(e) = self.persist(confirmed) {
+                // Not fatal, unlike a segment fsync: the confirmed file is rewritten from scratch
+                // each time (fresh tmp file, fresh fsync, then rename), so a retry does not lean
+                // on pages a failed fsync may have lost; until one succeeds the old position
+                // stays on disk, which only means replaying more after a crash (at-least-once).
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(error = %e, confirmed, "persisting the confirmed position failed; will retry");
+            }
+        } else if self.deletions_due {
+            self.delete_confirmed_segments();
+        }
+    }
+
+    /// Makes `confirmed` durable, then deletes the segments it fully covers.
+    fn persist(&mut self, confirmed: u64) -> io::Result<()> {
+        fs::publish_file(
+            &self.dir,
+            CONFIRMED_TMP_FILE,
+            CONFIRMED_FILE,
+            &encode_confirmed(confirmed),
+        )?;
+        self.persisted = confirmed;
+        self.delete_confirmed_segments();
+        Ok(())
+    }
+
+    /// Deletes every segment all of whose records are <= the persisted position, oldest first.
+    /// A segment's records all lie below the next segment's base; the newest segment is kept
+    /// (appends continue it) unless the quota is so tight that a maximum-size record no longer
+    /// fits: then, being fully confirmed, it is retired too and the next append starts a new
+    /// segment. That is safe because the durable `confirmed` file keeps the seq high-water mark.
+    fn delete_confirmed_segments(&mut self) {
+        self.deletions_due = false;
+        let persisted = self.persisted;
+        let victims: Vec<(u64, PathBuf, u64)> = {
+            let table = lock(&self.shared.segments);
+            let mut v: Vec<_> = table
+                .segs
+                .iter()
+                .zip(table.segs.iter().skip(1))
+                .take_while(|(_, next)| next.base <= persisted.saturating_add(1))
+                .map(|(s, _)| (s.base, s.path.clone(), s.len))
+                .collect();
+            if let Some(newest) = table.segs.back() {
+                // Fully confirmed implies every older segment is already in `v`.
+                let fully_confirmed = newest.last_seq.is_some_and(|l| l <= persisted);
+                if fully_confirmed && self.quota_pressed(&v) {
+                    v.push((newest.base, newest.path.clone(), newest.len));
+                }
+            }
+            v
+        };
+        if victims.is_empty() {
+            return;
+        }
+        let mut removed = 0;
+        for (base, path, len) in victims {
+            if let Err(e) = fs::remove_file(&path) {
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(segment = %path.display(), error = %e, "deleting a confirmed segment failed; will retry after the next persist");
+                break;
+            }
+            let mut table = lock(&self.shared.segments);
+            table.segs.retain(|s| s.base != base);
+            drop(table);
+            lock(&self.shared.quota).freed(len);
+            if self.active.as_ref().is_some_and(|a| a.base == base) {
+                self.active = None;
+            }
+            removed += 1;
+        }
+        if let Err(e) = fs::sync_dir(&self.dir) {
+            // Harmless if the unlinks are lost: the files only hold confirmed records, which
+            // recovery deletes again. So this is not treated as fatal.
+            self.shared
+                .metrics
+                .spool_errors
+                .with_label_values(&["confirm"])
+                .inc();
+            tracing::error!(error = %e, "fsync of the spool directory after deleting segments failed");
+        }
+        tracing::debug!(
+            segments = removed,
+            confirmed = persisted,
+            "deleted confirmed segments"
+        );
+    }
+
+    /// Whether, after deleting `victims`, a maximum-size append would still be refused.
+    fn quota_pressed(&self, victims: &[(u64, PathBuf, u64)]) -> bool {
+        let freed: u64 = victims.iter().map(|v| v.2).sum();
+        let q = lock(&self.shared.quota);
+        let used = q.disk.saturating_sub(freed) + q.queued;
+        self.shared.cfg.max_bytes.saturating_sub(used) < self.shared.max_reservation()
+    }
+
+    /// After the last request: persist the final confirmed position, mark the spool closed.
+    fn shutdown(mut self) -> Result<(), Error> {
+        let result = match self.shared.poison_reason() {
+            Some(reason) => Err(Error::Failed(reason.to_owned())),
+            None => {
+                let confirmed = self.shared.confirmed();
+                if confirmed > self.persisted {
+                    self.persist(confirmed).map_err(|e| {
+                        self.shared.metrics.spool_errors.with_label_values(&["confirm"]).inc();
+                        tracing::error!(error = %e, confirmed, "persisting the final confirmed position failed");
+                        Error::Io(e)
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        self.shared.commit.send_modify(|c| c.closed = true);
+        result
+    }
+}
+
+/// Poisons the spool and wakes readers if the writer thread panics, so nothing waits forever
+/// on a thread that is gone.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .poison("write", "spool writer thread panicked".to_owned());
+            self.0.commit.send_modify(|c| c.closed = true);
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Shared test harness: start the bridge (in-process on port 0, or the real binary), post
+//! deliveries over real HTTP, and read what arrived from a real NATS server.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use hookbridge::app::App;
+use hookbridge::config::Config;
+
+/// NATS with JetStream the tests use: `HOOKBRIDGE_TEST_NATS_URL` or the machine's local server.
+pub fn nats_url() -> String {
+    std::env::var("HOOKBRIDGE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A name unique to this test process and call, safe as a NATS token and stream name.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{tag}{}x{}x{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A config for one test: loopback port 0, its own spool directory, prefix and stream.
+pub fn test_config(spool_dir: &Path, tag: &str) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.spool.dir = spool_dir.to_owned();
+    c.spool.segment_bytes = 1024 * 1024;
+    c.spool.max_bytes = 256 * 1024 * 1024;
+    let id = unique(tag);
+    c.routing.prefix = format!("{id}.");
+    c.sink.nats.url = nats_url();
+    c.sink.nats.stream = id.to_uppercase();
+    c.sink.nats.request_timeout = Duration::from_secs(2);
+    c.forward.retry_max = Duration::from_millis(500);
+    c.shutdown.grace = Duration::from_secs(5);
+    c
+}
+
+/// The bridge running in this process.
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), hookbridge::app::Error>>>,
+}
+
+impl TestApp {
+    pub async fn start(config: Config) -> TestApp {
+        let settings = config.validate().expect("test config is valid");
+        let app = App::bind(settings).await.expect("app binds");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let http = app.http_addr();
+        let admin = app.admin_addr();
+        let task = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            http,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http()
+}
+
+/// Sends a request; returns status, response headers and the body parsed as JSON (Null if not JSON).
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<(u16, http::HeaderMap, serde_json::Value), String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, headers, json))
+}
+
+/// POSTs a delivery body with a delivery id; returns the status.
+pub async fn post(client: &HttpClient, url: &str, id: &str, body: impl Into<Bytes>) -> u16 {
+    request(
+        client,
+        "POST",
+        url,
+        &[("content-type", "application/json"), ("webhook-id", id)],
+        body,
+    )
+    .await
+    .map(|(s, _, _)| s)
+    .unwrap_or(0)
+}
+
+/// A Sessionboard-shaped body for resource `rid` carrying a per-resource sequence number.
+pub fn body(action: &str, rid: &str, n: u64) -> String {
+    format!(
+        r#"{{"data":{{"id":"{rid}","n":{n},"note":"é☕"}},"metadata":{{"action":"{action}","actor_id":7,"event_id":4001,"org_id":"org-1","version":1,"datetime":"2026-04-28T16:00:00Z"}}}}"#
+    )
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fixtures")
+}
+
+/// One message as it arrived at the broker.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+}
+
+pub async fn jetstream(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url)
+        .await
+        .expect("test connects to NATS");
+    jetstream::new(client)
+}
+
+/// Waits until the stream holds at least `want` messages (or `timeout` passes) and returns all of
+/// them in stream order.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = match js.get_stream(stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0) as usize,
+            Err(_) => 0,
+        };
+        if count >= want || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Ok(stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let total = stream.get_info().await.unwrap().state.messages as usize;
+    let mut out = Vec::with_capacity(total);
+    let mut messages = consumer.messages().await.unwrap();
+    while out.len() < total {
+        match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            Ok(Some(Ok(m))) => out.push(Received {
+                subject: m.subject.to_string(),
+                headers: m
+                    .headers
+                    .iter()
+                    .flat_map(|h| {
+                        h.iter()
+                            .map(|(k, vs)| (k.to_string(), vs[0].to_string()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect(),
+                payload: m.payload.clone(),
+            }),
+            _ => break,
+        }
+    }
+    out
+}
+
+pub async fn delete_stream(js: &jetstream::Context, stream: &str) {
+    let _ = js.delete_stream(stream).await;
+}
+
+/// Path of a `nats-server` binary for tests that need a server they can stop and start.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return p.into();
+    }
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("nats-server not found; set NATS_SERVER_BIN")
+}
+
+/// A private NATS server (JetStream on, own storage) the test can stop and restart on one port.
+pub struct NatsServer {
+    pub port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Picks a port and a storage directory but does not start the server.
+    pub fn new(store: &Path) -> NatsServer {
+        NatsServer {
+            port: free_port(),
+            store: store.to_owned(),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn start(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while async_nats::connect(self.url()).await.is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The real `hookbridge` binary, configured through the environment.
+pub struct BridgeProcess {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl BridgeProcess {
+    pub async fn spawn(env: &[(String, String)]) -> BridgeProcess {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookbridge"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("HOOKBRIDGE_HTTP__LISTEN", http.to_string())
+            .env("HOOKBRIDGE_ADMIN__LISTEN", admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn hookbridge");
+        let client = http_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _, _)) =
+                request(&client, "GET", &format!("http://{admin}/livez"), &[], "").await
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "hookbridge did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        BridgeProcess { child, http, admin }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Environment for [`BridgeProcess::spawn`] equivalent to `test_config`.
+pub fn bridge_env(spool_dir: &Path, prefix: &str, stream: &str) -> Vec<(String, String)> {
+    [
+        ("HOOKBRIDGE_SPOOL__DIR", spool_dir.display().to_string()),
+        ("HOOKBRIDGE_ROUTING__PREFIX", format!("{prefix}.")),
+        ("HOOKBRIDGE_SINK__NATS__URL", nats_url()),
+        ("HOOKBRIDGE_SINK__NATS__STREAM", stream.to_owned()),
+        ("HOOKBRIDGE_SINK__NATS__REQUEST_TIMEOUT", "2s".to_owned()),
+        ("HOOKBRIDGE_FORWARD__RETRY_MAX", "500ms".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The admin `/metrics` text.
+pub async fn metrics_text(client: &HttpClient, admin: SocketAddr) -> String {
+    let req = http::Request::builder()
+        .uri(format!("http://{admin}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// Reads a counter or gauge value from the admin `/metrics` text (sum over label sets that
+/// contain `label_filter`).
+pub async fn metric(client: &HttpClient, admin: SocketAddr, name: &str, label_filter: &str) -> f64 {
+    metrics_text(client, admin)
+        .await
+        .lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+                && l.contains(label_filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
