@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
+use crate::deadletter::DeadLetters;
 use crate::metrics::Metrics;
 use crate::server::{self, HttpResponse};
 use crate::sink::{BrokerState, BrokerStatus};
@@ -22,6 +23,7 @@ pub struct Admin {
     pub spool: Spool,
     pub metrics: Arc<Metrics>,
     pub broker: Arc<BrokerStatus>,
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 #[derive(Clone)]
@@ -93,6 +95,7 @@ impl Admin {
                 "broker": broker,
                 "backlog_records": stats.records,
                 "backlog_bytes": stats.bytes,
+                "dead_letters": self.dead_letters.len(),
             }),
         )
     }

@@ -16,12 +16,13 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
 use crate::config::{Settings, SinkKind};
+use crate::deadletter::DeadLetters;
 use crate::forward::Forwarder;
 use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
-use crate::sink::{nats::NatsSink, BrokerStatus, Sink};
+use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
 use crate::spool::{self, Spool, SpoolConfig};
 
 /// Bytes a spool frame and the delivery metadata add around a body, at most.
@@ -43,9 +44,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The sink could not be set up (bad URL or credentials; an unreachable broker is not an error).
+    /// The sink could not be set up (bad URL, credentials or client options; an unreachable
+    /// broker is not an error).
     #[error("sink: {0}")]
     Sink(String),
+    /// The dead-letter store inside the spool directory could not be opened.
+    #[error("{0}")]
+    DeadLetters(#[from] crate::deadletter::Error),
 }
 
 /// A bound, ready-to-run bridge.
@@ -56,6 +61,7 @@ pub struct App {
     spool: Spool,
     sink: Arc<dyn Sink>,
     broker: Arc<BrokerStatus>,
+    dead_letters: Arc<DeadLetters>,
     metrics: Arc<Metrics>,
 }
 
@@ -84,17 +90,22 @@ impl App {
                 dir: dir.clone(),
                 source,
             })?;
-        tracing::info!(
-            dir = %dir,
-            segments = report.segments,
-            records = report.records,
-            confirmed = report.confirmed,
-            torn_tail_bytes = report.torn_tail_bytes,
-            corrupt_records_skipped = report.corrupt_records_skipped,
-            moved_aside = ?report.segments_moved_aside,
-            took = ?started.elapsed(),
-            "spool recovered"
+        tracing::debug!(took = ?started.elapsed(), moved_aside = ?report.segments_moved_aside, "spool opened");
+
+        let dl_dir = c.spool.dir.clone();
+        let dead_letters = Arc::new(
+            tokio::task::spawn_blocking(move || DeadLetters::open(&dl_dir))
+                .await
+                .expect("dead-letter open does not panic")?,
         );
+        metrics.dead_letter_records.set(dead_letters.len() as i64);
+        if !dead_letters.is_empty() {
+            tracing::warn!(
+                records = dead_letters.len(),
+                dir = %dead_letters.dir().display(),
+                "the dead-letter store holds records the broker refused; see `hookbridge spool dead-letter`"
+            );
+        }
 
         let ingress = TcpListener::bind(c.http.listen)
             .await
@@ -116,7 +127,14 @@ impl App {
                     .await
                     .map_err(|e| Error::Sink(e.to_string()))?,
             ),
-            SinkKind::Kafka => return Err(Error::Sink("the kafka sink is not built in".into())),
+            SinkKind::Kafka => Arc::new(
+                KafkaSink::new(
+                    &c.sink.kafka,
+                    broker.clone(),
+                    metrics.kafka_queue_messages.clone(),
+                )
+                .map_err(|e| Error::Sink(e.to_string()))?,
+            ),
         };
         Ok(App {
             settings,
@@ -125,6 +143,7 @@ impl App {
             spool,
             sink,
             broker,
+            dead_letters,
             metrics,
         })
     }
@@ -155,6 +174,7 @@ impl App {
             spool,
             sink,
             broker,
+            dead_letters,
             metrics,
         } = self;
         let c = &settings.raw;
@@ -179,6 +199,7 @@ impl App {
             cfg: c.forward.clone(),
             metrics: metrics.clone(),
             status: broker.clone(),
+            dead_letters: dead_letters.clone(),
         };
         let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
         let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
@@ -215,6 +236,7 @@ impl App {
             spool: spool.clone(),
             metrics: metrics.clone(),
             broker,
+            dead_letters,
         }));
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(

@@ -25,7 +25,7 @@ const REDACTED: &str = "<redacted>";
 pub enum Error {
     /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
     /// figment's message names the key and where the value came from.
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] Box<figment::Error>),
     /// A value parsed but makes no sense (names the key).
     #[error("invalid `{key}`: {reason}")]
@@ -202,6 +202,7 @@ pub struct SinkConfig {
     /// `nats` or `kafka`. Default `nats`.
     pub kind: SinkKind,
     pub nats: NatsConfig,
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -251,6 +252,102 @@ impl Default for NatsConfig {
             password: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Kafka client id. Default `hookbridge`.
+    pub client_id: String,
+    /// `none`, `gzip`, `snappy` or `lz4`. Default `lz4`.
+    pub compression: Compression,
+    /// Create a missing topic (admin CreateTopics) on first use. Default false.
+    pub create_topics: bool,
+    /// Partitions of topics hookbridge creates. Default 3.
+    pub partitions: i32,
+    /// Replication factor of topics hookbridge creates. Default 1 (raise it on a real cluster).
+    pub replication_factor: i32,
+    /// librdkafka `message.timeout.ms`: how long one attempt may take, librdkafka's own retries
+    /// included, before the forwarder resends from the spool. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// Attempts at an unknown topic (with `create_topics = false`) before its records are
+    /// dead-lettered. Default 5.
+    pub unknown_topic_attempts: u32,
+    /// Extra librdkafka properties (TLS, SASL, tuning), passed through and validated at startup.
+    /// Default empty.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "hookbridge".into(),
+            compression: Compression::Lz4,
+            create_topics: false,
+            partitions: 3,
+            replication_factor: 1,
+            message_timeout: Duration::from_secs(30),
+            unknown_topic_attempts: 5,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties hookbridge sets itself; an `options` entry for one of them is an error
+/// that points at the key to use instead (or says why it cannot change).
+pub const KAFKA_RESERVED_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use sink.kafka.brokers"),
+    ("metadata.broker.list", "use sink.kafka.brokers"),
+    ("client.id", "use sink.kafka.client_id"),
+    ("compression.type", "use sink.kafka.compression"),
+    ("compression.codec", "use sink.kafka.compression"),
+    ("message.timeout.ms", "use sink.kafka.message_timeout"),
+    ("delivery.timeout.ms", "use sink.kafka.message_timeout"),
+    (
+        "enable.idempotence",
+        "hookbridge always enables the idempotent producer",
+    ),
+    ("acks", "hookbridge always produces with acks=all"),
+    (
+        "request.required.acks",
+        "hookbridge always produces with acks=all",
+    ),
+    (
+        "max.in.flight.requests.per.connection",
+        "bounded by the idempotent producer",
+    ),
+    ("max.in.flight", "bounded by the idempotent producer"),
+];
+
+/// Option names whose values are secrets (redacted by `check-config`).
+fn is_secret_option(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -386,11 +483,38 @@ impl Config {
         if c.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be positive"));
         }
-        if c.sink.kind == SinkKind::Kafka {
+        let k = &c.sink.kafka;
+        if k.brokers.trim().is_empty() {
             return Err(invalid(
-                "sink.kind",
-                "`kafka` is not built into this version yet; use `nats`",
+                "sink.kafka.brokers",
+                "must name at least one broker",
             ));
+        }
+        if k.partitions < 1 {
+            return Err(invalid("sink.kafka.partitions", "must be at least 1"));
+        }
+        if k.replication_factor < 1 {
+            return Err(invalid(
+                "sink.kafka.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        if k.message_timeout < Duration::from_secs(1) {
+            return Err(invalid("sink.kafka.message_timeout", "must be at least 1s"));
+        }
+        if k.unknown_topic_attempts == 0 {
+            return Err(invalid(
+                "sink.kafka.unknown_topic_attempts",
+                "must be at least 1",
+            ));
+        }
+        for key in k.options.keys() {
+            if let Some((_, why)) = KAFKA_RESERVED_OPTIONS.iter().find(|(name, _)| name == key) {
+                return Err(Error::Invalid {
+                    key: "sink.kafka.options",
+                    reason: format!("`{key}` cannot be set here: {why}"),
+                });
+            }
         }
         if c.sink.nats.stream.is_empty()
             || c.sink.nats.stream.contains(['.', '*', '>', ' ', '/', '\\'])
@@ -478,6 +602,11 @@ impl Config {
         if c.sink.nats.password.is_some() {
             c.sink.nats.password = Some(REDACTED.into());
         }
+        for (k, v) in c.sink.kafka.options.iter_mut() {
+            if is_secret_option(k) {
+                *v = REDACTED.into();
+            }
+        }
         toml::to_string_pretty(&c).expect("config serializes to TOML")
     }
 }
@@ -540,6 +669,12 @@ mod tests {
             ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.listen"),
             ("[sink.nats]\nstream = \"a.b\"\n", "sink.nats.stream"),
             ("[log]\nlevel = \"[[[\"\n", "log.level"),
+            (
+                "[sink.kafka.options]\n\"acks\" = \"1\"\n",
+                "sink.kafka.options",
+            ),
+            ("[sink.kafka]\npartitions = 0\n", "sink.kafka.partitions"),
+            ("[sink.kafka]\ncompression = \"brotli\"\n", "compression"),
         ] {
             let err = load_str(toml).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");
@@ -596,9 +731,14 @@ mod tests {
         c.auth.header_name = Some("x-token".into());
         c.auth.header_values = vec!["supersecretvalue1".into()];
         c.sink.nats.password = Some("hunter2hunter2".into());
+        c.sink
+            .kafka
+            .options
+            .insert("sasl.password".into(), "kafkasecret99".into());
         let out = c.redacted_toml();
         assert!(!out.contains("supersecretvalue1"));
         assert!(!out.contains("hunter2"));
+        assert!(!out.contains("kafkasecret99"));
         assert!(out.contains(REDACTED));
     }
 }

@@ -8,8 +8,10 @@
 //! - At most one message per ordering key (`data.id`) is in flight. The next change to a resource
 //!   is sent only after the previous one is confirmed, so retries can never reorder a resource's
 //!   changes. Different resources flow in parallel, up to `forward.max_in_flight` records.
-//! - Nothing is dropped for a broker error: every failure is retried from the record held here
-//!   (and the spool still has it).
+//! - Nothing is dropped for a broker error. A transient failure is retried from the record held
+//!   here (the spool still has it). A permanent one (the broker will never take this record) moves
+//!   the record to the local dead-letter store, durably, before it counts as done — so one bad
+//!   record or topic cannot block the others, and is still there for an operator to requeue.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -22,6 +24,7 @@ use futures_util::FutureExt;
 use rand::Rng;
 
 use crate::config::ForwardConfig;
+use crate::deadletter::{self, DeadLetters};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::routing::Router;
@@ -38,16 +41,27 @@ pub struct Forwarder {
     pub cfg: ForwardConfig,
     pub metrics: Arc<Metrics>,
     pub status: Arc<BrokerStatus>,
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 struct Slot {
     msg: Message,
+    /// The spool record payload (the message's body is a slice of it, so this costs nothing);
+    /// kept for the dead-letter store.
+    record: bytes::Bytes,
     /// Failed attempts so far.
     attempts: u32,
-    confirmed: bool,
+    /// Confirmed by the broker, or stored as a dead letter.
+    done: bool,
 }
 
-type Attempt = BoxFuture<'static, (u64, Instant, Result<(), SendError>)>;
+/// How one attempt at a record ended.
+enum Outcome {
+    Sent(Result<(), SendError>),
+    DeadLettered(Result<(), deadletter::Error>),
+}
+
+type Attempt = BoxFuture<'static, (u64, Instant, Outcome)>;
 
 /// The capped exponential backoff for the `attempt`-th retry (1-based), with "equal jitter": half
 /// the delay fixed, half random, so a fleet of records retrying after an outage spreads out.
@@ -107,8 +121,8 @@ impl Forwarder {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some((seq, started, result)) = attempts.next(), if !attempts.is_empty() => {
-                    self.settle(seq, started, result, &mut window, &mut by_key, &mut attempts);
+                Some((seq, started, outcome)) = attempts.next(), if !attempts.is_empty() => {
+                    self.settle(seq, started, outcome, &mut window, &mut by_key, &mut attempts);
                 }
                 batch = reader.next_batch(room.min(READ_BATCH)), if room > 0 && !reader_done => {
                     match batch {
@@ -164,6 +178,7 @@ impl Forwarder {
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
         let seq = r.seq;
+        let record = r.payload.clone();
         let delivery = match Delivery::decode(r.payload) {
             Ok(d) => d,
             Err(e) => {
@@ -181,8 +196,9 @@ impl Forwarder {
                             seq,
                             ..Message::default()
                         },
+                        record: bytes::Bytes::new(),
                         attempts: 0,
-                        confirmed: true,
+                        done: true,
                     },
                 );
                 self.advance(window);
@@ -198,8 +214,9 @@ impl Forwarder {
             seq,
             Slot {
                 msg,
+                record,
                 attempts: 0,
-                confirmed: false,
+                done: false,
             },
         );
         if let Some(m) = msg_for_send {
@@ -216,7 +233,37 @@ impl Forwarder {
             let seq = msg.seq;
             let started = Instant::now();
             let result = sink.send(msg).await;
-            (seq, started, result)
+            (seq, started, Outcome::Sent(result))
+        }
+        .boxed()
+    }
+
+    /// Stores a record the broker refused permanently in the dead-letter store.
+    fn dead_letter(&self, slot: &Slot, e: &SendError) -> Attempt {
+        let store = self.dead_letters.clone();
+        let action = Delivery::decode(slot.record.clone())
+            .map(|d| d.action)
+            .unwrap_or_default();
+        let meta = deadletter::Meta {
+            seq: slot.msg.seq,
+            id: slot.msg.id.clone(),
+            action,
+            destination: slot.msg.destination.clone(),
+            reason: e.kind().to_owned(),
+            error: e.to_string(),
+            dead_lettered_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let record = slot.record.clone();
+        async move {
+            let seq = meta.seq;
+            let started = Instant::now();
+            let result = tokio::task::spawn_blocking(move || store.put(&meta, &record))
+                .await
+                .expect("dead-letter write does not panic");
+            (seq, started, Outcome::DeadLettered(result))
         }
         .boxed()
     }
@@ -225,7 +272,7 @@ impl Forwarder {
         &self,
         seq: u64,
         started: Instant,
-        result: Result<(), SendError>,
+        outcome: Outcome,
         window: &mut BTreeMap<u64, Slot>,
         by_key: &mut HashMap<String, VecDeque<u64>>,
         attempts: &mut FuturesUnordered<Attempt>,
@@ -234,9 +281,8 @@ impl Forwarder {
         let Some(slot) = window.get_mut(&seq) else {
             return;
         };
-        match result {
-            Ok(()) => {
-                slot.confirmed = true;
+        match outcome {
+            Outcome::Sent(Ok(())) => {
                 self.metrics.published.with_label_values(&[sink]).inc();
                 self.metrics
                     .publish_latency
@@ -249,60 +295,89 @@ impl Forwarder {
                 if slot.attempts > 0 {
                     tracing::info!(seq, delivery_id = %slot.msg.id, attempts = slot.attempts + 1, "published after retries");
                 }
-                let key = slot.msg.key.clone();
-                if let Some(q) = by_key.get_mut(&key) {
-                    q.pop_front();
-                    match q.front() {
-                        Some(next) => {
-                            let m = window[next].msg.clone();
-                            attempts.push(self.attempt(m, Duration::ZERO));
-                        }
-                        None => {
-                            by_key.remove(&key);
-                        }
-                    }
-                }
-                self.advance(window);
+                self.finish(seq, window, by_key, attempts);
             }
-            Err(e) => {
+            Outcome::DeadLettered(Ok(())) => {
+                self.metrics
+                    .dead_letter_records
+                    .set(self.dead_letters.len() as i64);
+                self.finish(seq, window, by_key, attempts);
+            }
+            Outcome::DeadLettered(Err(e)) => {
+                // Could not store it locally either: keep the record and try the broker again
+                // later; it stays in the spool whatever happens.
+                tracing::error!(seq, delivery_id = %slot.msg.id, error = %e,
+                    "writing the dead letter failed; will retry");
+                attempts.push(self.attempt(slot.msg.clone(), self.cfg.retry_max));
+            }
+            Outcome::Sent(Err(e)) => {
                 slot.attempts += 1;
                 let n = slot.attempts;
                 self.metrics
                     .publish_errors
                     .with_label_values(&[sink, e.kind()])
                     .inc();
-                self.metrics
-                    .forward_retries
-                    .with_label_values(&[sink])
-                    .inc();
-                let delay = match &e {
+                match &e {
                     SendError::Retryable { .. } => {
                         self.metrics.broker_up.with_label_values(&[sink]).set(0);
                         self.status.set(BrokerState::Down);
-                        backoff(&self.cfg, n)
+                        let delay = backoff(&self.cfg, n);
+                        if n == 1 || n.is_power_of_two() {
+                            tracing::warn!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                                attempts = n, retry_in = ?delay, error = %e, "publish failed; will retry");
+                        }
+                        self.metrics
+                            .forward_retries
+                            .with_label_values(&[sink])
+                            .inc();
+                        attempts.push(self.attempt(slot.msg.clone(), delay));
                     }
-                    // Retrying will not help, but dropping would lose an acknowledged delivery:
-                    // keep it, slowly, and make noise.
-                    SendError::Permanent { .. } => self.cfg.retry_max,
-                };
-                let log_it = n == 1 || n.is_power_of_two();
-                if matches!(e, SendError::Permanent { .. }) {
-                    tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-                        attempts = n, error = %e, "broker refused the message permanently; retrying slowly");
-                } else if log_it {
-                    tracing::warn!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-                        attempts = n, retry_in = ?delay, error = %e, "publish failed; will retry");
+                    SendError::Permanent { kind, .. } => {
+                        self.metrics.dead_lettered.with_label_values(&[kind]).inc();
+                        tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                            reason = kind, error = %e,
+                            "broker refused the record permanently; moving it to the dead-letter store");
+                        attempts.push(self.dead_letter(slot, &e));
+                    }
                 }
-                attempts.push(self.attempt(slot.msg.clone(), delay));
             }
         }
+    }
+
+    /// The record is done (confirmed or dead-lettered): release its key for the next record of
+    /// the same resource and advance the confirmed prefix.
+    fn finish(
+        &self,
+        seq: u64,
+        window: &mut BTreeMap<u64, Slot>,
+        by_key: &mut HashMap<String, VecDeque<u64>>,
+        attempts: &mut FuturesUnordered<Attempt>,
+    ) {
+        let slot = window
+            .get_mut(&seq)
+            .expect("finished record is in the window");
+        slot.done = true;
+        let key = slot.msg.key.clone();
+        if let Some(q) = by_key.get_mut(&key) {
+            q.pop_front();
+            match q.front() {
+                Some(next) => {
+                    let m = window[next].msg.clone();
+                    attempts.push(self.attempt(m, Duration::ZERO));
+                }
+                None => {
+                    by_key.remove(&key);
+                }
+            }
+        }
+        self.advance(window);
     }
 
     /// Pops the confirmed prefix of the window and tells the spool.
     fn advance(&self, window: &mut BTreeMap<u64, Slot>) {
         let mut upto = None;
         while let Some(entry) = window.first_entry() {
-            if !entry.get().confirmed {
+            if !entry.get().done {
                 break;
             }
             upto = Some(*entry.key());

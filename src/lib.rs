@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod deadletter;
 pub mod delivery;
 pub mod forward;
 pub mod ingress;

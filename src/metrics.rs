@@ -47,6 +47,9 @@ pub struct Metrics {
     pub broker_up: IntGaugeVec,
     pub forward_in_flight: IntGauge,
     pub forward_retries: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub dead_letter_records: IntGauge,
+    pub kafka_queue_messages: IntGauge,
 }
 
 impl Metrics {
@@ -196,6 +199,24 @@ impl Metrics {
                 &["sink"],
             )
             .unwrap(),
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_dead_lettered_total",
+                    "Records the broker refused permanently, moved to the local dead-letter store, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            dead_letter_records: IntGauge::new(
+                "hookbridge_dead_letter_records",
+                "Records in the local dead-letter store.",
+            )
+            .unwrap(),
+            kafka_queue_messages: IntGauge::new(
+                "hookbridge_kafka_queue_messages",
+                "Messages in librdkafka's producer queue (sent or waiting, not yet reported).",
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -228,6 +249,9 @@ impl Metrics {
             Box::new(self.broker_up.clone()),
             Box::new(self.forward_in_flight.clone()),
             Box::new(self.forward_retries.clone()),
+            Box::new(self.dead_lettered.clone()),
+            Box::new(self.dead_letter_records.clone()),
+            Box::new(self.kafka_queue_messages.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");

@@ -4,6 +4,7 @@
 //!
 //! Only `sink/nats.rs` imports `async_nats`; only `sink/kafka.rs` imports `rdkafka`.
 
+pub mod kafka;
 pub mod nats;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,7 +29,8 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-/// Why a send failed. Every variant is retried from the spool; none drops the record.
+/// Why a send failed. Nothing is dropped: a retryable failure is retried from the spool, a
+/// permanent one moves the record to the local dead-letter store.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// The broker is unreachable, timed out, or refused for a reason that may pass (no stream
@@ -36,8 +38,7 @@ pub enum SendError {
     #[error("{kind}: {detail}")]
     Retryable { kind: &'static str, detail: String },
     /// The broker refused this message for a reason retrying will not fix (too large, not
-    /// authorized, invalid destination). The forwarder keeps retrying at the slowest rate and says
-    /// so loudly; isolating such records is the dead-letter store's job.
+    /// authorized, invalid or missing destination). `kind` is the dead-letter reason label.
     #[error("{kind} (permanent): {detail}")]
     Permanent { kind: &'static str, detail: String },
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the subdirectory that receives files recovery refuses to use but must not delete.
 pub(crate) const DAMAGED_DIR: &str = "damaged";
+/// Subdirectory owned by the dead-letter store (`crate::deadletter`); recovery leaves it alone.
+pub const DEAD_LETTER_DIR: &str = "dead-letter";
 
 /// An open spool file (segment). Reads and writes are positional, so no shared cursor can drift
 /// between the writer's idea of the end of a segment and the file's.

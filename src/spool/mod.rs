@@ -24,6 +24,7 @@
 //! <dir>/00000000000000004711.seg
 //! <dir>/00000000000000004711.seg.tmp  transient: a segment being created, before its rename
 //! <dir>/damaged/                      files recovery refused to use; the spool never deletes them
+//! <dir>/dead-letter/                  owned by `crate::deadletter`; the spool leaves it alone
 //! ```
 //!
 //! All integers are little-endian. The layouts below are persistent format: **do not reorder or
@@ -165,6 +166,7 @@
 
 mod format;
 mod fs;
+pub use fs::DEAD_LETTER_DIR;
 mod reader;
 mod recovery;
 mod scan;

@@ -64,7 +64,11 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
     let mut stray_tmp = Vec::new();
     let mut candidates = Vec::new();
     for e in fs::list_dir(dir)? {
-        if e.name == "LOCK" || e.name == CONFIRMED_FILE || e.name == fs::DAMAGED_DIR {
+        if e.name == "LOCK"
+            || e.name == CONFIRMED_FILE
+            || e.name == fs::DAMAGED_DIR
+            || e.name == fs::DEAD_LETTER_DIR
+        {
             continue;
         }
         if e.is_file

@@ -168,6 +168,39 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fixtures")
 }
 
+/// The Sessionboard sample bodies shipped in `examples/fixtures/`, sorted.
+pub fn fixture_files() -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Checks the message headers every sink sets from the body `v`; `header` looks one up.
+pub fn assert_sessionboard_headers<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    v: &serde_json::Value,
+) {
+    let action = v["metadata"]["action"].as_str().unwrap();
+    assert_eq!(header("sessionboard-action"), Some(action));
+    assert_eq!(header("content-type"), Some("application/json"));
+    assert_eq!(header("sessionboard-resource-id"), v["data"]["id"].as_str());
+    assert_eq!(
+        header("sessionboard-org-id"),
+        v["metadata"]["org_id"].as_str()
+    );
+    match &v["metadata"]["event_id"] {
+        serde_json::Value::Null => assert_eq!(header("sessionboard-event-id"), None),
+        e => assert_eq!(
+            header("sessionboard-event-id"),
+            Some(e.to_string().as_str())
+        ),
+    }
+}
+
 /// One message as it arrived at the broker.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -421,4 +454,278 @@ pub async fn metric(client: &HttpClient, admin: SocketAddr, name: &str, label_fi
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Path of the `tansu` binary (Apache-Kafka-protocol broker): `TANSU_BIN`, `PATH`, or cargo's bin.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v tansu"]).output() {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !p.is_empty() {
+            return p.into();
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = Path::new(&home).join(".cargo/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu not found; install it (see .ci/run) or set TANSU_BIN"
+    );
+    p
+}
+
+/// A private Kafka-protocol broker (tansu, in-memory storage) on a free port.
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    /// Picks a port without starting the broker.
+    pub fn new() -> Tansu {
+        Tansu {
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub async fn started() -> Tansu {
+        let mut t = Tansu::new();
+        t.start().await;
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: connections stay open but nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.thaw();
+        self.stop();
+    }
+}
+
+/// One Kafka record as a consumer saw it.
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub value: Vec<u8>,
+}
+
+impl KafkaRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).unwrap()
+    }
+}
+
+/// Reads `topics` from the beginning with the independent client (kafka-python), until `count`
+/// records or `timeout`.
+pub async fn kafka_python_consume(
+    brokers: &str,
+    topics: &[String],
+    count: usize,
+    timeout: Duration,
+) -> Vec<KafkaRecord> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_consume.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(["--brokers", brokers, "--count", &count.to_string()])
+        .args(["--timeout", &timeout.as_secs_f64().to_string()])
+        .args(topics);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "kafka-python consumer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            KafkaRecord {
+                topic: v["topic"].as_str().unwrap().to_owned(),
+                partition: v["partition"].as_i64().unwrap() as i32,
+                offset: v["offset"].as_i64().unwrap(),
+                key: v["key"].as_str().map(str::to_owned),
+                headers: v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| {
+                        (
+                            h[0].as_str().unwrap().to_owned(),
+                            h[1].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect(),
+                value: hex_decode(v["value"].as_str().unwrap()),
+            }
+        })
+        .collect()
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Reads `topics` from the beginning with an rdkafka consumer, until `count` records or
+/// `timeout`.
+pub async fn rdkafka_consume(
+    brokers: &str,
+    topics: &[String],
+    count: usize,
+    timeout: Duration,
+) -> Vec<KafkaRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let brokers = brokers.to_owned();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("hbtest"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let deadline = Instant::now() + timeout;
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            loop {
+                let md = consumer.fetch_metadata(Some(t), Duration::from_secs(5));
+                if let Ok(md) = md {
+                    let parts = md
+                        .topics()
+                        .first()
+                        .map(|t| t.partitions().len())
+                        .unwrap_or(0);
+                    if parts > 0 {
+                        for p in 0..parts as i32 {
+                            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+                        }
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "topic {t} never appeared");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        while out.len() < count && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => out.push(KafkaRecord {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(e)) => eprintln!("consumer error: {e}"),
+                None => {}
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// A config for one Kafka test: like [`test_config`], with the Kafka sink on `brokers`.
+pub fn kafka_config(spool_dir: &Path, tag: &str, brokers: &str) -> Config {
+    let mut c = test_config(spool_dir, tag);
+    c.sink.kind = hookbridge::config::SinkKind::Kafka;
+    c.sink.kafka.brokers = brokers.to_owned();
+    c.sink.kafka.create_topics = true;
+    c.sink.kafka.partitions = 3;
+    c.sink.kafka.message_timeout = Duration::from_secs(5);
+    c
 }
