@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use crate::admin::{Admin, AdminService};
 use crate::config::{Settings, SinkKind};
 use crate::deadletter::DeadLetters;
+use crate::dedup::Dedup;
 use crate::forward::Forwarder;
-use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
@@ -48,6 +48,9 @@ pub enum Error {
     /// broker is not an error).
     #[error("sink: {0}")]
     Sink(String),
+    /// The de-duplication journal inside the spool directory could not be opened.
+    #[error("de-duplication journal: {0}")]
+    Dedup(String),
     /// The dead-letter store inside the spool directory could not be opened.
     #[error("{0}")]
     DeadLetters(#[from] crate::deadletter::Error),
@@ -62,6 +65,7 @@ pub struct App {
     sink: Arc<dyn Sink>,
     broker: Arc<BrokerStatus>,
     dead_letters: Arc<DeadLetters>,
+    dedup: Option<Arc<Dedup>>,
     metrics: Arc<Metrics>,
 }
 
@@ -107,6 +111,26 @@ impl App {
             );
         }
 
+        let dedup = if c.auth.dedup_window.is_zero() {
+            None
+        } else {
+            let (dir, window, max) = (
+                c.spool.dir.clone(),
+                c.auth.dedup_window,
+                c.auth.dedup_max_entries,
+            );
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let d = tokio::task::spawn_blocking(move || Dedup::open(&dir, window, max, now_ms))
+                .await
+                .expect("dedup open does not panic")
+                .map_err(|e| Error::Dedup(e.to_string()))?;
+            tracing::info!(remembered = d.len(), window = ?window, "delivery-id de-duplication ready");
+            Some(Arc::new(d))
+        };
+
         let ingress = TcpListener::bind(c.http.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -144,6 +168,7 @@ impl App {
             sink,
             broker,
             dead_letters,
+            dedup,
             metrics,
         })
     }
@@ -175,6 +200,7 @@ impl App {
             sink,
             broker,
             dead_letters,
+            dedup,
             metrics,
         } = self;
         let c = &settings.raw;
@@ -204,49 +230,52 @@ impl App {
         let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
         let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
 
-        let gate = match &settings.token_auth {
-            Some(t) => Gate::Token(t.clone()),
-            None => Gate::Open,
-        };
-        let ingress_svc = IngressService(Arc::new(Ingress {
+        let ingress_state = Arc::new(Ingress {
             path: c.http.path.clone(),
             max_body_bytes: c.http.max_body_bytes,
             request_timeout: c.http.request_timeout,
             retry_after: c.http.retry_after,
-            gate,
+            gate: settings.gate.clone(),
             router: settings.router.clone(),
             spool: spool.clone(),
+            dedup,
             metrics: metrics.clone(),
-        }));
+        });
         let ingress_limits = Limits {
             max_connections: c.http.max_connections,
             header_timeout: c.http.header_timeout,
             rejected_counter: Some(metrics.http_rejected_connections.clone()),
             open_gauge: Some(metrics.http_connections.clone()),
+            max_headers: c.http.max_headers,
+            max_header_bytes: c.http.max_header_bytes,
+            error_counter: Some(metrics.http_connection_errors.clone()),
         };
         let ingress_task = tokio::spawn(server::serve(
             ingress,
-            ingress_svc,
+            move |peer: SocketAddr| IngressService(ingress_state.clone(), peer.ip()),
             ingress_limits,
             stopped(stop_rx.clone()),
             grace,
         ));
 
-        let admin_svc = AdminService(Arc::new(Admin {
+        let admin_state = Arc::new(Admin {
             spool: spool.clone(),
             metrics: metrics.clone(),
             broker,
             dead_letters,
-        }));
+        });
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(
             admin,
-            admin_svc,
+            move |_| AdminService(admin_state.clone()),
             Limits {
                 max_connections: 64,
                 header_timeout: c.http.header_timeout,
                 rejected_counter: None,
                 open_gauge: None,
+                max_headers: 64,
+                max_header_bytes: 16 * 1024,
+                error_counter: None,
             },
             stopped(admin_stop_rx),
             std::time::Duration::from_secs(1),

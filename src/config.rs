@@ -74,6 +74,12 @@ pub struct HttpConfig {
     /// `Retry-After` sent with 503 answers. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Most header fields in one request; more get 431. Default 64.
+    pub max_headers: usize,
+    /// Most bytes of request line and headers; more get 431. Default 16 KiB (at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `auth.allow_cidrs`. Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -86,6 +92,9 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
             retry_after: Duration::from_secs(5),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -105,15 +114,46 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Signing secrets: `whsec_…` (HMAC, `v1`) or `whpk_…` (Ed25519 public key, `v1a`); any
+    /// one matching is enough, so old and new can overlap during rotation. Default none.
+    pub secrets: Vec<String>,
+    /// Files holding more secrets, one per line (`#` comments). Default none.
+    pub secret_files: Vec<PathBuf>,
+    /// Largest accepted distance between the signature timestamp and now, either way. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub tolerance: Duration,
     /// Header carrying a shared token (e.g. `x-hookbridge-token`). Default: none.
     pub header_name: Option<String>,
     /// Accepted token values (several, for rotation). Default: none.
     pub header_values: Vec<String>,
     /// Serve without any authentication on a non-loopback address. Default false.
     pub allow_unauthenticated: bool,
+    /// How long delivery ids are remembered to drop the sender's repeats. Default 24 h; 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Most delivery ids remembered; the oldest are forgotten first. Default 1,000,000.
+    pub dedup_max_entries: usize,
+    /// Client networks allowed to deliver (CIDRs); empty allows all. Default empty.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            tolerance: Duration::from_secs(300),
+            header_name: None,
+            header_values: Vec::new(),
+            allow_unauthenticated: false,
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_max_entries: 1_000_000,
+            allow_cidrs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +432,36 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// Parses `auth.secrets` and the secrets in `auth.secret_files`. Errors name the key and the
+/// position, never the secret.
+fn load_keys(auth: &AuthConfig) -> Result<Vec<crate::ingress::signature::Key>, Error> {
+    use crate::ingress::signature::Key;
+    let mut keys = Vec::new();
+    for (i, s) in auth.secrets.iter().enumerate() {
+        keys.push(Key::parse(s).map_err(|e| Error::Invalid {
+            key: "auth.secrets",
+            reason: format!("entry {i}: {e}"),
+        })?);
+    }
+    for path in &auth.secret_files {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
+            key: "auth.secret_files",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            keys.push(Key::parse(line).map_err(|e| Error::Invalid {
+                key: "auth.secret_files",
+                reason: format!("{} line {}: {e}", path.display(), n + 1),
+            })?);
+        }
+    }
+    Ok(keys)
+}
+
 /// The figment that [`Config::load`] extracts from; exposed so tests can add providers.
 pub fn figment(file: Option<&Path>) -> Figment {
     let mut f = Figment::from(Serialized::defaults(Config::default()));
@@ -409,8 +479,8 @@ pub fn figment(file: Option<&Path>) -> Figment {
 pub struct Settings {
     pub raw: Config,
     pub router: Router,
-    /// Accepted token hashes (SHA-256), if header-token auth is configured.
-    pub token_auth: Option<TokenAuth>,
+    /// The access checks (token, signatures, source addresses).
+    pub gate: crate::ingress::auth::Gate,
 }
 
 #[derive(Debug, Clone)]
@@ -571,21 +641,50 @@ impl Config {
                 })
             }
         };
+        let keys = load_keys(&c.auth)?;
+        if c.http.max_headers == 0 {
+            return Err(invalid("http.max_headers", "must be positive"));
+        }
+        if c.http.max_header_bytes < 8192 {
+            return Err(invalid("http.max_header_bytes", "must be at least 8192"));
+        }
+        if c.auth.tolerance.is_zero() {
+            return Err(invalid("auth.tolerance", "must be positive"));
+        }
+        if !c.auth.dedup_window.is_zero() && c.auth.dedup_max_entries == 0 {
+            return Err(invalid(
+                "auth.dedup_max_entries",
+                "must be positive (or set auth.dedup_window = \"0s\")",
+            ));
+        }
         if token_auth.is_none()
+            && keys.is_empty()
             && !c.auth.allow_unauthenticated
             && !c.http.listen.ip().is_loopback()
         {
             return Err(invalid(
                 "http.listen",
                 format!(
-                    "{} is not a loopback address and no authentication is configured; set auth.header_name/auth.header_values, or auth.allow_unauthenticated = true",
+                    "{} is not a loopback address and no authentication is configured; set auth.secrets, or auth.header_name/auth.header_values, or auth.allow_unauthenticated = true",
                     c.http.listen
                 ),
             ));
         }
+        let gate = crate::ingress::auth::Gate {
+            token: token_auth,
+            signatures: (!keys.is_empty()).then_some(crate::ingress::auth::SignatureAuth {
+                keys,
+                tolerance: c.auth.tolerance,
+            }),
+            source: crate::ingress::auth::SourceAuth {
+                allow: c.auth.allow_cidrs.clone(),
+                trusted_proxies: c.http.trusted_proxies.clone(),
+            },
+            clock: crate::ingress::auth::system_clock,
+        };
         Ok(Settings {
             router,
-            token_auth,
+            gate,
             raw: self,
         })
     }
@@ -593,7 +692,12 @@ impl Config {
     /// The effective configuration as TOML, secrets replaced by `<redacted>`.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for v in &mut c.auth.header_values {
+        for v in c
+            .auth
+            .header_values
+            .iter_mut()
+            .chain(c.auth.secrets.iter_mut())
+        {
             *v = REDACTED.into();
         }
         if c.sink.nats.token.is_some() {
@@ -630,7 +734,7 @@ mod tests {
     fn defaults_validate() {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.raw.http.listen.to_string(), "127.0.0.1:8080");
-        assert!(s.token_auth.is_none());
+        assert!(s.gate.token.is_none() && s.gate.signatures.is_none());
     }
 
     #[test]
@@ -689,7 +793,38 @@ mod tests {
             "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
         )
         .unwrap();
-        assert_eq!(s.token_auth.unwrap().digests.len(), 2);
+        assert_eq!(s.gate.token.unwrap().digests.len(), 2);
+        let s = load_str(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.gate.signatures.unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn secrets_from_files_and_errors_that_do_not_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secrets");
+        std::fs::write(
+            &f,
+            "# rotation: old then new\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.auth.secret_files = vec![f.clone()];
+        assert_eq!(c.validate().unwrap().gate.signatures.unwrap().keys.len(), 2);
+        let mut c = Config::default();
+        c.auth.secrets = vec!["nothex-supersecret".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.secrets") && !err.contains("supersecret"),
+            "{err}"
+        );
+        std::fs::write(&f, "whsec_ok\n").unwrap();
+        let mut c = Config::default();
+        c.auth.secret_files = vec![f];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains("whsec_ok"), "{err}");
     }
 
     #[test]
@@ -730,6 +865,7 @@ mod tests {
         let mut c = Config::default();
         c.auth.header_name = Some("x-token".into());
         c.auth.header_values = vec!["supersecretvalue1".into()];
+        c.auth.secrets = vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()];
         c.sink.nats.password = Some("hunter2hunter2".into());
         c.sink
             .kafka
@@ -737,6 +873,7 @@ mod tests {
             .insert("sasl.password".into(), "kafkasecret99".into());
         let out = c.redacted_toml();
         assert!(!out.contains("supersecretvalue1"));
+        assert!(!out.contains("MfKQ9r8"));
         assert!(!out.contains("hunter2"));
         assert!(!out.contains("kafkasecret99"));
         assert!(out.contains(REDACTED));

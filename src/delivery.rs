@@ -6,9 +6,11 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Record payload format version. Bump it when the layout below changes, and keep decoding the
-/// old one: a spool written by an older hookbridge must replay after an upgrade.
+/// Record payload format versions. Bump it when the layout below changes, and keep decoding the
+/// old ones: a spool written by an older hookbridge must replay after an upgrade.
 const FORMAT_V1: u8 = 1;
+/// V1 plus `reject_reason` (authentic bodies kept for the dead-letter store).
+const FORMAT_V2: u8 = 2;
 
 /// Marks an absent optional string in the encoding.
 const NONE_LEN: u16 = u16::MAX;
@@ -34,6 +36,10 @@ pub struct Delivery {
     pub event_id: Option<String>,
     /// When hookbridge received it, ms since the Unix epoch.
     pub received_at_ms: u64,
+    /// Set when the body came from the authenticated sender but cannot be routed (not JSON, no
+    /// action, no `data.id`): the record is kept, and the forwarder moves it to the dead-letter
+    /// store with this reason instead of publishing it.
+    pub reject_reason: Option<String>,
     /// The request body exactly as received.
     pub body: Bytes,
 }
@@ -50,13 +56,15 @@ pub enum DecodeError {
 }
 
 impl Delivery {
-    // Layout, do not reorder (FORMAT_V1):
+    // Layout, do not reorder (FORMAT_V2):
     //   u8 version | str id | opt_str timestamp | str action | str resource_id
-    //   | opt_str org_id | opt_str event_id | u64 received_at_ms | u32 body_len | body
+    //   | opt_str org_id | opt_str event_id | u64 received_at_ms | opt_str reject_reason
+    //   | u32 body_len | body
+    // FORMAT_V1 is the same without reject_reason.
     // str = u16 len + UTF-8 bytes; opt_str = str, or u16::MAX for none. Little-endian.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.body.len() + 64 + self.id.len());
-        b.put_u8(FORMAT_V1);
+        b.put_u8(FORMAT_V2);
         put_str(&mut b, Some(&self.id));
         put_str(&mut b, self.timestamp.as_deref());
         put_str(&mut b, Some(&self.action));
@@ -64,6 +72,7 @@ impl Delivery {
         put_str(&mut b, self.org_id.as_deref());
         put_str(&mut b, self.event_id.as_deref());
         b.put_u64_le(self.received_at_ms);
+        put_str(&mut b, self.reject_reason.as_deref());
         b.put_u32_le(self.body.len() as u32);
         b.put_slice(&self.body);
         b.freeze()
@@ -74,7 +83,7 @@ impl Delivery {
             return Err(DecodeError::Malformed("empty"));
         }
         let v = p.get_u8();
-        if v != FORMAT_V1 {
+        if v != FORMAT_V1 && v != FORMAT_V2 {
             return Err(DecodeError::Version(v));
         }
         let id = get_str(&mut p)?.ok_or(DecodeError::Malformed("id"))?;
@@ -83,10 +92,18 @@ impl Delivery {
         let resource_id = get_str(&mut p)?.ok_or(DecodeError::Malformed("resource id"))?;
         let org_id = get_str(&mut p)?;
         let event_id = get_str(&mut p)?;
-        if p.remaining() < 12 {
+        if p.remaining() < 8 {
             return Err(DecodeError::Malformed("truncated"));
         }
         let received_at_ms = p.get_u64_le();
+        let reject_reason = if v >= FORMAT_V2 {
+            get_str(&mut p)?
+        } else {
+            None
+        };
+        if p.remaining() < 4 {
+            return Err(DecodeError::Malformed("truncated"));
+        }
         let len = p.get_u32_le() as usize;
         if p.remaining() != len {
             return Err(DecodeError::Malformed("body length"));
@@ -99,6 +116,7 @@ impl Delivery {
             org_id,
             event_id,
             received_at_ms,
+            reject_reason,
             body: p,
         })
     }
@@ -158,6 +176,7 @@ mod tests {
             org_id: Some("757e8d5b".into()),
             event_id: None,
             received_at_ms: 1_700_000_000_123,
+            reject_reason: None,
             body: Bytes::from_static("{\"data\":{\"id\":\"é☕\"}}".as_bytes()),
         }
     }
@@ -171,7 +190,29 @@ mod tests {
         e.org_id = None;
         e.event_id = Some("4001".into());
         e.body = Bytes::new();
+        e.reject_reason = Some("invalid_json".into());
         assert_eq!(Delivery::decode(e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn decodes_format_v1_written_by_hookbridge_0_1() {
+        // u8 1 | "m" | none | "a.b" | "r" | none | none | u64 7 | u32 2 | "{}"
+        let mut v1 = vec![
+            1u8, 1, 0, b'm', 0xff, 0xff, 3, 0, b'a', b'.', b'b', 1, 0, b'r',
+        ];
+        v1.extend([0xff, 0xff, 0xff, 0xff]);
+        v1.extend(7u64.to_le_bytes());
+        v1.extend(2u32.to_le_bytes());
+        v1.extend(b"{}");
+        let d = Delivery::decode(Bytes::from(v1)).unwrap();
+        assert_eq!(
+            (d.id.as_str(), d.action.as_str(), d.resource_id.as_str()),
+            ("m", "a.b", "r")
+        );
+        assert_eq!(
+            (d.received_at_ms, d.reject_reason, &d.body[..]),
+            (7, None, &b"{}"[..])
+        );
     }
 
     #[test]

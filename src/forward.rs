@@ -74,6 +74,15 @@ pub fn backoff(cfg: &ForwardConfig, attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
+/// Metric label for a reason the ingress gave (a fixed set).
+fn rejected_kind(reason: &str) -> &'static str {
+    match reason {
+        "invalid_json" => "invalid_json",
+        "missing_action" => "missing_action",
+        _ => "missing_data_id",
+    }
+}
+
 /// Builds the broker message for a stored delivery.
 pub fn message(router: &Router, seq: u64, d: Delivery) -> Message {
     let route = router.route(&d.action);
@@ -205,6 +214,7 @@ impl Forwarder {
                 return;
             }
         };
+        let reject_reason = delivery.reject_reason.clone();
         let msg = message(&self.router, seq, delivery);
         let queue = by_key.entry(msg.key.clone()).or_default();
         queue.push_back(seq);
@@ -220,7 +230,42 @@ impl Forwarder {
             },
         );
         if let Some(m) = msg_for_send {
-            attempts.push(self.attempt(m, Duration::ZERO));
+            match reject_reason {
+                // Authentic but unroutable at ingress: straight to the dead-letter store.
+                Some(reason) => {
+                    let e = SendError::Permanent {
+                        kind: rejected_kind(&reason),
+                        detail: format!("rejected at ingress: {reason}"),
+                    };
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    attempts.push(self.dead_letter(&window[&seq], &e));
+                }
+                None => attempts.push(self.attempt(m, Duration::ZERO)),
+            }
+        }
+    }
+
+    /// Sends, or for a record rejected at ingress, dead-letters it.
+    fn dispatch(&self, slot: &Slot) -> Attempt {
+        match Delivery::decode(slot.record.clone())
+            .ok()
+            .and_then(|d| d.reject_reason)
+        {
+            Some(reason) => {
+                let e = SendError::Permanent {
+                    kind: rejected_kind(&reason),
+                    detail: format!("rejected at ingress: {reason}"),
+                };
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                self.dead_letter(slot, &e)
+            }
+            None => self.attempt(slot.msg.clone(), Duration::ZERO),
         }
     }
 
@@ -361,10 +406,7 @@ impl Forwarder {
         if let Some(q) = by_key.get_mut(&key) {
             q.pop_front();
             match q.front() {
-                Some(next) => {
-                    let m = window[next].msg.clone();
-                    attempts.push(self.attempt(m, Duration::ZERO));
-                }
+                Some(next) => attempts.push(self.dispatch(&window[next])),
                 None => {
                     by_key.remove(&key);
                 }
@@ -423,6 +465,7 @@ mod tests {
             org_id: Some("org\r\nx".into()),
             event_id: Some("4001".into()),
             received_at_ms: 0,
+            reject_reason: None,
             body: bytes::Bytes::from_static(b"{}"),
         };
         let m = message(&router, 7, d);

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod deadletter;
+pub mod dedup;
 pub mod delivery;
 pub mod forward;
 pub mod ingress;

@@ -1,7 +1,7 @@
 //! Prometheus metrics: one registry per process (or per test app), handles passed as `Arc<Metrics>`.
 //!
 //! Every label set here is bounded: `action` is one of the catalogued Sessionboard actions or
-//! `other` / `unroutable`, `status` is an HTTP status code, `sink` is `nats` or `kafka`, `kind` and
+//! `other` / `unroutable` / `invalid`, `status` is an HTTP status code, `sink` is `nats` or `kafka`, `kind` and
 //! `reason` come from fixed enums in the code.
 
 use prometheus::{
@@ -25,6 +25,9 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub deliveries_accepted: IntCounterVec,
     pub deliveries_unroutable: IntCounter,
+    pub deliveries_duplicate: IntCounter,
+    pub deliveries_invalid: IntCounterVec,
+    pub http_connection_errors: IntCounterVec,
     pub ack_latency: Histogram,
     pub http_connections: IntGauge,
     pub http_rejected_connections: IntCounter,
@@ -72,6 +75,27 @@ impl Metrics {
             deliveries_unroutable: IntCounter::new(
                 "hookbridge_deliveries_unroutable_total",
                 "Accepted deliveries whose action is not a valid subject token, routed to the dead-letter subject.",
+            )
+            .unwrap(),
+            deliveries_duplicate: IntCounter::new(
+                "hookbridge_deliveries_duplicate_total",
+                "Deliveries whose id was stored before within auth.dedup_window: acknowledged, not stored again.",
+            )
+            .unwrap(),
+            deliveries_invalid: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_deliveries_invalid_total",
+                    "Authentic deliveries that cannot be routed (invalid_json, missing_action, missing_data_id): acknowledged and dead-lettered.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            http_connection_errors: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_http_connection_errors_total",
+                    "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, other).",
+                ),
+                &["kind"],
             )
             .unwrap(),
             ack_latency: Histogram::with_opts(
@@ -230,6 +254,9 @@ impl Metrics {
             Box::new(self.deliveries_accepted.clone()),
             Box::new(self.deliveries_unroutable.clone()),
             Box::new(self.ack_latency.clone()),
+            Box::new(self.deliveries_duplicate.clone()),
+            Box::new(self.deliveries_invalid.clone()),
+            Box::new(self.http_connection_errors.clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_rejected_connections.clone()),
             Box::new(self.spool_records.clone()),

@@ -29,28 +29,37 @@ pub struct Limits {
     pub rejected_counter: Option<prometheus::IntCounter>,
     /// Gauge of open connections.
     pub open_gauge: Option<prometheus::IntGauge>,
+    /// Most header fields per request (431 above).
+    pub max_headers: usize,
+    /// Most bytes of request head buffered (431 above).
+    pub max_header_bytes: usize,
+    /// Counts connections ended by an error, by kind.
+    pub error_counter: Option<prometheus::IntCounterVec>,
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for open connections to
 /// finish their in-flight requests. Returns once every connection is closed or the grace ran out.
-pub async fn serve<S, F>(
+/// `make_service` builds the service for one connection from the peer address.
+pub async fn serve<M, S, F>(
     listener: TcpListener,
-    service: S,
+    make_service: M,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
     S: Service<Request<Incoming>, Response = HttpResponse, Error = Infallible, Future = F>
-        + Clone
         + Send
         + 'static,
     F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
+    M: Fn(std::net::SocketAddr) -> S,
 {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
@@ -75,15 +84,28 @@ pub async fn serve<S, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), make_service(peer));
         let conn = graceful.watch(conn);
         let gauge = limits.open_gauge.clone();
+        let errors = limits.error_counter.clone();
         tokio::spawn(async move {
             if let Some(g) = &gauge {
                 g.inc();
             }
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
+                let kind = if e.is_timeout() {
+                    "header_timeout"
+                } else if e.is_parse_too_large() {
+                    "headers_too_large"
+                } else if e.is_incomplete_message() {
+                    "incomplete"
+                } else {
+                    "other"
+                };
+                if let Some(c) = &errors {
+                    c.with_label_values(&[kind]).inc();
+                }
+                tracing::debug!(%peer, error = %e, kind, "connection ended with error");
             }
             if let Some(g) = &gauge {
                 g.dec();

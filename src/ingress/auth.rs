@@ -1,47 +1,120 @@
-//! Who may deliver. The only way to obtain an [`Authenticated`] is [`Gate::check`]; the handler
-//! needs one to build a delivery for the spool, so an unchecked request cannot reach the spool by
-//! accident.
+//! Who may deliver. The only way to obtain a [`Verified`] — the request body together with the
+//! proof that it passed the configured checks — is [`Gate::check`], and the ingress builds the
+//! delivery for the spool from a `Verified` only. So an unchecked body cannot reach the spool by
+//! accident: the raw bytes are moved into the gate and only come out verified.
 
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 use http::HeaderMap;
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::signature::{self, Key, SigError};
 use crate::config::TokenAuth;
 
-/// Proof that a request passed the configured access check.
+/// A request body that passed the gate, with the delivery headers the gate looked at.
 #[derive(Debug)]
-pub struct Authenticated {
-    _private: (),
+pub struct Verified {
+    body: Bytes,
+    /// A token or signature was checked (not just an open loopback gate): the sender is known,
+    /// so even a malformed body is kept (dead-lettered) rather than refused.
+    authentic: bool,
 }
 
-/// Why a request was refused; the text is the JSON `error` code.
+impl Verified {
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+
+    pub fn authentic(&self) -> bool {
+        self.authentic
+    }
+}
+
+/// Why a request was refused; [`Denied::code`] is the JSON `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// The token header is absent.
     #[error("missing_token")]
     MissingToken,
-    /// The token header is present (possibly more than once) but no value matches.
+    /// The token header is present (possibly more than once) but a value does not match.
     #[error("invalid_token")]
     InvalidToken,
-}
-
-/// The configured access check.
-#[derive(Debug, Clone)]
-pub enum Gate {
-    /// No authentication (only allowed on loopback unless the operator opted out; see config).
-    Open,
-    /// A shared token in a header.
-    Token(TokenAuth),
+    /// Signatures are configured and the signature check failed.
+    #[error("{0}")]
+    Signature(SigError),
+    /// The client address is not in `auth.allow_cidrs`.
+    #[error("forbidden_source")]
+    ForbiddenSource,
 }
 
 impl Denied {
-    /// The JSON `error` code.
     pub fn code(&self) -> &'static str {
         match self {
             Denied::MissingToken => "missing_token",
             Denied::InvalidToken => "invalid_token",
+            Denied::Signature(e) => e.code(),
+            Denied::ForbiddenSource => "forbidden_source",
         }
     }
+
+    pub fn detail(&self) -> &'static str {
+        match self {
+            Denied::MissingToken => "the configured token header is missing",
+            Denied::InvalidToken => "the token does not match",
+            Denied::Signature(e) => e.detail(),
+            Denied::ForbiddenSource => "the client address is not allowed (auth.allow_cidrs)",
+        }
+    }
+
+    /// 403 for a source-address refusal, 401 for everything else. Never a status that tells a
+    /// sender to stop retrying: once the operator fixes a secret, retries must get through.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Denied::ForbiddenSource => http::StatusCode::FORBIDDEN,
+            _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Signature settings.
+#[derive(Debug, Clone)]
+pub struct SignatureAuth {
+    pub keys: Vec<Key>,
+    pub tolerance: Duration,
+}
+
+/// Source-address settings.
+#[derive(Debug, Clone, Default)]
+pub struct SourceAuth {
+    /// Allowed client networks; empty allows all.
+    pub allow: Vec<IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The configured checks. Each configured mechanism must pass.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub token: Option<TokenAuth>,
+    pub signatures: Option<SignatureAuth>,
+    pub source: SourceAuth,
+    /// Current Unix time in seconds; injected so tolerance can be tested.
+    pub clock: fn() -> i64,
+}
+
+pub fn system_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// SHA-256 of a token, the form tokens are compared in.
@@ -50,33 +123,132 @@ pub fn digest(value: &[u8]) -> [u8; 32] {
 }
 
 impl Gate {
-    pub fn check(&self, headers: &HeaderMap) -> Result<Authenticated, Denied> {
-        match self {
-            Gate::Open => Ok(Authenticated { _private: () }),
-            Gate::Token(auth) => {
-                let mut values = headers.get_all(&auth.header).iter().peekable();
-                if values.peek().is_none() {
-                    return Err(Denied::MissingToken);
-                }
-                // A repeated header is ambiguous; require that every copy is a valid token rather
-                // than letting one good copy vouch for another.
-                let mut all_ok = true;
-                for v in values {
-                    let d = digest(v.as_bytes());
-                    // Compare against every configured digest without stopping early.
-                    let mut ok = subtle::Choice::from(0);
-                    for want in &auth.digests {
-                        ok |= d.ct_eq(want);
+    /// No checks at all (only allowed on loopback unless the operator opted out; see config).
+    pub fn open() -> Gate {
+        Gate {
+            token: None,
+            signatures: None,
+            source: SourceAuth::default(),
+            clock: system_clock,
+        }
+    }
+
+    /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
+    /// `X-Forwarded-For` address that is not itself a trusted proxy. A forwarded-for header from
+    /// anyone else is ignored, so it cannot be forged past the allowlist.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.source.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for hop in hops.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted(&ip) {
+                        break;
                     }
-                    all_ok &= bool::from(ok);
                 }
-                if all_ok {
-                    Ok(Authenticated { _private: () })
-                } else {
-                    Err(Denied::InvalidToken)
-                }
+                // An unparsable hop: stop and use the last good one, never skip past it.
+                Err(_) => break,
             }
         }
+        client
+    }
+
+    /// Checks the source address before anything is read.
+    pub fn check_source(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
+        if self.source.allow.is_empty() {
+            return Ok(());
+        }
+        let ip = self.client_ip(peer, headers);
+        if self.source.allow.iter().any(|n| n.contains(&ip)) {
+            Ok(())
+        } else {
+            Err(Denied::ForbiddenSource)
+        }
+    }
+
+    /// Checks token and signature; `id` and `timestamp` are the already-validated delivery
+    /// headers (either spelling).
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        body: Bytes,
+    ) -> Result<Verified, Denied> {
+        if let Some(auth) = &self.token {
+            check_token(auth, headers)?;
+        }
+        if let Some(sig) = &self.signatures {
+            let header =
+                signature_header(headers).ok_or(Denied::Signature(SigError::MissingHeaders))?;
+            let (Some(id), Some(ts)) = (id, timestamp) else {
+                return Err(Denied::Signature(SigError::MissingHeaders));
+            };
+            signature::verify(
+                &sig.keys,
+                sig.tolerance,
+                id,
+                ts,
+                header,
+                &body,
+                (self.clock)(),
+            )
+            .map_err(Denied::Signature)?;
+        }
+        Ok(Verified {
+            body,
+            authentic: self.token.is_some() || self.signatures.is_some(),
+        })
+    }
+}
+
+/// `webhook-signature` or `svix-signature`; several copies are joined (each may carry entries).
+fn signature_header(headers: &HeaderMap) -> Option<&str> {
+    let mut found = None;
+    for name in ["webhook-signature", "svix-signature"] {
+        for v in headers.get_all(name) {
+            // A second header copy is ambiguous; only the first is considered, and a request
+            // whose first copy fails is refused.
+            if found.is_none() {
+                found = v.to_str().ok();
+            }
+        }
+    }
+    found
+}
+
+fn check_token(auth: &TokenAuth, headers: &HeaderMap) -> Result<(), Denied> {
+    let mut values = headers.get_all(&auth.header).iter().peekable();
+    if values.peek().is_none() {
+        return Err(Denied::MissingToken);
+    }
+    // A repeated header is ambiguous; require that every copy is a valid token rather than
+    // letting one good copy vouch for another.
+    let mut all_ok = true;
+    for v in values {
+        let d = digest(v.as_bytes());
+        // Compare against every configured digest without stopping early.
+        let mut ok = subtle::Choice::from(0);
+        for want in &auth.digests {
+            ok |= d.ct_eq(want);
+        }
+        all_ok &= bool::from(ok);
+    }
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Denied::InvalidToken)
     }
 }
 
@@ -84,19 +256,30 @@ impl Gate {
 mod tests {
     use super::*;
 
-    fn gate() -> Gate {
-        Gate::Token(TokenAuth {
-            header: http::HeaderName::from_static("x-token"),
-            digests: vec![
-                digest(b"old-token-0123456789"),
-                digest(b"new-token-0123456789"),
-            ],
-        })
+    fn token_gate() -> Gate {
+        Gate {
+            token: Some(TokenAuth {
+                header: http::HeaderName::from_static("x-token"),
+                digests: vec![
+                    digest(b"old-token-0123456789"),
+                    digest(b"new-token-0123456789"),
+                ],
+            }),
+            ..Gate::open()
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
     }
 
     #[test]
     fn token_table() {
-        let g = gate();
+        let g = token_gate();
         let cases: &[(&[&str], Result<(), Denied>)] = &[
             (&[], Err(Denied::MissingToken)),
             (&["old-token-0123456789"], Ok(())),
@@ -108,16 +291,87 @@ mod tests {
             (&["old-token-0123456789", "new-token-0123456789"], Ok(())),
         ];
         for (values, want) in cases {
-            let mut h = HeaderMap::new();
-            for v in *values {
-                h.append("x-token", v.parse().unwrap());
-            }
-            assert_eq!(g.check(&h).map(|_| ()), *want, "{values:?}");
+            let h = headers(&values.iter().map(|v| ("x-token", *v)).collect::<Vec<_>>());
+            let got = g
+                .check(&h, None, None, Bytes::new())
+                .map(|v| assert!(v.authentic()));
+            assert_eq!(got, *want, "{values:?}");
         }
     }
 
     #[test]
-    fn open_gate_admits() {
-        assert!(Gate::Open.check(&HeaderMap::new()).is_ok());
+    fn open_gate_admits_but_is_not_authentic() {
+        let v = Gate::open()
+            .check(&HeaderMap::new(), None, None, Bytes::from_static(b"x"))
+            .unwrap();
+        assert!(!v.authentic());
+        assert_eq!(v.into_body(), Bytes::from_static(b"x"));
+    }
+
+    #[test]
+    fn signatures_required_even_with_a_valid_token() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let g = Gate {
+            signatures: Some(SignatureAuth {
+                keys: vec![Key::parse(secret).unwrap()],
+                tolerance: Duration::from_secs(300),
+            }),
+            clock: || 1614265330,
+            ..token_gate()
+        };
+        let body = Bytes::from_static(br#"{"test": 2432232314}"#);
+        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let (id, ts) = (Some("msg_p5jXN8AQM9LWM0D4loKWxJek"), Some("1614265330"));
+        let good = headers(&[("x-token", "old-token-0123456789"), ("svix-signature", sig)]);
+        assert!(g.check(&good, id, ts, body.clone()).is_ok());
+        let no_sig = headers(&[("x-token", "old-token-0123456789")]);
+        assert_eq!(
+            g.check(&no_sig, id, ts, body.clone()).unwrap_err(),
+            Denied::Signature(SigError::MissingHeaders)
+        );
+        assert_eq!(
+            g.check(&good, id, None, body.clone()).unwrap_err(),
+            Denied::Signature(SigError::MissingHeaders)
+        );
+        let no_token = headers(&[("webhook-signature", sig)]);
+        assert_eq!(
+            g.check(&no_token, id, ts, body).unwrap_err(),
+            Denied::MissingToken
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let g = Gate {
+            source: SourceAuth {
+                allow: vec!["203.0.113.0/24".parse().unwrap()],
+                trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            },
+            ..Gate::open()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |v: &str| headers(&[("x-forwarded-for", v)]);
+        // Direct client inside the allowlist.
+        assert!(g.check_source(ip("203.0.113.5"), &HeaderMap::new()).is_ok());
+        // Forged header from an untrusted peer is ignored.
+        assert_eq!(
+            g.check_source(ip("198.51.100.1"), &xff("203.0.113.5")),
+            Err(Denied::ForbiddenSource)
+        );
+        // Through a trusted proxy: right-most untrusted hop counts.
+        assert!(g.check_source(ip("10.1.1.1"), &xff("203.0.113.5")).is_ok());
+        assert!(g
+            .check_source(ip("10.1.1.1"), &xff("198.51.100.1, 203.0.113.5, 10.2.2.2"))
+            .is_ok());
+        // The attacker-controlled left part cannot win.
+        assert_eq!(
+            g.check_source(ip("10.1.1.1"), &xff("203.0.113.5, 198.51.100.1")),
+            Err(Denied::ForbiddenSource)
+        );
+        // Garbage hop: stop at the last parsable one (the proxy itself, not allowed).
+        assert_eq!(
+            g.check_source(ip("10.1.1.1"), &xff("203.0.113.5, garbage")),
+            Err(Denied::ForbiddenSource)
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod envelope;
+pub mod signature;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,19 +13,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::json;
 
+use crate::dedup::{Claim, Dedup};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::routing::{self, Router};
 use crate::server::{self, HttpResponse};
 use crate::spool::{self, Spool};
-use auth::{Authenticated, Gate};
+use auth::{Gate, Verified};
 
 /// Longest delivery id or timestamp header value accepted.
 const MAX_ID_HEADER_LEN: usize = 256;
@@ -38,6 +39,8 @@ pub struct Ingress {
     pub gate: Gate,
     pub router: Router,
     pub spool: Spool,
+    /// Replay protection; `None` when `auth.dedup_window` is 0.
+    pub dedup: Option<Arc<Dedup>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -58,9 +61,9 @@ fn reject(status: StatusCode, code: &'static str, detail: impl Into<String>) -> 
     }
 }
 
-/// hyper `Service` wrapper; cheap to clone per connection.
+/// hyper `Service` for one connection: the shared state and the peer address.
 #[derive(Clone)]
-pub struct IngressService(pub Arc<Ingress>);
+pub struct IngressService(pub Arc<Ingress>, pub std::net::IpAddr);
 
 impl hyper::service::Service<Request<Incoming>> for IngressService {
     type Response = HttpResponse;
@@ -69,22 +72,44 @@ impl hyper::service::Service<Request<Incoming>> for IngressService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.0.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        let peer = self.1;
+        Box::pin(async move { Ok(this.handle(req, peer).await) })
     }
 }
 
+/// What happened to an acknowledged request.
+enum Accepted {
+    /// Stored in the spool with this sequence number.
+    Stored {
+        id: String,
+        seq: u64,
+        dead_letter: Option<&'static str>,
+    },
+    /// Stored before, within `auth.dedup_window`: acknowledged, not stored again.
+    Duplicate { id: String },
+}
+
 impl Ingress {
-    async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
+    async fn handle(&self, req: Request<Incoming>, peer: std::net::IpAddr) -> HttpResponse {
         let started = Instant::now();
-        let resp = match self.accept(req).await {
-            Ok((id, seq)) => {
+        let resp = match self.accept(req, peer).await {
+            Ok(Accepted::Stored {
+                id,
+                seq,
+                dead_letter,
+            }) => {
                 self.metrics
                     .ack_latency
                     .observe(started.elapsed().as_secs_f64());
-                server::json(
-                    StatusCode::OK,
-                    &json!({"status": "accepted", "id": id, "seq": seq}),
-                )
+                let mut body = json!({"status": "accepted", "id": id, "seq": seq});
+                if let Some(reason) = dead_letter {
+                    body["dead_letter_reason"] = reason.into();
+                }
+                server::json(StatusCode::OK, &body)
+            }
+            Ok(Accepted::Duplicate { id }) => {
+                self.metrics.deliveries_duplicate.inc();
+                server::json(StatusCode::OK, &json!({"status": "duplicate", "id": id}))
             }
             Err(r) => {
                 let mut resp =
@@ -115,8 +140,12 @@ impl Ingress {
         resp
     }
 
-    /// Returns the delivery id and spool sequence number once the delivery is durable.
-    async fn accept(&self, req: Request<Incoming>) -> Result<(String, u64), Reject> {
+    /// Stores the delivery (or recognises a duplicate); returns only once it is durable.
+    async fn accept(
+        &self,
+        req: Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Result<Accepted, Reject> {
         if req.uri().path() != self.path {
             return Err(reject(
                 StatusCode::NOT_FOUND,
@@ -131,11 +160,9 @@ impl Ingress {
                 "deliveries are POSTed",
             ));
         }
-        let authenticated = self
-            .gate
-            .check(req.headers())
-            .map_err(|d| reject(StatusCode::UNAUTHORIZED, d.code(), "authentication failed"))?;
-
+        self.gate
+            .check_source(peer, req.headers())
+            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
         let limit = self.max_body_bytes as usize;
         if let Some(len) = content_length(req.headers()) {
             if len > limit as u64 {
@@ -166,23 +193,65 @@ impl Ingress {
                 }
                 Ok(Ok(collected)) => collected.to_bytes(),
             };
-        let delivery = self.build(authenticated, &parts.headers, body)?;
+        let headers = &parts.headers;
+        let id = id_header(headers, "webhook-id", "svix-id")?;
+        let timestamp = id_header(headers, "webhook-timestamp", "svix-timestamp")?;
+        let verified = self
+            .gate
+            .check(headers, id.as_deref(), timestamp.as_deref(), body)
+            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
+        let delivery = self.build(verified, id, timestamp)?;
         let id = delivery.id.clone();
+
+        let now_ms = delivery.received_at_ms;
+        if let Some(dedup) = &self.dedup {
+            if dedup.claim(&id, now_ms) == Claim::Duplicate {
+                tracing::debug!(delivery_id = %id, "duplicate delivery; acknowledged, not stored again");
+                return Ok(Accepted::Duplicate { id });
+            }
+        }
+        let dead_letter = delivery.reject_reason.as_deref().map(|r| match r {
+            "invalid_json" => "invalid_json",
+            "missing_action" => "missing_action",
+            _ => "missing_data_id",
+        });
         let route = self.router.route(&delivery.action);
-        let label = routing::action_label(&delivery.action, &route);
-        match self.spool.append(delivery.encode()).await {
+        let label = if dead_letter.is_some() {
+            "invalid"
+        } else {
+            routing::action_label(&delivery.action, &route)
+        };
+        let result = self.spool.append(delivery.encode()).await;
+        if let Some(dedup) = &self.dedup {
+            match &result {
+                Ok(_) => dedup.commit(&id, now_ms),
+                Err(_) => dedup.release(&id),
+            }
+        }
+        match result {
             Ok(seq) => {
                 self.metrics
                     .deliveries_accepted
                     .with_label_values(&[label])
                     .inc();
-                if route.unroutable {
+                if let Some(reason) = dead_letter {
+                    self.metrics
+                        .deliveries_invalid
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::warn!(delivery_id = %id, seq, reason,
+                        "authentic delivery cannot be routed; stored for the dead-letter store");
+                } else if route.unroutable {
                     self.metrics.deliveries_unroutable.inc();
                     tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
                         "action is not a valid routing token; routed to the dead-letter destination");
                 }
                 tracing::debug!(delivery_id = %id, seq, action = label, "accepted");
-                Ok((id, seq))
+                Ok(Accepted::Stored {
+                    id,
+                    seq,
+                    dead_letter,
+                })
             }
             Err(spool::Error::Full) => Err(Reject {
                 retry_after: Some(self.retry_after),
@@ -215,30 +284,52 @@ impl Ingress {
         }
     }
 
-    /// Turns an authenticated request into a delivery, or says what is wrong with it.
+    /// Turns a verified request into a delivery, or says what is wrong with it. A body from an
+    /// authenticated sender that cannot be routed is still kept (with a reject reason, for the
+    /// dead-letter store): refusing it would lose data the sender will never send differently.
     fn build(
         &self,
-        _proof: Authenticated,
-        headers: &HeaderMap,
-        body: Bytes,
+        verified: Verified,
+        id: Option<String>,
+        timestamp: Option<String>,
     ) -> Result<Delivery, Reject> {
-        let id = id_header(headers, "webhook-id", "svix-id")?;
-        let timestamp = id_header(headers, "webhook-timestamp", "svix-timestamp")?;
-        let env = envelope::parse(&body).map_err(|e| {
-            let detail = match &e {
-                envelope::EnvelopeError::InvalidJson(why) => {
-                    format!("body is not valid JSON: {why}")
-                }
-                envelope::EnvelopeError::MissingAction => {
-                    "metadata.action is missing or not a string".to_owned()
-                }
-                envelope::EnvelopeError::MissingDataId => {
-                    "data.id is missing, empty, too long, or not a string or number".to_owned()
-                }
-            };
-            reject(StatusCode::BAD_REQUEST, e.code(), detail)
-        })?;
+        let authentic = verified.authentic();
+        let body = verified.into_body();
         let id = id.unwrap_or_else(|| body_id(&body));
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let env = match envelope::parse(&body) {
+            Ok(env) => env,
+            Err(e) if authentic => {
+                return Ok(Delivery {
+                    id,
+                    timestamp,
+                    action: String::new(),
+                    resource_id: String::new(),
+                    org_id: None,
+                    event_id: None,
+                    received_at_ms,
+                    reject_reason: Some(e.code().to_owned()),
+                    body,
+                })
+            }
+            Err(e) => {
+                let detail = match &e {
+                    envelope::EnvelopeError::InvalidJson(why) => {
+                        format!("body is not valid JSON: {why}")
+                    }
+                    envelope::EnvelopeError::MissingAction => {
+                        "metadata.action is missing or not a string".to_owned()
+                    }
+                    envelope::EnvelopeError::MissingDataId => {
+                        "data.id is missing, empty, too long, or not a string or number".to_owned()
+                    }
+                };
+                return Err(reject(StatusCode::BAD_REQUEST, e.code(), detail));
+            }
+        };
         Ok(Delivery {
             id,
             timestamp,
@@ -246,10 +337,8 @@ impl Ingress {
             resource_id: env.resource_id,
             org_id: env.org_id.map(|s| crate::delivery::clip(&s).to_owned()),
             event_id: env.event_id.map(|s| crate::delivery::clip(&s).to_owned()),
-            received_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            received_at_ms,
+            reject_reason: None,
             body,
         })
     }

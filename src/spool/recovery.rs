@@ -68,6 +68,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
             || e.name == CONFIRMED_FILE
             || e.name == fs::DAMAGED_DIR
             || e.name == fs::DEAD_LETTER_DIR
+            || e.name.starts_with("dedup.journal")
         {
             continue;
         }
