@@ -634,9 +634,11 @@ fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// Selected dead letters, seq order. Corrupt files are reported and left alone.
-fn select(dl: &DeadLetters, sel: &Selection) -> Result<Vec<Meta>, Error> {
+/// Selected dead letters, seq order, and how many unreadable files `--all` had to leave alone
+/// (reported on stderr).
+fn select(dl: &DeadLetters, sel: &Selection) -> Result<(Vec<Meta>, u64), Error> {
     let mut out = Vec::new();
+    let mut unreadable = 0;
     for e in dl.list()? {
         match e {
             Ok(m) => {
@@ -646,11 +648,14 @@ fn select(dl: &DeadLetters, sel: &Selection) -> Result<Vec<Meta>, Error> {
                     out.push(m);
                 }
             }
-            Err(e) if sel.all => eprintln!("hookbridge: skipping {e}"),
+            Err(e) if sel.all => {
+                eprintln!("hookbridge: skipping {e}");
+                unreadable += 1;
+            }
             Err(_) => {}
         }
     }
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 fn describe(sel: &Selection) -> String {
@@ -676,7 +681,7 @@ fn requeue(mut config: Config, sel: &Selection, out: &mut dyn Write) -> Result<u
     let Some(dl) = DeadLetters::open_existing(&dir)? else {
         return Err(nothing());
     };
-    if select(&dl, sel)?.is_empty() {
+    if select(&dl, sel)?.0.is_empty() {
         return Err(nothing());
     }
     drop(dl);
@@ -726,8 +731,9 @@ fn requeue_locked(
 ) -> Result<(u64, u64), Error> {
     // Under the lock the store cannot change behind us: only the lock holder's forwarder adds.
     let dl = DeadLetters::open(dir)?;
-    let (mut done, mut skipped) = (0, 0);
-    for m in select(&dl, sel)? {
+    let (selected, mut skipped) = select(&dl, sel)?;
+    let mut done = 0;
+    for m in selected {
         let Some((_, payload)) = dl.get(m.seq)? else {
             continue;
         };
