@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
-use crate::config::{Settings, SinkKind};
+use crate::config::{Config, Settings, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
 use crate::forward::Forwarder;
@@ -27,6 +27,19 @@ use crate::spool::{self, Spool, SpoolConfig};
 
 /// Bytes a spool frame and the delivery metadata add around a body, at most.
 const RECORD_OVERHEAD: u32 = 8 * 1024;
+
+/// The spool settings the bridge runs with; the operator tools (`crate::spoolctl`) use the same,
+/// so they judge frames by the same `max_record_bytes`.
+pub fn spool_config(c: &Config) -> SpoolConfig {
+    SpoolConfig {
+        dir: c.spool.dir.clone(),
+        segment_bytes: c.spool.segment_bytes,
+        max_bytes: c.spool.max_bytes,
+        max_record_bytes: c.http.max_body_bytes.saturating_add(RECORD_OVERHEAD),
+        max_batch_bytes: c.spool.max_batch_bytes,
+        confirm_interval: c.spool.confirm_interval,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,14 +89,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let c = &settings.raw;
         metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
-        let spool_cfg = SpoolConfig {
-            dir: c.spool.dir.clone(),
-            segment_bytes: c.spool.segment_bytes,
-            max_bytes: c.spool.max_bytes,
-            max_record_bytes: c.http.max_body_bytes + RECORD_OVERHEAD,
-            max_batch_bytes: c.spool.max_batch_bytes,
-            confirm_interval: c.spool.confirm_interval,
-        };
+        let spool_cfg = spool_config(c);
         let dir = c.spool.dir.display().to_string();
         let m = metrics.clone();
         let started = Instant::now();

@@ -80,6 +80,22 @@ impl DeadLetters {
         Ok(store)
     }
 
+    /// Opens the store read-only-safely: `None` if `spool_dir` has none yet. Creates nothing, so
+    /// the operator tools can use it next to a running bridge.
+    pub fn open_existing(spool_dir: &Path) -> Result<Option<DeadLetters>, Error> {
+        let dir = spool_dir.join(crate::spool::DEAD_LETTER_DIR);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let store = DeadLetters {
+            dir,
+            count: AtomicU64::new(0),
+        };
+        let n = store.files()?.len() as u64;
+        store.count.store(n, Ordering::Relaxed);
+        Ok(Some(store))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

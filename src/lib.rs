@@ -18,3 +18,4 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod spoolctl;

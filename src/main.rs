@@ -27,15 +27,35 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective values, secrets redacted.
     CheckConfig,
+    /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
+    /// dead-letter list/requeue). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
+    Spool(hookbridge::spoolctl::SpoolArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Spool(args)) = cli.command {
+        return spool_main(cli.config, args);
+    }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hookbridge: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hookbridge spool …`: no tracing (the tools print what they find), own exit codes.
+fn spool_main(config: Option<PathBuf>, args: hookbridge::spoolctl::SpoolArgs) -> ExitCode {
+    let result = Config::load(config.as_deref())
+        .map_err(hookbridge::spoolctl::Error::from)
+        .and_then(|c| hookbridge::spoolctl::run(args, c, &mut std::io::stdout().lock()));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hookbridge: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -50,6 +70,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
+        Command::Spool(_) => unreachable!("handled in main"),
         Command::Run => {
             let settings = config.validate()?;
             init_tracing(settings.raw.log.format, &settings.raw.log.level);

@@ -166,6 +166,7 @@
 
 mod format;
 mod fs;
+pub mod inspect;
 pub use fs::DEAD_LETTER_DIR;
 mod reader;
 mod recovery;
