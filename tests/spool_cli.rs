@@ -44,6 +44,7 @@ fn delivery(i: u64, action: &str) -> Delivery {
         org_id: Some("org1".to_owned()),
         event_id: None,
         received_at_ms: 1_700_000_000_000 + i,
+        reject_reason: None,
         body: Bytes::from(format!(
             "{{\n  \"n\": {i},\n  \"metadata\": {{\"action\": \"{action}\"}}\n}}"
         )),
