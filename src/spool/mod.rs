@@ -166,7 +166,7 @@
 
 mod format;
 mod fs;
-pub use fs::DEAD_LETTER_DIR;
+pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
 mod reader;
 mod recovery;
 mod scan;
@@ -309,9 +309,20 @@ struct Inner {
 impl Spool {
     /// Blocking: takes the directory lock, recovers, starts the group-commit writer thread.
     pub fn open(cfg: SpoolConfig, metrics: Arc<Metrics>) -> Result<(Spool, RecoveryReport), Error> {
-        let rec = recovery::recover(&cfg, &metrics)?;
+        Spool::open_with_fs(cfg, metrics, Arc::new(RealFs))
+    }
+
+    /// [`Spool::open`] on a given filesystem. For tests and fault injection (a filesystem that
+    /// fails the Nth fsync, or simulates a power cut); production uses [`Spool::open`].
+    pub fn open_with_fs(
+        cfg: SpoolConfig,
+        metrics: Arc<Metrics>,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<(Spool, RecoveryReport), Error> {
+        let rec = recovery::recover(&cfg, &metrics, fs.as_ref())?;
         let shared = Arc::new(Shared::new(
             cfg,
+            fs,
             metrics,
             rec.table,
             rec.disk_bytes,

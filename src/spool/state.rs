@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::fs::SpoolFs;
 use super::SpoolConfig;
 use crate::metrics::Metrics;
 
@@ -195,6 +196,8 @@ impl SegmentTable {
 /// Everything the writer, the handle and readers share.
 pub(crate) struct Shared {
     pub cfg: SpoolConfig,
+    /// The filesystem: [`super::RealFs`] in production.
+    pub fs: Arc<dyn SpoolFs>,
     pub metrics: Arc<Metrics>,
     pub segments: Mutex<SegmentTable>,
     pub quota: Mutex<Quota>,
@@ -208,8 +211,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // one call site, every value comes from recovery
     pub(crate) fn new(
         cfg: SpoolConfig,
+        fs: Arc<dyn SpoolFs>,
         metrics: Arc<Metrics>,
         table: SegmentTable,
         disk: u64,
@@ -219,6 +224,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             cfg,
+            fs,
             metrics,
             segments: Mutex::new(table),
             quota: Mutex::new(Quota { disk, queued: 0 }),

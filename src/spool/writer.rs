@@ -276,6 +276,7 @@ impl Writer {
     fn rotate(&mut self, base: u64) -> Result<(), String> {
         let name = segment_file_name(base);
         let file = match fs::publish_file(
+            self.shared.fs.as_ref(),
             &self.dir,
             &format!("{name}.tmp"),
             &name,
@@ -334,6 +335,7 @@ impl Writer {
     /// Makes `confirmed` durable, then deletes the segments it fully covers.
     fn persist(&mut self, confirmed: u64) -> io::Result<()> {
         fs::publish_file(
+            self.shared.fs.as_ref(),
             &self.dir,
             CONFIRMED_TMP_FILE,
             CONFIRMED_FILE,
@@ -375,7 +377,7 @@ impl Writer {
         }
         let mut removed = 0;
         for (base, path, len) in victims {
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
                 self.shared
                     .metrics
                     .spool_errors
@@ -393,7 +395,7 @@ impl Writer {
             }
             removed += 1;
         }
-        if let Err(e) = fs::sync_dir(&self.dir) {
+        if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
             // Harmless if the unlinks are lost: the files only hold confirmed records, which
             // recovery deletes again. So this is not treated as fatal.
             self.shared
