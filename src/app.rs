@@ -79,6 +79,7 @@ impl App {
             max_record_bytes: c.http.max_body_bytes + RECORD_OVERHEAD,
             max_batch_bytes: c.spool.max_batch_bytes,
             confirm_interval: c.spool.confirm_interval,
+            min_free_bytes: c.spool.min_free_bytes,
         };
         let dir = c.spool.dir.display().to_string();
         let m = metrics.clone();

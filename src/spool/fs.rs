@@ -344,3 +344,36 @@ pub(crate) fn move_aside(fs: &dyn SpoolFs, dir: &Path, path: &Path) -> io::Resul
     fs.sync_dir(dir)?;
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statvfs_reports_free_space_and_errors_on_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RealFs.free_bytes(dir.path()).unwrap() > 0);
+        let err = RealFs.free_bytes(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn publish_file_replaces_atomically_and_leaves_no_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        publish_file(&RealFs, dir.path(), "x.tmp", "x", b"one").unwrap();
+        let f = publish_file(&RealFs, dir.path(), "x.tmp", "x", b"two!").unwrap();
+        assert_eq!(f.len().unwrap(), 4);
+        assert_eq!(
+            read_small(&RealFs, &dir.path().join("x")).unwrap(),
+            Some(b"two!".to_vec())
+        );
+        let names: Vec<String> = RealFs
+            .list_dir(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["x".to_owned()]);
+        assert_eq!(read_small(&RealFs, &dir.path().join("y")).unwrap(), None);
+    }
+}

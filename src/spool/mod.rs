@@ -209,6 +209,9 @@ pub struct SpoolConfig {
     pub max_batch_bytes: usize,
     /// How often the confirmed position is persisted (and fully confirmed segments deleted) while it moves.
     pub confirm_interval: Duration,
+    /// Appends fail with `Error::Full` while the filesystem holding `dir` has less free space
+    /// than this (sampled, see the module docs). 0 disables the check.
+    pub min_free_bytes: u64,
 }
 
 /// One record as read back from the spool.
@@ -259,7 +262,7 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Ok,
-    /// A maximum-size record would be refused for quota right now.
+    /// A maximum-size record would be refused for quota or for `min_free_bytes` right now.
     Full,
     /// Poisoned by a write or fsync error: every append fails until the process restarts.
     Failed,
@@ -267,7 +270,8 @@ pub enum Health {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The quota (`max_bytes`) has no room for this record; retry after the forwarder catches up.
+    /// The quota (`max_bytes`) has no room for this record, or the filesystem holding the spool
+    /// is below `min_free_bytes`; retry after the forwarder catches up (or space is freed).
     #[error("spool is full")]
     Full,
     /// The payload exceeds `max_record_bytes`.
@@ -320,6 +324,7 @@ impl Spool {
         fs: Arc<dyn SpoolFs>,
     ) -> Result<(Spool, RecoveryReport), Error> {
         let rec = recovery::recover(&cfg, &metrics, fs.as_ref())?;
+        let fs_free = writer::sample_free_space(&cfg, &metrics, fs.as_ref());
         let shared = Arc::new(Shared::new(
             cfg,
             fs,
@@ -329,6 +334,7 @@ impl Spool {
             rec.confirmed,
             rec.next_seq,
             rec.commit,
+            fs_free,
         ));
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(
@@ -357,29 +363,30 @@ impl Spool {
 
     /// Resolves with the record's seq only after an fsync covering it has returned.
     pub async fn append(&self, payload: Bytes) -> Result<u64, Error> {
-        let result = self.enqueue(payload).await;
-        let reason = match &result {
-            Err(Error::Full) => "full",
-            Err(Error::TooLarge) => "too_large",
-            Err(Error::Failed(_)) => "failed",
-            _ => return result,
-        };
-        self.inner
-            .shared
-            .metrics
-            .spool_rejected
-            .with_label_values(&[reason])
-            .inc();
-        result
+        match self.enqueue(payload).await {
+            Ok(seq) => Ok(seq),
+            Err((e, None)) => Err(e),
+            Err((e, Some(reason))) => {
+                self.inner
+                    .shared
+                    .metrics
+                    .spool_rejected
+                    .with_label_values(&[reason])
+                    .inc();
+                Err(e)
+            }
+        }
     }
 
-    async fn enqueue(&self, payload: Bytes) -> Result<u64, Error> {
+    /// An error comes with its `spool_rejected` reason label, if it counts as a rejection.
+    async fn enqueue(&self, payload: Bytes) -> Result<u64, (Error, Option<&'static str>)> {
+        let failed = |reason: String| (Error::Failed(reason), Some("failed"));
         let shared = &self.inner.shared;
         if payload.len() > shared.cfg.max_record_bytes as usize {
-            return Err(Error::TooLarge);
+            return Err((Error::TooLarge, Some("too_large")));
         }
         if let Some(reason) = shared.poison_reason() {
-            return Err(Error::Failed(reason.to_owned()));
+            return Err(failed(reason.to_owned()));
         }
         // Worst case the record opens a new segment, so reserve a header with it: the segment
         // files then never exceed the quota.
@@ -388,12 +395,12 @@ impl Spool {
         {
             let tx = lock(&self.inner.tx);
             let Some(tx) = tx.as_ref() else {
-                return Err(Error::Closed);
+                return Err((Error::Closed, None));
             };
             {
                 let mut quota = lock(&shared.quota);
-                if quota.disk + quota.queued + reserved > shared.cfg.max_bytes {
-                    return Err(Error::Full);
+                if let Some(reason) = shared.refusal(&quota, reserved) {
+                    return Err((Error::Full, Some(reason)));
                 }
                 quota.queued += reserved;
             }
@@ -406,12 +413,15 @@ impl Spool {
                 .is_err()
             {
                 lock(&shared.quota).release(reserved);
-                return Err(Error::Failed("spool writer thread is gone".to_owned()));
+                return Err(failed("spool writer thread is gone".to_owned()));
             }
         }
-        response
-            .await
-            .unwrap_or_else(|_| Err(Error::Failed("spool writer thread is gone".to_owned())))
+        match response.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e @ Error::Failed(_))) => Err((e, Some("failed"))),
+            Ok(Err(e)) => Err((e, None)),
+            Err(_) => Err(failed("spool writer thread is gone".to_owned())),
+        }
     }
 
     /// A reader positioned at the first unconfirmed record.
@@ -460,22 +470,17 @@ impl Spool {
         }
     }
 
-    /// `Failed` once poisoned; `Full` while a maximum-size record would be refused for quota
-    /// (see the module docs); else `Ok`.
+    /// `Failed` once poisoned; `Full` while a maximum-size record would be refused for quota or
+    /// for `min_free_bytes` (see the module docs); else `Ok`.
     pub fn health(&self) -> Health {
         let shared = &self.inner.shared;
         if shared.poison_reason().is_some() {
             return Health::Failed;
         }
         let quota = lock(&shared.quota);
-        let free = shared
-            .cfg
-            .max_bytes
-            .saturating_sub(quota.disk + quota.queued);
-        if free < shared.max_reservation() {
-            Health::Full
-        } else {
-            Health::Ok
+        match shared.refusal(&quota, shared.max_reservation()) {
+            Some(_) => Health::Full,
+            None => Health::Ok,
         }
     }
 
