@@ -5,8 +5,8 @@
 //! last completed `sync_dir`. A cut keeps only durable state: directory entries revert to their
 //! last synced set (a file or directory reachable only through an unsynced entry is gone), file
 //! contents revert to their last synced bytes, except that bytes appended after the last sync
-//! may survive in part (an arbitrary prefix), and that prefix is sometimes garbage — a torn
-//! page. A file's contents are tracked by inode, so a synced file renamed into place without a
+//! may survive in part (an arbitrary prefix), and the end of that prefix is sometimes garbage
+//! or zeros — a torn page. A file's contents are tracked by inode, so a synced file renamed into place without a
 //! directory sync survives under its old name (or not at all), as on a real filesystem.
 //!
 //! The cut is armed at a mutating-operation index: that operation and every later one on this
@@ -207,10 +207,18 @@ impl State {
                 let keep = (self.next_random() % (extra as u64 + 1)) as usize;
                 let start = data.len();
                 data.extend_from_slice(&old.data[start..start + keep]);
-                if keep > 0 && self.next_random().is_multiple_of(4) {
+                if keep > 0 {
+                    // A quarter of the time the tail of what survives is garbage, a quarter
+                    // zeros (the size reached the journal, the data blocks did not).
                     let from = start + (self.next_random() % keep as u64) as usize;
-                    for b in &mut data[from..] {
-                        *b = self.next_random() as u8;
+                    match self.next_random() % 4 {
+                        0 => {
+                            for b in &mut data[from..] {
+                                *b = self.next_random() as u8;
+                            }
+                        }
+                        1 => data[from..].fill(0),
+                        _ => {}
                     }
                 }
             }

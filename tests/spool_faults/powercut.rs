@@ -103,6 +103,8 @@ pub struct Tally {
     cases: AtomicU64,
     /// Cut points by "operation on file kind".
     cuts: Mutex<BTreeMap<String, u64>>,
+    /// Second cut points, during or just after the first recovery.
+    recovery_cuts: Mutex<BTreeMap<String, u64>>,
     acked: AtomicU64,
     replayed: AtomicU64,
     /// Recoveries that cut a torn tail / skipped corrupt records / moved a file aside.
@@ -138,6 +140,10 @@ impl Tally {
         for (what, n) in cuts.iter() {
             eprintln!("  {n:5} cut at {what}");
         }
+        let recovery_cuts = self.recovery_cuts.lock().unwrap_or_else(|e| e.into_inner());
+        for (what, n) in recovery_cuts.iter() {
+            eprintln!("  {n:5} then a second cut, in or after recovery, at {what}");
+        }
     }
 }
 
@@ -164,16 +170,19 @@ fn file_kind(path: &Path) -> &'static str {
 
 /// One workload with the power cut at mutating operation `cut_at` (counted from creating the
 /// filesystem, so it can fall inside the first `Spool::open`), then recovery and the checks.
-fn run_case(ops: &[WOp], cut_at: u64, seed: u64, tally: &Tally) {
+fn run_case(ops: &[WOp], cut_at: u64, recovery_cut: Option<u64>, seed: u64, tally: &Tally) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(case(ops, cut_at, seed, tally));
+    rt.block_on(case(ops, cut_at, recovery_cut, seed, tally));
 }
 
-async fn case(ops: &[WOp], cut_at: u64, seed: u64, tally: &Tally) {
+/// With `recovery_cut`, the power is cut a second time, at that mutating operation of the
+/// first recovery (truncating a torn tail, deleting confirmed segments...) or the idle spool
+/// after it, and the checks run on what survived both cuts.
+async fn case(ops: &[WOp], cut_at: u64, recovery_cut: Option<u64>, seed: u64, tally: &Tally) {
     let cfg = config();
     let fs = MemFs::new(Path::new(ROOT), seed);
     fs.arm_cut(cut_at);
@@ -273,6 +282,38 @@ async fn case(ops: &[WOp], cut_at: u64, seed: u64, tally: &Tally) {
     tally.note_cut(what);
     tally.acked.fetch_add(acked.len() as u64, Ordering::Relaxed);
 
+    let survivor = match recovery_cut {
+        None => survivor,
+        Some(k) => {
+            survivor.arm_cut(k);
+            let opened = Spool::open_with_fs(
+                cfg.clone(),
+                Arc::new(Metrics::new()),
+                Arc::new(survivor.clone()),
+            );
+            match opened {
+                Ok((spool, _)) => {
+                    // Let the writer's first maintenance (deleting confirmed segments) run.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let _ = spool.close().await;
+                }
+                Err(e) => assert!(
+                    survivor.survivor().is_some(),
+                    "recovery failed without a power cut: {e}"
+                ),
+            }
+            survivor.cut_now();
+            let (cut2, survivor2) = survivor.survivor().expect("cut");
+            *tally
+                .recovery_cuts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(format!("{} on {}", cut2.op, file_kind(&cut2.path)))
+                .or_default() += 1;
+            survivor2
+        }
+    };
+
     // Recovery on what survived.
     let (spool, report) = Spool::open_with_fs(
         cfg.clone(),
@@ -369,11 +410,12 @@ fn power_cut_at_a_random_operation_loses_nothing_acknowledged() {
     let strategy = (
         prop::collection::vec(wop(), 1..40),
         0.0f64..1.0,
+        prop::option::weighted(0.3, 0u64..4),
         any::<u64>(),
     );
-    let result = runner.run(&strategy, |(ops, frac, seed)| {
+    let result = runner.run(&strategy, |(ops, frac, recovery_cut, seed)| {
         let cut_at = (estimate_mutations(&ops) as f64 * frac) as u64;
-        run_case(&ops, cut_at, seed, &tally);
+        run_case(&ops, cut_at, recovery_cut, seed, &tally);
         Ok(())
     });
     tally.print("random cuts");
@@ -397,7 +439,10 @@ fn power_cut_at_every_operation_of_fixed_workloads() {
         loop {
             let before = tally.cases.load(Ordering::Relaxed);
             let idle_before = idle(&tally);
-            run_case(&ops, cut_at, u64::from(w) * 1_000_003 + cut_at, &tally);
+            // Every third run also cuts power again during the recovery that follows.
+            let recovery_cut = (cut_at % 3 == 2).then_some(cut_at / 3 % 4);
+            let seed = u64::from(w) * 1_000_003 + cut_at;
+            run_case(&ops, cut_at, recovery_cut, seed, &tally);
             assert_eq!(tally.cases.load(Ordering::Relaxed), before + 1);
             if idle(&tally) > idle_before || cut_at > 5000 {
                 break;
