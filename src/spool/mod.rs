@@ -97,10 +97,21 @@
 //!
 //! Any error writing or fsyncing a segment, or creating one, poisons the spool
 //! ([`Health::Failed`]): the batch's waiters get [`Error::Failed`], every later append fails at
-//! once, and the writer does no further I/O. An fsync is never retried: after a failed fsync
-//! the kernel may have dropped or cleaned the dirty pages, so a retry can "succeed" with the data
-//! lost. Restarting the process runs recovery, which trusts only what it reads back. Committed
-//! records stay readable, so the forwarder can drain them meanwhile.
+//! once, and the writer does no further I/O (not even persisting the confirmed position on
+//! `close`). An fsync is never retried: after a failed fsync the kernel may have dropped or
+//! cleaned the dirty pages, so a retry can "succeed" with the data lost. ENOSPC on a segment
+//! write is treated the same way (`spool.min_free_bytes` exists so that it rarely comes to
+//! that). Restarting the process runs recovery, which trusts only what it reads back: frames of
+//! the failed batch that did reach the disk are replayed (their appends got an error, so the
+//! client resends: a duplicate, never a loss).
+//!
+//! The process deliberately stays up meanwhile: ingress answers 503 (the sender retries later),
+//! `/readyz` is 503 so a load balancer and the operator see it, and committed records stay
+//! readable, so the forwarder keeps draining them to the broker. Recovery needs a restart, which
+//! the supervisor (systemd `Restart=`, an orchestrator acting on `/readyz`) or the operator
+//! does; exiting at once instead would stop that drain and turn a disk problem into a crash
+//! loop. A failure persisting the confirmed position or deleting segments is *not* fatal (see
+//! below): it only means more replay after a crash.
 //!
 //! # Confirming and deleting
 //!
@@ -163,6 +174,40 @@
 //! maximum-size record could not be accepted right now (free room < `max_record_bytes` + frame
 //! header + segment header), which includes every state in which the last append was refused
 //! for quota; it clears as soon as deletion frees room.
+//!
+//! `min_free_bytes` (0: off) guards the filesystem as a whole, which the spool shares with the
+//! dead-letter store and usually with other programs: `append` also fails with
+//! [`Error::Full`] (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as
+//! `full`) when the estimated free space, less queued reservations and this record's, would drop
+//! below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
+//! that reason. The estimate is cheap: the writer thread samples statvfs (`f_bavail * f_frsize`)
+//! at open, at most once a second (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after
+//! deleting segments; between samples it subtracts every byte it writes, so the spool cannot
+//! eat into the margin by itself, and space used or freed by other processes is seen within
+//! about a second. No syscall on the append path. A failing statvfs is logged and counted
+//! (`spool_errors{op="statvfs"}`) and disables the guard until a sample succeeds; it does not
+//! refuse appends, since ENOSPC still fails the spool closed.
+//!
+//! # The filesystem seam and the fault model
+//!
+//! Every file operation goes through the [`SpoolFs`] trait (`fs.rs`): primitive operations
+//! (open, positional read/write, `sync_data`/`sync_all`, set_len, create, rename, unlink,
+//! directory fsync, listing, flock, statvfs). The crash-safe sequences — publish by tmp file +
+//! fsync + rename + directory fsync, directory creation, moving a file aside — are written once
+//! over the trait, so a test filesystem runs exactly the production sequence. [`RealFs`] is the
+//! real one; [`Spool::open`] uses it, [`Spool::open_with_fs`] takes another one (tests and
+//! fault injection only). The cost is one virtual call per syscall.
+//!
+//! The tests (`tests/spool_faults/`) use two: a wrapper over the real filesystem that fails the
+//! Nth write, fsync, create, rename or directory fsync with EIO or ENOSPC, or reports low free
+//! space; and an in-memory power-cut model. That model assumes exactly what the ordering rules
+//! above rely on, and nothing more: file bytes are durable once a `sync_data`/`sync_all` on the
+//! file completed; a create, rename or unlink once a fsync of its directory completed; at a cut
+//! everything else reverts (directory entries to their last synced set; file contents to their
+//! last synced bytes, except that some prefix of unsynced appended bytes may survive, its end
+//! possibly garbage or zeros — a torn page). It does not model lying disks (a completed fsync
+//! that is not durable) or corruption of synced data; the corruption tests and recovery's CRC
+//! checks cover the latter.
 
 mod format;
 mod fs;
