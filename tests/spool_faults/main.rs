@@ -333,3 +333,43 @@ async fn min_free_bytes_zero_never_asks_the_filesystem() {
     spool.append(payload(1, 100)).await.expect("append");
     spool.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn failure_deleting_a_confirmed_segment_is_retried_and_not_fatal() {
+    for (op, on) in [(Op::Remove, ".seg"), (Op::SyncDir, "")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 4096,
+            ..config(dir.path())
+        };
+        let fs = FaultFs::new(Arc::new(RealFs));
+        let (spool, metrics) = open(&cfg, &fs);
+        let mut acked = Vec::new();
+        for i in 0..12 {
+            let p = payload(i, 1000);
+            acked.push((spool.append(p.clone()).await.expect("append"), p));
+        }
+        // Three records per segment: 4 segments. Persisting seq 4 makes the first deletable.
+        // The fault is armed after the persist's own directory fsync: the 2nd sync_dir from now
+        // is the one after the unlink.
+        fs.fail(op, on, if op == Op::SyncDir { 2 } else { 1 }, EIO);
+        spool.confirm(acked[3].0);
+        wait_until(|| fs.all_fired()).await;
+        wait_until(|| errors(&metrics, "confirm") == 1).await;
+        assert_eq!(spool.health(), Health::Ok, "{op:?}");
+        // The next persisted move retries (a failed unlink) or simply goes on.
+        spool.confirm(acked[6].0);
+        wait_until(|| spool.stats().segments == 2).await;
+        for i in 12..15 {
+            let p = payload(i, 1000);
+            acked.push((spool.append(p.clone()).await.expect("append"), p));
+        }
+        spool.close().await.expect("close");
+        drop(spool);
+        let (spool, report) = Spool::open(cfg.clone(), Arc::new(Metrics::new())).unwrap();
+        assert_eq!(report.confirmed, acked[6].0, "{op:?}");
+        let records = close_and_drain(&spool, spool.reader()).await;
+        let records: Vec<(u64, Bytes)> = records.into_iter().map(|r| (r.seq, r.payload)).collect();
+        assert_eq!(records, acked[7..], "{op:?}");
+    }
+}

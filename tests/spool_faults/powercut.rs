@@ -405,6 +405,8 @@ fn power_cut_at_a_random_operation_loses_nothing_acknowledged() {
         cases: env_cases("PROPTEST_CASES", 200),
         // Each case is a whole run of the spool; shrinking a failure is still worth it.
         max_shrink_iters: 200,
+        // Not a proptest! macro: no source file to persist failing seeds next to.
+        failure_persistence: None,
         ..Config::default()
     });
     let strategy = (
