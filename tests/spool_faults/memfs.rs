@@ -5,8 +5,9 @@
 //! last completed `sync_dir`. A cut keeps only durable state: directory entries revert to their
 //! last synced set (a file or directory reachable only through an unsynced entry is gone), file
 //! contents revert to their last synced bytes, except that bytes appended after the last sync
-//! may survive in part (an arbitrary prefix), and the end of that prefix is sometimes garbage
-//! or zeros — a torn page. A file's contents are tracked by inode, so a synced file renamed into place without a
+//! may survive in part: an arbitrary prefix, whose end is sometimes garbage or zeros (a torn
+//! page), or all of them except some 4 KiB pages that read back as zeros (writeback out of
+//! order). A file's contents are tracked by inode, so a synced file renamed into place without a
 //! directory sync survives under its old name (or not at all), as on a real filesystem.
 //!
 //! The cut is armed at a mutating-operation index: that operation and every later one on this
@@ -204,8 +205,29 @@ impl State {
                 // Unsynced appended bytes: some prefix may have reached the disk, and a torn
                 // page may hold garbage instead.
                 let extra = old.data.len() - data.len();
-                let keep = (self.next_random() % (extra as u64 + 1)) as usize;
                 let start = data.len();
+                if self.next_random().is_multiple_of(4) {
+                    // Writeback out of order: the whole tail made it except some 4 KiB pages,
+                    // which read back as zeros — valid frames may follow a hole.
+                    data.extend_from_slice(&old.data[start..]);
+                    let mut page = start / 4096 * 4096;
+                    while page < data.len() {
+                        if self.next_random().is_multiple_of(3) {
+                            let end = (page + 4096).min(data.len());
+                            data[page.max(start)..end].fill(0);
+                        }
+                        page += 4096;
+                    }
+                    inodes.insert(
+                        ino,
+                        Inode {
+                            data: data.clone(),
+                            durable: data,
+                        },
+                    );
+                    continue;
+                }
+                let keep = (self.next_random() % (extra as u64 + 1)) as usize;
                 data.extend_from_slice(&old.data[start..start + keep]);
                 if keep > 0 {
                     // A quarter of the time the tail of what survives is garbage, a quarter
