@@ -38,6 +38,7 @@ pub fn spool_config(c: &Config) -> SpoolConfig {
         max_record_bytes: c.http.max_body_bytes.saturating_add(RECORD_OVERHEAD),
         max_batch_bytes: c.spool.max_batch_bytes,
         confirm_interval: c.spool.confirm_interval,
+        min_free_bytes: c.spool.min_free_bytes,
     }
 }
 

@@ -170,6 +170,11 @@ pub struct SpoolSection {
     /// How often the confirmed position is persisted while it moves. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub confirm_interval: Duration,
+    /// Deliveries get 503 while the filesystem holding the spool has less free space than this,
+    /// so a disk filled by something else gives a 503 that clears by itself instead of ENOSPC
+    /// on a segment write, which fails the spool until restart. It also leaves room for the
+    /// dead-letter store in the same directory. 0 disables the check. Default 256 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SpoolSection {
@@ -180,6 +185,7 @@ impl Default for SpoolSection {
             segment_bytes: 64 * 1024 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,
             confirm_interval: Duration::from_millis(100),
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -538,6 +544,13 @@ impl Config {
                 "must hold at least four maximum-size bodies (http.max_body_bytes)",
             ));
         }
+        if c.spool.min_free_bytes != 0 && c.spool.min_free_bytes < 1024 * 1024 {
+            // A margin below 1 MiB protects nothing; far likelier someone meant MiB.
+            return Err(invalid(
+                "spool.min_free_bytes",
+                "is in bytes: use 0 to disable the check, or at least 1048576 (1 MiB)",
+            ));
+        }
         if c.spool.max_batch_bytes == 0 {
             return Err(invalid("spool.max_batch_bytes", "must be positive"));
         }
@@ -735,6 +748,15 @@ mod tests {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.raw.http.listen.to_string(), "127.0.0.1:8080");
         assert!(s.gate.token.is_none() && s.gate.signatures.is_none());
+        assert_eq!(s.raw.spool.min_free_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn min_free_bytes_zero_disables_and_megabytes_pass() {
+        for ok in ["0", "1048576", "268435456"] {
+            let c = load_str(&format!("[spool]\nmin_free_bytes = {ok}\n")).unwrap();
+            assert_eq!(c.raw.spool.min_free_bytes.to_string(), ok);
+        }
     }
 
     #[test]
@@ -757,6 +779,7 @@ mod tests {
             ("[http]\npath = \"no-slash\"\n", "http.path"),
             ("[spool]\nsegment_bytes = 10\n", "spool.segment_bytes"),
             ("[spool]\nmax_bytes = 1000000\n", "spool.max_bytes"),
+            ("[spool]\nmin_free_bytes = 256\n", "spool.min_free_bytes"),
             ("[routing]\nprefix = \"a b.\"\n", "routing.prefix"),
             (
                 "[routing.routes]\n\"session.*\" = \"x.>\"\n",

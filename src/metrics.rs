@@ -159,7 +159,7 @@ impl Metrics {
             spool_errors: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_spool_errors_total",
-                    "Spool I/O failures by operation (write, fsync, rotate, confirm, read).",
+                    "Spool I/O failures by operation (write, fsync, rotate, confirm, read, statvfs).",
                 ),
                 &["op"],
             )
@@ -172,7 +172,7 @@ impl Metrics {
             spool_rejected: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_spool_rejected_total",
-                    "Appends refused by the spool, by reason (full, too_large, failed).",
+                    "Appends refused by the spool, by reason (full, disk_low, too_large, failed).",
                 ),
                 &["reason"],
             )

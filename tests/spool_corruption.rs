@@ -24,6 +24,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_record_bytes: 64 << 10,
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
+        min_free_bytes: 0,
     }
 }
 

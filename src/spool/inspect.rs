@@ -22,7 +22,7 @@ use super::format::{
     decode_confirmed, decode_segment_header, parse_segment_file_name, ConfirmedError, FrameHeader,
     HeaderError, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use super::fs::{self, SpoolFile, DAMAGED_DIR, DEAD_LETTER_DIR};
+use super::fs::{self, RealFs, SpoolFile, SpoolFs, DAMAGED_DIR, DEAD_LETTER_DIR};
 use super::scan::{SegmentCursor, Step};
 use super::{CONFIRMED_FILE, CONFIRMED_TMP_FILE};
 
@@ -288,7 +288,7 @@ pub fn survey(
     };
 
     let confirmed_path = dir.join(CONFIRMED_FILE);
-    if let Some(b) = fs::read_small(&confirmed_path).map_err(io_err(&confirmed_path))? {
+    if let Some(b) = fs::read_small(&RealFs, &confirmed_path).map_err(io_err(&confirmed_path))? {
         s.confirmed = match decode_confirmed(&b) {
             Ok(p) => ConfirmedState::Valid(p),
             Err(ConfirmedError::Corrupt) => ConfirmedState::Corrupt,
@@ -310,9 +310,9 @@ pub fn survey(
     let confirmed = s.confirmed.position();
 
     let mut candidates = Vec::new();
-    for e in fs::list_dir(dir).map_err(io_err(dir))? {
+    for e in fs::list_dir(&RealFs, dir).map_err(io_err(dir))? {
         if e.name == DAMAGED_DIR && !e.is_file {
-            s.damaged_files = fs::list_dir(&e.path).map(|l| l.len()).unwrap_or(0);
+            s.damaged_files = fs::list_dir(&RealFs, &e.path).map(|l| l.len()).unwrap_or(0);
             continue;
         }
         if !e.is_file || e.name == "LOCK" || e.name == CONFIRMED_FILE || e.name == DEAD_LETTER_DIR {
@@ -347,7 +347,7 @@ pub fn survey(
             offset,
             kind,
         };
-        let file = match SpoolFile::open_read(path) {
+        let file = match RealFs.open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 s.findings.push(note(FindingKind::Vanished, None));

@@ -97,10 +97,21 @@
 //!
 //! Any error writing or fsyncing a segment, or creating one, poisons the spool
 //! ([`Health::Failed`]): the batch's waiters get [`Error::Failed`], every later append fails at
-//! once, and the writer does no further I/O. An fsync is never retried: after a failed fsync
-//! the kernel may have dropped or cleaned the dirty pages, so a retry can "succeed" with the data
-//! lost. Restarting the process runs recovery, which trusts only what it reads back. Committed
-//! records stay readable, so the forwarder can drain them meanwhile.
+//! once, and the writer does no further I/O (not even persisting the confirmed position on
+//! `close`). An fsync is never retried: after a failed fsync the kernel may have dropped or
+//! cleaned the dirty pages, so a retry can "succeed" with the data lost. ENOSPC on a segment
+//! write is treated the same way (`spool.min_free_bytes` exists so that it rarely comes to
+//! that). Restarting the process runs recovery, which trusts only what it reads back: frames of
+//! the failed batch that did reach the disk are replayed (their appends got an error, so the
+//! client resends: a duplicate, never a loss).
+//!
+//! The process deliberately stays up meanwhile: ingress answers 503 (the sender retries later),
+//! `/readyz` is 503 so a load balancer and the operator see it, and committed records stay
+//! readable, so the forwarder keeps draining them to the broker. Recovery needs a restart, which
+//! the supervisor (systemd `Restart=`, an orchestrator acting on `/readyz`) or the operator
+//! does; exiting at once instead would stop that drain and turn a disk problem into a crash
+//! loop. A failure persisting the confirmed position or deleting segments is *not* fatal (see
+//! below): it only means more replay after a crash.
 //!
 //! # Confirming and deleting
 //!
@@ -163,11 +174,45 @@
 //! maximum-size record could not be accepted right now (free room < `max_record_bytes` + frame
 //! header + segment header), which includes every state in which the last append was refused
 //! for quota; it clears as soon as deletion frees room.
+//!
+//! `min_free_bytes` (0: off) guards the filesystem as a whole, which the spool shares with the
+//! dead-letter store and usually with other programs: `append` also fails with
+//! [`Error::Full`] (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as
+//! `full`) when the estimated free space, less queued reservations and this record's, would drop
+//! below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
+//! that reason. The estimate is cheap: the writer thread samples statvfs (`f_bavail * f_frsize`)
+//! at open, at most once a second (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after
+//! deleting segments; between samples it subtracts every byte it writes, so the spool cannot
+//! eat into the margin by itself, and space used or freed by other processes is seen within
+//! about a second. No syscall on the append path. A failing statvfs is logged and counted
+//! (`spool_errors{op="statvfs"}`) and disables the guard until a sample succeeds; it does not
+//! refuse appends, since ENOSPC still fails the spool closed.
+//!
+//! # The filesystem seam and the fault model
+//!
+//! Every file operation goes through the [`SpoolFs`] trait (`fs.rs`): primitive operations
+//! (open, positional read/write, `sync_data`/`sync_all`, set_len, create, rename, unlink,
+//! directory fsync, listing, flock, statvfs). The crash-safe sequences — publish by tmp file +
+//! fsync + rename + directory fsync, directory creation, moving a file aside — are written once
+//! over the trait, so a test filesystem runs exactly the production sequence. [`RealFs`] is the
+//! real one; [`Spool::open`] uses it, [`Spool::open_with_fs`] takes another one (tests and
+//! fault injection only). The cost is one virtual call per syscall.
+//!
+//! The tests (`tests/spool_faults/`) use two: a wrapper over the real filesystem that fails the
+//! Nth write, fsync, create, rename or directory fsync with EIO or ENOSPC, or reports low free
+//! space; and an in-memory power-cut model. That model assumes exactly what the ordering rules
+//! above rely on, and nothing more: file bytes are durable once a `sync_data`/`sync_all` on the
+//! file completed; a create, rename or unlink once a fsync of its directory completed; at a cut
+//! everything else reverts (directory entries to their last synced set; file contents to their
+//! last synced bytes, except that some prefix of unsynced appended bytes may survive, its end
+//! possibly garbage or zeros — a torn page). It does not model lying disks (a completed fsync
+//! that is not durable) or corruption of synced data; the corruption tests and recovery's CRC
+//! checks cover the latter.
 
 mod format;
 mod fs;
 pub mod inspect;
-pub use fs::DEAD_LETTER_DIR;
+pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
 mod reader;
 mod recovery;
 mod scan;
@@ -210,6 +255,9 @@ pub struct SpoolConfig {
     pub max_batch_bytes: usize,
     /// How often the confirmed position is persisted (and fully confirmed segments deleted) while it moves.
     pub confirm_interval: Duration,
+    /// Appends fail with `Error::Full` while the filesystem holding `dir` has less free space
+    /// than this (sampled, see the module docs). 0 disables the check.
+    pub min_free_bytes: u64,
 }
 
 /// One record as read back from the spool.
@@ -260,7 +308,7 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Ok,
-    /// A maximum-size record would be refused for quota right now.
+    /// A maximum-size record would be refused for quota or for `min_free_bytes` right now.
     Full,
     /// Poisoned by a write or fsync error: every append fails until the process restarts.
     Failed,
@@ -268,7 +316,8 @@ pub enum Health {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The quota (`max_bytes`) has no room for this record; retry after the forwarder catches up.
+    /// The quota (`max_bytes`) has no room for this record, or the filesystem holding the spool
+    /// is below `min_free_bytes`; retry after the forwarder catches up (or space is freed).
     #[error("spool is full")]
     Full,
     /// The payload exceeds `max_record_bytes`.
@@ -310,15 +359,28 @@ struct Inner {
 impl Spool {
     /// Blocking: takes the directory lock, recovers, starts the group-commit writer thread.
     pub fn open(cfg: SpoolConfig, metrics: Arc<Metrics>) -> Result<(Spool, RecoveryReport), Error> {
-        let rec = recovery::recover(&cfg, &metrics)?;
+        Spool::open_with_fs(cfg, metrics, Arc::new(RealFs))
+    }
+
+    /// [`Spool::open`] on a given filesystem. For tests and fault injection (a filesystem that
+    /// fails the Nth fsync, or simulates a power cut); production uses [`Spool::open`].
+    pub fn open_with_fs(
+        cfg: SpoolConfig,
+        metrics: Arc<Metrics>,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<(Spool, RecoveryReport), Error> {
+        let rec = recovery::recover(&cfg, &metrics, fs.as_ref())?;
+        let fs_free = writer::sample_free_space(&cfg, &metrics, fs.as_ref());
         let shared = Arc::new(Shared::new(
             cfg,
+            fs,
             metrics,
             rec.table,
             rec.disk_bytes,
             rec.confirmed,
             rec.next_seq,
             rec.commit,
+            fs_free,
         ));
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(
@@ -347,29 +409,30 @@ impl Spool {
 
     /// Resolves with the record's seq only after an fsync covering it has returned.
     pub async fn append(&self, payload: Bytes) -> Result<u64, Error> {
-        let result = self.enqueue(payload).await;
-        let reason = match &result {
-            Err(Error::Full) => "full",
-            Err(Error::TooLarge) => "too_large",
-            Err(Error::Failed(_)) => "failed",
-            _ => return result,
-        };
-        self.inner
-            .shared
-            .metrics
-            .spool_rejected
-            .with_label_values(&[reason])
-            .inc();
-        result
+        match self.enqueue(payload).await {
+            Ok(seq) => Ok(seq),
+            Err((e, None)) => Err(e),
+            Err((e, Some(reason))) => {
+                self.inner
+                    .shared
+                    .metrics
+                    .spool_rejected
+                    .with_label_values(&[reason])
+                    .inc();
+                Err(e)
+            }
+        }
     }
 
-    async fn enqueue(&self, payload: Bytes) -> Result<u64, Error> {
+    /// An error comes with its `spool_rejected` reason label, if it counts as a rejection.
+    async fn enqueue(&self, payload: Bytes) -> Result<u64, (Error, Option<&'static str>)> {
+        let failed = |reason: String| (Error::Failed(reason), Some("failed"));
         let shared = &self.inner.shared;
         if payload.len() > shared.cfg.max_record_bytes as usize {
-            return Err(Error::TooLarge);
+            return Err((Error::TooLarge, Some("too_large")));
         }
         if let Some(reason) = shared.poison_reason() {
-            return Err(Error::Failed(reason.to_owned()));
+            return Err(failed(reason.to_owned()));
         }
         // Worst case the record opens a new segment, so reserve a header with it: the segment
         // files then never exceed the quota.
@@ -378,12 +441,12 @@ impl Spool {
         {
             let tx = lock(&self.inner.tx);
             let Some(tx) = tx.as_ref() else {
-                return Err(Error::Closed);
+                return Err((Error::Closed, None));
             };
             {
                 let mut quota = lock(&shared.quota);
-                if quota.disk + quota.queued + reserved > shared.cfg.max_bytes {
-                    return Err(Error::Full);
+                if let Some(reason) = shared.refusal(&quota, reserved) {
+                    return Err((Error::Full, Some(reason)));
                 }
                 quota.queued += reserved;
             }
@@ -396,12 +459,15 @@ impl Spool {
                 .is_err()
             {
                 lock(&shared.quota).release(reserved);
-                return Err(Error::Failed("spool writer thread is gone".to_owned()));
+                return Err(failed("spool writer thread is gone".to_owned()));
             }
         }
-        response
-            .await
-            .unwrap_or_else(|_| Err(Error::Failed("spool writer thread is gone".to_owned())))
+        match response.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e @ Error::Failed(_))) => Err((e, Some("failed"))),
+            Ok(Err(e)) => Err((e, None)),
+            Err(_) => Err(failed("spool writer thread is gone".to_owned())),
+        }
     }
 
     /// A reader positioned at the first unconfirmed record.
@@ -450,22 +516,17 @@ impl Spool {
         }
     }
 
-    /// `Failed` once poisoned; `Full` while a maximum-size record would be refused for quota
-    /// (see the module docs); else `Ok`.
+    /// `Failed` once poisoned; `Full` while a maximum-size record would be refused for quota or
+    /// for `min_free_bytes` (see the module docs); else `Ok`.
     pub fn health(&self) -> Health {
         let shared = &self.inner.shared;
         if shared.poison_reason().is_some() {
             return Health::Failed;
         }
         let quota = lock(&shared.quota);
-        let free = shared
-            .cfg
-            .max_bytes
-            .saturating_sub(quota.disk + quota.queued);
-        if free < shared.max_reservation() {
-            Health::Full
-        } else {
-            Health::Ok
+        match shared.refusal(&quota, shared.max_reservation()) {
+            Some(_) => Health::Full,
+            None => Health::Ok,
         }
     }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::fs::SpoolFile;
 use super::scan::{SegmentCursor, Step};
 use super::state::{lock, CommitPoint, Shared};
 use super::{Error, StoredRecord};
@@ -199,7 +198,7 @@ impl Reader {
                 // Created by a group commit that has not finished.
                 return Ok(false);
             }
-            match SpoolFile::open_read(&path) {
+            match self.shared.fs.open_read(&path) {
                 Ok(file) => {
                     let cursor = SegmentCursor::new(
                         file,

@@ -7,7 +7,7 @@ use super::format::{
     decode_confirmed, decode_segment_header, parse_segment_file_name, ConfirmedError, HeaderError,
     FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use super::fs::{self, DirLock, SpoolFile};
+use super::fs::{self, DirLock, SpoolFile, SpoolFs};
 use super::scan::{SegmentCursor, Step};
 use super::state::{CommitPoint, SegmentMeta, SegmentTable};
 use super::writer::ActiveSegment;
@@ -38,17 +38,21 @@ enum Candidate {
     Damaged(String),
 }
 
-pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered, Error> {
+pub(crate) fn recover(
+    cfg: &SpoolConfig,
+    metrics: &Metrics,
+    sfs: &dyn SpoolFs,
+) -> Result<Recovered, Error> {
     let dir = cfg.dir.as_path();
-    fs::ensure_dir(dir)?;
-    let lock = fs::lock_dir(dir)?.ok_or(Error::Locked)?;
+    fs::ensure_dir(sfs, dir)?;
+    let lock = sfs.lock_dir(dir)?.ok_or(Error::Locked)?;
     let mut report = RecoveryReport::default();
 
     // Phase 1, read-only: classify everything, so that an incompatible file (a newer format
     // after a downgrade) stops `open` before anything on disk was changed.
     let confirmed_path = dir.join(CONFIRMED_FILE);
     // `None`: the file exists but is corrupt.
-    let stored_confirmed = match fs::read_small(&confirmed_path)? {
+    let stored_confirmed = match fs::read_small(sfs, &confirmed_path)? {
         None => Some(0),
         Some(b) => match decode_confirmed(&b) {
             Ok(seq) => Some(seq),
@@ -63,7 +67,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
     };
     let mut stray_tmp = Vec::new();
     let mut candidates = Vec::new();
-    for e in fs::list_dir(dir)? {
+    for e in fs::list_dir(sfs, dir)? {
         if e.name == "LOCK"
             || e.name == CONFIRMED_FILE
             || e.name == fs::DAMAGED_DIR
@@ -84,7 +88,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
         }
         match parse_segment_file_name(&e.name) {
             Some(base) if e.is_file => {
-                let class = classify(&e.path, base, e.len)?;
+                let class = classify(sfs, &e.path, base, e.len)?;
                 candidates.push((base, e.path, e.len, class));
             }
             _ => {
@@ -100,7 +104,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
         None => {
             // Replaying everything is safe (delivery is at-least-once); trusting a damaged
             // position could skip records that were never delivered.
-            let to = fs::move_aside(dir, &confirmed_path)?;
+            let to = fs::move_aside(sfs, dir, &confirmed_path)?;
             tracing::error!(file = %to.display(), "confirmed-position file is corrupt; moved aside, replaying every record on disk");
             0
         }
@@ -110,7 +114,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
         // Leftovers of an interrupted `publish_file`: never renamed, so never referenced, and a
         // segment .tmp holds only a header (records are written after the rename).
         tracing::info!(file = %path.display(), "removing leftover temporary file");
-        fs::remove_file(&path)?;
+        fs::remove_file(sfs, &path)?;
     }
 
     // Sequence numbers a file we cannot read may have used: `next_seq` must go beyond them so a
@@ -126,11 +130,11 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
                 // .seg file never held records of ours: nothing to keep. Its name still says
                 // seqs from `base` on may have been assigned, so they are not handed out again.
                 tracing::warn!(file = %path.display(), "removing zero-length segment file");
-                fs::remove_file(&path)?;
+                fs::remove_file(sfs, &path)?;
                 seq_floor = seq_floor.max(base.saturating_sub(1));
             }
             Candidate::Damaged(why) => {
-                let to = fs::move_aside(dir, &path)?;
+                let to = fs::move_aside(sfs, dir, &path)?;
                 tracing::error!(file = %path.display(), moved_to = %to.display(), reason = %why, "unreadable segment moved aside; its records are not replayed");
                 report.segments_moved_aside.push(to);
                 // Every frame is at least FRAME_HEADER_LEN bytes and seqs in a segment are
@@ -145,11 +149,11 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
     let mut deleted = 0;
     while valid.len() > 1 && valid[1].0 <= confirmed.saturating_add(1) {
         let (_, path, _) = valid.remove(0);
-        fs::remove_file(&path)?;
+        fs::remove_file(sfs, &path)?;
         deleted += 1;
     }
     if deleted > 0 {
-        fs::sync_dir(dir)?;
+        sfs.sync_dir(dir)?;
         tracing::info!(
             segments = deleted,
             confirmed,
@@ -173,7 +177,7 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
             is_newest,
             next_base,
         };
-        let scanned = scan_segment(cfg, metrics, target, confirmed, &mut report)?;
+        let scanned = scan_segment(cfg, metrics, sfs, target, confirmed, &mut report)?;
         let ScannedSegment {
             meta,
             file,
@@ -245,11 +249,11 @@ pub(crate) fn recover(cfg: &SpoolConfig, metrics: &Metrics) -> Result<Recovered,
 
 /// Reads a segment's header. A header naming an unknown format version is an error: see
 /// [`Error::Incompatible`].
-fn classify(path: &Path, base: u64, len: u64) -> Result<Candidate, Error> {
+fn classify(sfs: &dyn SpoolFs, path: &Path, base: u64, len: u64) -> Result<Candidate, Error> {
     if len == 0 {
         return Ok(Candidate::Empty);
     }
-    let file = SpoolFile::open_read(path)?;
+    let file = sfs.open_read(path)?;
     let mut header = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     file.read_exact_at(&mut header, 0)?;
     Ok(match decode_segment_header(&header) {
@@ -290,6 +294,7 @@ struct ScanTarget<'a> {
 fn scan_segment(
     cfg: &SpoolConfig,
     metrics: &Metrics,
+    sfs: &dyn SpoolFs,
     target: ScanTarget<'_>,
     confirmed: u64,
     report: &mut RecoveryReport,
@@ -302,9 +307,9 @@ fn scan_segment(
         next_base,
     } = target;
     let file = if is_newest {
-        SpoolFile::open_write(path)?
+        sfs.open_write(path)?
     } else {
-        SpoolFile::open_read(path)?
+        sfs.open_read(path)?
     };
     let mut meta = SegmentMeta::new(base, path.to_path_buf());
     meta.len = len;
@@ -336,7 +341,7 @@ fn scan_segment(
                 // fsync'd before the next one was created). Cut it off so new frames follow the
                 // last good one. The cut bytes could also be an acknowledged record damaged in
                 // place, so every seq they could hold is skipped (`cut_seqs`), never reused.
-                cursor.file().truncate(offset)?;
+                fs::truncate(cursor.file().as_ref(), offset)?;
                 let cut = len - offset;
                 report.torn_tail_bytes += cut;
                 meta.len = offset;

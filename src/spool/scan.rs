@@ -216,6 +216,7 @@ impl SegmentCursor {
 mod tests {
     use super::*;
     use crate::spool::format::{encode_frame, encode_segment_header, SEGMENT_HEADER_LEN};
+    use crate::spool::fs::{RealFs, SpoolFs};
 
     const H: u64 = SEGMENT_HEADER_LEN;
 
@@ -236,7 +237,7 @@ mod tests {
     }
 
     fn scan(path: &std::path::Path, chunk: usize) -> Vec<Step> {
-        let file = SpoolFile::open_read(path).unwrap();
+        let file = RealFs.open_read(path).unwrap();
         let limit = file.len().unwrap();
         let mut c = SegmentCursor::new(file, H, 0, 1 << 16, chunk);
         let mut steps = Vec::new();
@@ -265,7 +266,7 @@ mod tests {
     fn reads_all_frames_with_tiny_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _, _) = segment(&dir, &[b"a", b"", &[7; 300], b"d"]);
-        let file = SpoolFile::open_read(&path).unwrap();
+        let file = RealFs.open_read(&path).unwrap();
         let limit = file.len().unwrap();
         let mut c = SegmentCursor::new(file, H, 0, 1 << 16, 1);
         let mut got = Vec::new();

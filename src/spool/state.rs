@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::fs::SpoolFs;
 use super::SpoolConfig;
 use crate::metrics::Metrics;
 
@@ -47,6 +48,9 @@ pub(crate) struct Quota {
     pub disk: u64,
     /// Reservations of appends accepted but not yet written.
     pub queued: u64,
+    /// Estimated bytes free on the filesystem holding the spool: the last statvfs sample minus
+    /// what the writer wrote since (`u64::MAX` when `min_free_bytes` is 0 or sampling failed).
+    pub fs_free: u64,
 }
 
 impl Quota {
@@ -69,6 +73,12 @@ impl Quota {
             self.disk
         );
         self.disk = self.disk.saturating_sub(bytes);
+    }
+
+    /// Accounts for bytes the writer added to segment files.
+    pub(crate) fn wrote(&mut self, bytes: u64) {
+        self.disk += bytes;
+        self.fs_free = self.fs_free.saturating_sub(bytes);
     }
 }
 
@@ -195,6 +205,8 @@ impl SegmentTable {
 /// Everything the writer, the handle and readers share.
 pub(crate) struct Shared {
     pub cfg: SpoolConfig,
+    /// The filesystem: [`super::RealFs`] in production.
+    pub fs: Arc<dyn SpoolFs>,
     pub metrics: Arc<Metrics>,
     pub segments: Mutex<SegmentTable>,
     pub quota: Mutex<Quota>,
@@ -208,20 +220,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // one call site, every value comes from recovery
     pub(crate) fn new(
         cfg: SpoolConfig,
+        fs: Arc<dyn SpoolFs>,
         metrics: Arc<Metrics>,
         table: SegmentTable,
         disk: u64,
         confirmed: u64,
         next_seq: u64,
         commit: CommitPoint,
+        fs_free: u64,
     ) -> Shared {
         Shared {
             cfg,
+            fs,
             metrics,
             segments: Mutex::new(table),
-            quota: Mutex::new(Quota { disk, queued: 0 }),
+            quota: Mutex::new(Quota {
+                disk,
+                queued: 0,
+                fs_free,
+            }),
             confirmed: AtomicU64::new(confirmed),
             next_seq: AtomicU64::new(next_seq),
             commit: watch::channel(commit).0,
@@ -232,6 +252,20 @@ impl Shared {
     /// Largest frame an append may produce, plus a segment header: what one append reserves.
     pub(crate) fn max_reservation(&self) -> u64 {
         SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + u64::from(self.cfg.max_record_bytes)
+    }
+
+    /// Why an append reserving `reserved` bytes must be refused now, as its `spool_rejected`
+    /// reason: `full` for the quota, `disk_low` for `min_free_bytes`. The caller holds `quota`.
+    pub(crate) fn refusal(&self, quota: &Quota, reserved: u64) -> Option<&'static str> {
+        let wanted = quota.disk + quota.queued + reserved;
+        if wanted > self.cfg.max_bytes {
+            return Some("full");
+        }
+        let min_free = self.cfg.min_free_bytes;
+        if min_free > 0 && quota.fs_free.saturating_sub(quota.queued + reserved) < min_free {
+            return Some("disk_low");
+        }
+        None
     }
 
     pub(crate) fn poison_reason(&self) -> Option<&str> {

@@ -41,6 +41,33 @@ pub(crate) struct ActiveSegment {
 /// Confirm-persist period when the configured one is zero (a zero `recv_timeout` would spin).
 const MIN_CONFIRM_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How often the writer asks the filesystem for its free space (when `min_free_bytes` is set).
+/// Between samples the spool subtracts its own writes from the last sample, so it cannot eat
+/// into the margin by itself; what other processes write is noticed within this period.
+const FREE_SPACE_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The free space on the filesystem holding the spool, or `u64::MAX` if `min_free_bytes` is 0
+/// or statvfs failed. A failed sample is logged and counted (`spool_errors{op="statvfs"}`) but
+/// does not refuse appends: the guard is a margin in front of ENOSPC, and ENOSPC itself still
+/// fails the spool closed.
+pub(crate) fn sample_free_space(
+    cfg: &super::SpoolConfig,
+    metrics: &crate::metrics::Metrics,
+    sfs: &dyn fs::SpoolFs,
+) -> u64 {
+    if cfg.min_free_bytes == 0 {
+        return u64::MAX;
+    }
+    match sfs.free_bytes(&cfg.dir) {
+        Ok(free) => free,
+        Err(e) => {
+            metrics.spool_errors.with_label_values(&["statvfs"]).inc();
+            tracing::error!(error = %e, dir = %cfg.dir.display(), "statvfs on the spool directory failed; min_free_bytes not enforced until it works");
+            u64::MAX
+        }
+    }
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: Receiver<Request>,
@@ -50,6 +77,8 @@ pub(crate) struct Writer {
     /// Confirmed position last made durable in the `confirmed` file.
     persisted: u64,
     last_persist: Instant,
+    /// When free space was last sampled (`Shared::quota.fs_free`).
+    last_free_sample: Instant,
     /// Segments may be deletable without the confirmed position having moved: a rotation just
     /// sealed a fully confirmed segment, or the writer just started.
     deletions_due: bool,
@@ -78,6 +107,7 @@ impl Writer {
             next_seq,
             persisted,
             last_persist: Instant::now(),
+            last_free_sample: Instant::now(),
             deletions_due: true,
             buf: Vec::new(),
             _lock: lock,
@@ -266,7 +296,7 @@ impl Writer {
             meta.note_frame(first_seq, offset, at_ms);
             meta.last_seq = Some(first_seq + frames - 1);
         }
-        lock(&self.shared.quota).disk += run.len() as u64;
+        lock(&self.shared.quota).wrote(run.len() as u64);
         Ok(())
     }
 
@@ -276,6 +306,7 @@ impl Writer {
     fn rotate(&mut self, base: u64) -> Result<(), String> {
         let name = segment_file_name(base);
         let file = match fs::publish_file(
+            self.shared.fs.as_ref(),
             &self.dir,
             &format!("{name}.tmp"),
             &name,
@@ -301,7 +332,7 @@ impl Writer {
         lock(&self.shared.segments)
             .segs
             .push_back(SegmentMeta::new(base, self.dir.join(&name)));
-        lock(&self.shared.quota).disk += SEGMENT_HEADER_LEN;
+        lock(&self.shared.quota).wrote(SEGMENT_HEADER_LEN);
         Ok(())
     }
 
@@ -310,6 +341,9 @@ impl Writer {
     fn maintain(&mut self, interval: Duration) {
         if self.shared.poison_reason().is_some() {
             return;
+        }
+        if self.last_free_sample.elapsed() >= FREE_SPACE_SAMPLE_EVERY {
+            self.resample_free_space();
         }
         let confirmed = self.shared.confirmed();
         if confirmed > self.persisted && self.last_persist.elapsed() >= interval {
@@ -334,6 +368,7 @@ impl Writer {
     /// Makes `confirmed` durable, then deletes the segments it fully covers.
     fn persist(&mut self, confirmed: u64) -> io::Result<()> {
         fs::publish_file(
+            self.shared.fs.as_ref(),
             &self.dir,
             CONFIRMED_TMP_FILE,
             CONFIRMED_FILE,
@@ -375,7 +410,7 @@ impl Writer {
         }
         let mut removed = 0;
         for (base, path, len) in victims {
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
                 self.shared
                     .metrics
                     .spool_errors
@@ -393,7 +428,7 @@ impl Writer {
             }
             removed += 1;
         }
-        if let Err(e) = fs::sync_dir(&self.dir) {
+        if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
             // Harmless if the unlinks are lost: the files only hold confirmed records, which
             // recovery deletes again. So this is not treated as fatal.
             self.shared
@@ -408,6 +443,18 @@ impl Writer {
             confirmed = persisted,
             "deleted confirmed segments"
         );
+        // Deleting is what frees space: look at once rather than refuse for up to a period.
+        self.resample_free_space();
+    }
+
+    fn resample_free_space(&mut self) {
+        self.last_free_sample = Instant::now();
+        let free = sample_free_space(
+            &self.shared.cfg,
+            &self.shared.metrics,
+            self.shared.fs.as_ref(),
+        );
+        lock(&self.shared.quota).fs_free = free;
     }
 
     /// Whether, after deleting `victims`, a maximum-size append would still be refused.

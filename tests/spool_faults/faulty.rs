@@ -1,0 +1,206 @@
+//! A filesystem wrapper that fails chosen operations and can report low free space.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hookbridge::spool::{DirEntry, DirLock, FsFile, SpoolFs};
+
+pub const EIO: i32 = 5;
+pub const ENOSPC: i32 = 28;
+
+/// Operations a rule can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Write,
+    SyncData,
+    SyncAll,
+    SyncDir,
+    Rename,
+    Remove,
+}
+
+/// Fail the `nth` (1-based, counted from when the rule is added) `op` on a path containing
+/// `path_contains`, once, with `errno`.
+#[derive(Debug, Clone)]
+struct Rule {
+    op: Op,
+    path_contains: String,
+    nth: u64,
+    seen: u64,
+    errno: i32,
+    fired: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<Rule>,
+    /// Every operation that reached the inner filesystem: (op, path).
+    log: Vec<(Op, PathBuf)>,
+    /// Reported free space, less what was written through this filesystem since it was set.
+    free: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct FaultFs {
+    inner: Arc<dyn SpoolFs>,
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultFs {
+    pub fn new(inner: Arc<dyn SpoolFs>) -> FaultFs {
+        FaultFs {
+            inner,
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn fail(&self, op: Op, path_contains: &str, nth: u64, errno: i32) {
+        self.lock().rules.push(Rule {
+            op,
+            path_contains: path_contains.to_owned(),
+            nth,
+            seen: 0,
+            errno,
+            fired: false,
+        });
+    }
+
+    /// Whether every rule has fired.
+    pub fn all_fired(&self) -> bool {
+        self.lock().rules.iter().all(|r| r.fired)
+    }
+
+    /// Operations that reached the inner filesystem so far.
+    pub fn ops(&self) -> Vec<(Op, PathBuf)> {
+        self.lock().log.clone()
+    }
+
+    /// Report `bytes` free from now on, shrinking with every byte written.
+    pub fn set_free(&self, bytes: u64) {
+        self.lock().free = Some(bytes);
+    }
+
+    fn before(&self, op: Op, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        let p = path.to_string_lossy();
+        for r in &mut s.rules {
+            if r.fired || r.op != op || !p.contains(&r.path_contains) {
+                continue;
+            }
+            r.seen += 1;
+            if r.seen == r.nth {
+                r.fired = true;
+                return Err(io::Error::from_raw_os_error(r.errno));
+            }
+        }
+        s.log.push((op, path.to_path_buf()));
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    inner: Box<dyn FsFile>,
+    path: PathBuf,
+    fs: FaultFsRef,
+}
+
+/// `FaultFs` without the `Debug` requirement on the inner filesystem.
+#[derive(Clone)]
+struct FaultFsRef(FaultFs);
+
+impl std::fmt::Debug for FaultFsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultFs")
+    }
+}
+
+impl FsFile for FaultFile {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.fs.0.before(Op::Write, &self.path)?;
+        self.inner.write_all_at(buf, offset)?;
+        if let Some(free) = &mut self.fs.0.lock().free {
+            *free = free.saturating_sub(buf.len() as u64);
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.0.before(Op::SyncData, &self.path)?;
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.fs.0.before(Op::SyncAll, &self.path)?;
+        self.inner.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl FaultFs {
+    fn wrap(&self, inner: Box<dyn FsFile>, path: &Path) -> Box<dyn FsFile> {
+        Box::new(FaultFile {
+            inner,
+            path: path.to_path_buf(),
+            fs: FaultFsRef(self.clone()),
+        })
+    }
+}
+
+impl SpoolFs for FaultFs {
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        Ok(self.wrap(self.inner.open_read(path)?, path))
+    }
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        Ok(self.wrap(self.inner.open_write(path)?, path))
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.before(Op::Create, path)?;
+        Ok(self.wrap(self.inner.create(path)?, path))
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        self.inner.lock_dir(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.before(Op::SyncDir, dir)?;
+        self.inner.sync_dir(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.before(Op::Rename, to)?;
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.before(Op::Remove, path)?;
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        self.inner.list_dir(dir)
+    }
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        match self.lock().free {
+            Some(free) => Ok(free),
+            None => self.inner.free_bytes(path),
+        }
+    }
+}
