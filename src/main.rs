@@ -78,11 +78,18 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(async {
+            let result = rt.block_on(async {
                 let app = hookbridge::app::App::bind(settings).await?;
                 app.run(hookbridge::shutdown::signal()).await?;
                 Ok(())
-            })
+            });
+            // Dropping the runtime would wait for every blocking task still running, such as a
+            // Kafka producer flush against a broker that does not answer, and so overrun
+            // `shutdown.grace`. `App::run` has already closed the spool (persisting the confirmed
+            // position); whatever such a task was doing is unconfirmed and replays on the next
+            // start, so do not wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            result
         }
     }
 }

@@ -729,3 +729,180 @@ pub fn kafka_config(spool_dir: &Path, tag: &str, brokers: &str) -> Config {
     c.sink.kafka.message_timeout = Duration::from_secs(5);
     c
 }
+
+// ---- Fault-injection helpers (tests/faults.rs) ----
+
+impl NatsServer {
+    /// SIGSTOP the private server: connections stay open but nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`NatsServer::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl BridgeProcess {
+    /// Waits up to `timeout` for the process to exit on its own; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+/// Environment for [`BridgeProcess::spawn`] with the Kafka sink on `brokers` (topics created by
+/// the bridge, 3 partitions, 5 s message timeout as in [`kafka_config`]).
+pub fn kafka_bridge_env(spool_dir: &Path, prefix: &str, brokers: &str) -> Vec<(String, String)> {
+    let mut env = bridge_env(spool_dir, prefix, "UNUSED");
+    env.extend(
+        [
+            ("HOOKBRIDGE_SINK__KIND", "kafka".to_owned()),
+            ("HOOKBRIDGE_SINK__KAFKA__BROKERS", brokers.to_owned()),
+            ("HOOKBRIDGE_SINK__KAFKA__CREATE_TOPICS", "true".to_owned()),
+            ("HOOKBRIDGE_SINK__KAFKA__PARTITIONS", "3".to_owned()),
+            ("HOOKBRIDGE_SINK__KAFKA__MESSAGE_TIMEOUT", "5s".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
+}
+
+/// Waits until the bridge's `/readyz` reports an empty backlog (everything confirmed by the
+/// broker); returns the last `/readyz` body, or `None` on timeout.
+pub async fn wait_drained(
+    client: &HttpClient,
+    admin: SocketAddr,
+    timeout: Duration,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((_, _, ready)) =
+            request(client, "GET", &format!("http://{admin}/readyz"), &[], "").await
+        {
+            if ready["backlog_records"] == 0 {
+                return Some(ready);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads every record of `topic` from the beginning (all partitions) until none has come for
+/// `idle` and at least the sum of the partitions' high watermarks was read, so the caller need
+/// not know how many duplicates there are. (The watermarks are only a lower bound: tansu's were
+/// seen to undercount by one.) Returns records in partition order.
+pub async fn kafka_read_all(brokers: &str, topic: &str, timeout: Duration) -> Vec<KafkaRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let idle = Duration::from_secs(2);
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("hball"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let (parts, floor) = loop {
+            if let Ok(md) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                let parts = md
+                    .topics()
+                    .first()
+                    .map(|t| t.partitions().len())
+                    .unwrap_or(0) as i32;
+                if parts > 0 {
+                    let marks: Option<i64> = (0..parts)
+                        .map(|p| {
+                            consumer
+                                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                                .ok()
+                                .map(|(lo, hi)| hi - lo)
+                        })
+                        .sum();
+                    if let Some(m) = marks {
+                        break (parts, m as usize);
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "topic {topic} never appeared");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        while Instant::now() < deadline && (out.len() < floor || last.elapsed() < idle) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last = Instant::now();
+                    out.push(KafkaRecord {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (
+                                            h.key.to_owned(),
+                                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                                                .into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                    })
+                }
+                Some(Err(e)) => eprintln!("consumer error: {e}"),
+                None => {}
+            }
+        }
+        assert!(
+            out.len() >= floor,
+            "read {} of at least {floor} records of {topic}",
+            out.len()
+        );
+        out
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,962 @@
+//! Fault tests against the real binary and real brokers: the promise "a 2xx means it will reach
+//! the broker" under SIGKILL crash loops, broker outages (stopped and SIGSTOPped), a full spool
+//! (quota and a really full filesystem) and SIGTERM under load.
+//!
+//! Sizes come from the environment so CI stays fast and a human can turn them up:
+//! - `HOOKBRIDGE_FAULT_CYCLES` (default 5): SIGKILL/restart cycles per crash-loop test;
+//! - `HOOKBRIDGE_FAULT_OUTAGE` (default 20000): deliveries posted during the two big outages
+//!   (NATS stopped, Kafka stopped; also the ignored long Kafka freeze);
+//! - `HOOKBRIDGE_FAULT_OUTAGE_SMALL` (default 2000): deliveries for the other two outage
+//!   combinations (NATS frozen, short Kafka freeze), which are smaller by default to keep this file's
+//!   total CI time within a few minutes;
+//! - `HOOKBRIDGE_FAULT_SEED`: seed for the random kill delays (printed by every run);
+//! - `HOOKBRIDGE_FAULT_LOG`: `RUST_LOG` for the bridge in the SIGTERM tests (default `warn`).
+//!
+//! Figures (acknowledged, arrived, duplicates, ack rate, replay time) are printed with
+//! `eprintln!` (run with `--nocapture` to see them); nothing here asserts on speed, timeouts are
+//! only failure guards.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+const PATH: &str = "/webhooks/sessionboard";
+const ACTION: &str = "contact.updated";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Broker {
+    Nats,
+    Kafka,
+}
+
+/// One delivery the bridge acknowledged with a 2xx.
+#[derive(Clone, Debug)]
+struct Ack {
+    id: String,
+    rid: String,
+    n: u64,
+}
+
+/// One message as it arrived at the broker, in broker order (stream order, or partition order).
+#[derive(Clone, Debug)]
+struct Arrival {
+    id: String,
+    rid: String,
+    n: u64,
+}
+
+async fn arrivals_nats(url: &str, stream: &str, want: usize) -> Vec<Arrival> {
+    let js = jetstream(url).await;
+    read_stream(&js, stream, want, Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|m| Arrival {
+            id: m.header("webhook-id").unwrap().to_owned(),
+            rid: m.header("sessionboard-resource-id").unwrap().to_owned(),
+            n: m.json()["data"]["n"].as_u64().unwrap(),
+        })
+        .collect()
+}
+
+async fn arrivals_kafka(brokers: &str, topic: &str) -> Vec<Arrival> {
+    let all = kafka_read_all(brokers, topic, Duration::from_secs(120)).await;
+    all.iter()
+        .map(|r| Arrival {
+            id: r.header("webhook-id").unwrap().to_owned(),
+            rid: r.key.clone().unwrap(),
+            n: r.json()["data"]["n"].as_u64().unwrap(),
+        })
+        .collect()
+}
+
+/// What a run delivered, for the report.
+#[derive(Debug)]
+struct Tally {
+    acked: usize,
+    records: usize,
+    distinct: usize,
+    duplicates: usize,
+    /// Distinct ids that arrived although their POST got no 2xx (stored, answer lost to a kill).
+    unacked_arrived: usize,
+}
+
+/// Checks at-least-once for every acknowledged delivery and per-resource order of first
+/// arrivals (a duplicate may repeat a change, never move a later change before an earlier one).
+fn check(label: &str, acked: &[Ack], got: &[Arrival]) -> Tally {
+    let arrived: HashSet<&str> = got.iter().map(|a| a.id.as_str()).collect();
+    let missing: Vec<&str> = acked
+        .iter()
+        .map(|a| a.id.as_str())
+        .filter(|id| !arrived.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{label}: {} of {} acknowledged deliveries lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let acked_ids: HashSet<&str> = acked.iter().map(|a| a.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    let mut firsts: HashMap<&str, Vec<u64>> = HashMap::new();
+    for a in got {
+        if seen.insert(a.id.as_str()) && acked_ids.contains(a.id.as_str()) {
+            firsts.entry(a.rid.as_str()).or_default().push(a.n);
+        }
+    }
+    for (rid, ns) in &firsts {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{label}: resource {rid} out of order: {ns:?}"
+        );
+    }
+    // Every acknowledged change of a resource is there, in order, with none missing between.
+    let mut want: HashMap<&str, Vec<u64>> = HashMap::new();
+    for a in acked {
+        want.entry(a.rid.as_str()).or_default().push(a.n);
+    }
+    for (rid, ns) in want.iter_mut() {
+        ns.sort_unstable();
+        assert_eq!(
+            firsts.get(rid).map(Vec::as_slice).unwrap_or_default(),
+            ns.as_slice(),
+            "{label}: resource {rid}: first arrivals differ from acknowledged changes"
+        );
+    }
+    Tally {
+        acked: acked.len(),
+        records: got.len(),
+        distinct: seen.len(),
+        duplicates: got.len() - seen.len(),
+        unacked_arrived: seen.iter().filter(|id| !acked_ids.contains(*id)).count(),
+    }
+}
+
+/// Environment for the real binary on `broker`: a NATS url + stream, or Kafka brokers.
+fn env_for(broker: Broker, dir: &Path, prefix: &str, target: &str) -> Vec<(String, String)> {
+    match broker {
+        Broker::Nats => {
+            let mut env = bridge_env(dir, prefix, &prefix.to_uppercase());
+            env.push(("HOOKBRIDGE_SINK__NATS__URL".into(), target.to_owned()));
+            env
+        }
+        Broker::Kafka => kafka_bridge_env(dir, prefix, target),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Crash loop under load
+// ---------------------------------------------------------------------------------------------
+
+/// Writers keep posting distinct deliveries (8 clients, each owning 4 resources with their own
+/// sequence numbers) while the binary is SIGKILLed at random moments and restarted on the same
+/// spool, `HOOKBRIDGE_FAULT_CYCLES` times. A failed POST is not retried: the next change is a new
+/// delivery, so every duplicate at the broker is a replay by the bridge.
+async fn crash_loop(broker: Broker) {
+    let cycles = env_num("HOOKBRIDGE_FAULT_CYCLES", 5);
+    let seed = env_num(
+        "HOOKBRIDGE_FAULT_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("crash");
+    let tansu = match broker {
+        Broker::Kafka => Some(Tansu::started().await),
+        Broker::Nats => None,
+    };
+    let target = match &tansu {
+        Some(t) => t.brokers(),
+        None => nats_url(),
+    };
+    let env = env_for(broker, dir.path(), &prefix, &target);
+    let mut bridge = BridgeProcess::spawn(&env).await;
+    let url = Arc::new(RwLock::new(bridge.url(PATH)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<Ack>::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let client = http_client();
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let (client, url, stop, acked, failed, prefix) = (
+            client.clone(),
+            url.clone(),
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+            prefix.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut seq = [0u64; 4];
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % 4;
+                i += 1;
+                let (rid, n) = (format!("c{w}-r{k}"), seq[k]);
+                seq[k] += 1;
+                let id = format!("{prefix}-{w}-{k}-{n}");
+                let u = url.read().unwrap().clone();
+                match post(&client, &u, &id, body(ACTION, &rid, n)).await {
+                    200 => acked.lock().unwrap().push(Ack { id, rid, n }),
+                    0 | 503 => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    s => panic!("unexpected status {s} for {id}"),
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    for c in 0..cycles {
+        let delay = Duration::from_millis(rng.random_range(100..1500));
+        tokio::time::sleep(delay).await;
+        let before = acked.lock().unwrap().len();
+        bridge.kill9();
+        eprintln!(
+            "{broker:?} crash loop: cycle {c}: SIGKILL after {delay:?}, {before} acknowledged so far"
+        );
+        bridge = BridgeProcess::spawn(&env).await;
+        *url.write().unwrap() = bridge.url(PATH);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let load_time = started.elapsed();
+    let acked: Vec<Ack> = acked.lock().unwrap().clone();
+    let drained = Instant::now();
+    let ready = wait_drained(&client, bridge.admin, Duration::from_secs(120))
+        .await
+        .expect("backlog drains after the last restart");
+    let drain_time = drained.elapsed();
+    let got = match broker {
+        Broker::Nats => arrivals_nats(&target, &prefix.to_uppercase(), acked.len()).await,
+        Broker::Kafka => arrivals_kafka(&target, &format!("{prefix}.{ACTION}")).await,
+    };
+    let t = check(&format!("{broker:?} crash loop"), &acked, &got);
+    eprintln!(
+        "RESULT {broker:?} crash loop (seed {seed}): {cycles} SIGKILL cycles in {load_time:?}, \
+         {} acknowledged, {} failed posts (no 2xx), lost 0, {} records at broker, {} distinct, \
+         {} duplicates, {} distinct arrived without a 2xx; drain after last restart {drain_time:?} \
+         ({ready})",
+        t.acked,
+        failed.load(Ordering::Relaxed),
+        t.records,
+        t.distinct,
+        t.duplicates,
+        t.unacked_arrived
+    );
+    drop(bridge);
+    if broker == Broker::Nats {
+        delete_stream(&jetstream(&target).await, &prefix.to_uppercase()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_under_load_nats() {
+    crash_loop(Broker::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_under_load_kafka() {
+    crash_loop(Broker::Kafka).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Broker outage
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// The broker process is gone (connection refused).
+    Stopped,
+    /// The broker process is SIGSTOPped: connections stay open, nothing answers.
+    Frozen,
+}
+
+/// Posts `total` deliveries over 16 clients, each owning 4 resources; every one must be
+/// acknowledged. Returns the acknowledgements and the time it took.
+async fn post_all(url: &str, prefix: &str, total: u64) -> (Vec<Ack>, Duration) {
+    let client = http_client();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let (client, url, prefix) = (client.clone(), url.to_owned(), prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut seq = [0u64; 4];
+            for (j, i) in (w..total).step_by(16).enumerate() {
+                let k = j % 4;
+                let (rid, n) = (format!("c{w}-r{k}"), seq[k]);
+                seq[k] += 1;
+                let id = format!("{prefix}-{i}");
+                let s = post(&client, &url, &id, body(ACTION, &rid, n)).await;
+                assert_eq!(s, 200, "{id} must be acknowledged while the broker is away");
+                acks.push(Ack { id, rid, n });
+            }
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await.unwrap());
+    }
+    (acks, started.elapsed())
+}
+
+async fn outage(broker: Broker, fault: Fault, total: u64) {
+    let label = format!("{broker:?} {fault:?} outage");
+    let dir = tempfile::tempdir().unwrap();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let prefix = unique("out");
+    let mut nats = NatsServer::new(nats_dir.path());
+    let mut tansu = Tansu::new();
+    // Kafka "stopped": tansu keeps topics in memory only, so it is down from the start and the
+    // bridge creates the topic when it appears. Everything else starts up and breaks later.
+    let warm = !(broker == Broker::Kafka && fault == Fault::Stopped);
+    let target = match broker {
+        Broker::Nats => {
+            nats.start().await;
+            nats.url()
+        }
+        Broker::Kafka => {
+            if warm {
+                tansu.start().await;
+            }
+            tansu.brokers()
+        }
+    };
+    let env = env_for(broker, dir.path(), &prefix, &target);
+    let bridge = BridgeProcess::spawn(&env).await;
+    let client = http_client();
+    let mut warm_ack = Vec::new();
+    if warm {
+        let id = format!("{prefix}-warm");
+        assert_eq!(
+            post(&client, &bridge.url(PATH), &id, body(ACTION, "warm", 0)).await,
+            200
+        );
+        warm_ack.push(Ack {
+            id,
+            rid: "warm".into(),
+            n: 0,
+        });
+        wait_drained(&client, bridge.admin, Duration::from_secs(60))
+            .await
+            .expect("warm-up delivery confirmed");
+    }
+    match (broker, fault) {
+        (Broker::Nats, Fault::Stopped) => nats.stop(),
+        (Broker::Nats, Fault::Frozen) => nats.freeze(),
+        (Broker::Kafka, Fault::Frozen) => tansu.freeze(),
+        (Broker::Kafka, Fault::Stopped) => {}
+    }
+
+    let (mut acked, took) = post_all(&bridge.url(PATH), &prefix, total).await;
+    let rate = total as f64 / took.as_secs_f64();
+    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "{label}: an outage must not make the bridge unready: {ready}"
+    );
+    if fault == Fault::Stopped {
+        // A frozen broker only shows as down once a publish timed out.
+        assert_ne!(ready["broker"], "up", "{label}: {ready}");
+    }
+    let backlog = ready["backlog_records"].clone();
+
+    let back = Instant::now();
+    match (broker, fault) {
+        (Broker::Nats, Fault::Stopped) => nats.start().await,
+        (Broker::Nats, Fault::Frozen) => nats.thaw(),
+        (Broker::Kafka, Fault::Frozen) => tansu.thaw(),
+        (Broker::Kafka, Fault::Stopped) => tansu.start().await,
+    }
+    if wait_drained(&client, bridge.admin, Duration::from_secs(120))
+        .await
+        .is_none()
+    {
+        let (_, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
+            .await
+            .unwrap();
+        let alive = match broker {
+            Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await,
+            Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port)).await,
+        }
+        .is_ok();
+        let errors = metrics_text(&client, bridge.admin)
+            .await
+            .lines()
+            .filter(|l| l.starts_with("hookbridge_publish_errors_total"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        panic!(
+            "{label}: backlog did not drain in 120 s after the broker returned: {ready}; broker \
+             port accepting: {alive}; {errors}"
+        );
+    }
+    let replay = back.elapsed();
+    acked.extend(warm_ack);
+    let got = match broker {
+        Broker::Nats => arrivals_nats(&target, &prefix.to_uppercase(), acked.len()).await,
+        Broker::Kafka => arrivals_kafka(&target, &format!("{prefix}.{ACTION}")).await,
+    };
+    let verified = back.elapsed();
+    let t = check(&label, &acked, &got);
+    eprintln!(
+        "RESULT {label}: {total} posted, all 2xx in {took:?} ({rate:.0} acks/s), backlog at \
+         broker return {backlog}; replay (broker back -> backlog 0) {replay:?}, read back and \
+         verified after {verified:?}; {} records, {} distinct, {} duplicates, lost 0, order kept",
+        t.records, t.distinct, t.duplicates
+    );
+}
+
+// Default CI set: NATS stopped and Kafka stopped at `HOOKBRIDGE_FAULT_OUTAGE` (20,000); NATS
+// frozen and a short Kafka freeze at `HOOKBRIDGE_FAULT_OUTAGE_SMALL` (2,000). The 20,000 Kafka
+// freeze is `#[ignore]`d: it outlasts `sink.kafka.message_timeout` (5 s here), and then the
+// producer never recovers (see its doc).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_nats_stopped() {
+    outage(
+        Broker::Nats,
+        Fault::Stopped,
+        env_num("HOOKBRIDGE_FAULT_OUTAGE", 20_000),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_kafka_stopped() {
+    outage(
+        Broker::Kafka,
+        Fault::Stopped,
+        env_num("HOOKBRIDGE_FAULT_OUTAGE", 20_000),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_nats_frozen() {
+    outage(
+        Broker::Nats,
+        Fault::Frozen,
+        env_num("HOOKBRIDGE_FAULT_OUTAGE_SMALL", 2_000),
+    )
+    .await;
+}
+
+/// A freeze shorter than `sink.kafka.message_timeout`: librdkafka's requests just wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_kafka_frozen_short() {
+    outage(
+        Broker::Kafka,
+        Fault::Frozen,
+        env_num("HOOKBRIDGE_FAULT_OUTAGE_SMALL", 2_000),
+    )
+    .await;
+}
+
+/// KNOWN BUG (fails): a freeze longer than `sink.kafka.message_timeout`. The produce requests
+/// time out in librdkafka, the idempotent producer bumps its epoch, tansu answers
+/// `ProducerFenced`, and from then on every send fails with `ProducerFenced` (a fatal error of
+/// the librdkafka producer instance); the forwarder classifies it as retryable (`kind="broker"`)
+/// and retries the dead producer forever: 0 of 20,000 published in 120 s after the thaw while
+/// the broker accepts connections, `/readyz` 200. Nothing is lost (all in the spool) but nothing
+/// moves until the process restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: Kafka producer stays fenced after a freeze longer than message_timeout"]
+async fn outage_kafka_frozen() {
+    outage(
+        Broker::Kafka,
+        Fault::Frozen,
+        env_num("HOOKBRIDGE_FAULT_OUTAGE", 20_000),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Spool full
+// ---------------------------------------------------------------------------------------------
+
+/// Outcome of posts that ran into a full spool.
+struct FillOutcome {
+    acked: Vec<Ack>,
+    /// (id, status, error code, Retry-After) of every non-2xx answer.
+    refused: Vec<(String, u16, String, Option<String>)>,
+}
+
+/// 4 clients post distinct deliveries until each has been refused `refusals` times in a row.
+async fn fill(url: &str, prefix: &str, refusals: usize) -> FillOutcome {
+    let client = http_client();
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (client, url, prefix) = (client.clone(), url.to_owned(), prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut refused = Vec::new();
+            let mut streak = 0;
+            let mut n = 0u64;
+            while streak < refusals {
+                let rid = format!("c{w}");
+                let id = format!("{prefix}-{w}-{n}");
+                let r = request(
+                    &client,
+                    "POST",
+                    &url,
+                    &[("content-type", "application/json"), ("webhook-id", &id)],
+                    body(ACTION, &rid, n),
+                )
+                .await;
+                match r {
+                    Ok((200, _, _)) => {
+                        streak = 0;
+                        acked.push(Ack { id, rid, n });
+                    }
+                    Ok((s, h, v)) => {
+                        streak += 1;
+                        let after = h.get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                        let code = v["error"].as_str().unwrap_or_default().to_owned();
+                        refused.push((id, s, code, after));
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
+                n += 1;
+            }
+            (acked, refused)
+        }));
+    }
+    let mut out = FillOutcome {
+        acked: Vec::new(),
+        refused: Vec::new(),
+    };
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        out.acked.extend(a);
+        out.refused.extend(r);
+    }
+    out
+}
+
+/// Quota: a small `spool.max_bytes` with NATS down. Ingress answers 503 + Retry-After once the
+/// quota is reached, `/readyz` is 503, and the bridge resumes by itself once the broker is back
+/// and the backlog drained. Every 2xx arrives; no 503'd id arrives unless re-posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_quota_full_answers_503_then_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(nats_dir.path()); // down until the spool is full
+    let prefix = unique("full");
+    let stream = prefix.to_uppercase();
+    let mut env = env_for(Broker::Nats, dir.path(), &prefix, &nats.url());
+    env.extend(
+        [
+            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "16384"),
+            ("HOOKBRIDGE_HTTP__RETRY_AFTER", "7s"),
+            ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", "65536"),
+            ("HOOKBRIDGE_SPOOL__MAX_BYTES", "262144"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let bridge = BridgeProcess::spawn(&env).await;
+    let client = http_client();
+    let out = fill(&bridge.url(PATH), &prefix, 25).await;
+    assert!(!out.acked.is_empty());
+    for (id, s, code, after) in &out.refused {
+        assert_eq!(*s, 503, "{id}");
+        assert_eq!(code, "spool_full", "{id}");
+        assert_eq!(after.as_deref(), Some("7"), "{id}: Retry-After");
+    }
+    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["spool"], "full", "{ready}");
+    let full_at = metric(&client, bridge.admin, "hookbridge_spool_bytes", "").await;
+
+    nats.start().await;
+    let back = Instant::now();
+    wait_drained(&client, bridge.admin, Duration::from_secs(60))
+        .await
+        .expect("backlog drains");
+    // Segments go once the confirmed position is persisted; then the bridge is ready again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let (s, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
+            .await
+            .unwrap();
+        if s == 200 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "never ready again: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let resumed = back.elapsed();
+    let mut acked = out.acked.clone();
+    let after_id = format!("{prefix}-after");
+    assert_eq!(
+        post(
+            &client,
+            &bridge.url(PATH),
+            &after_id,
+            body(ACTION, "after", 0)
+        )
+        .await,
+        200
+    );
+    acked.push(Ack {
+        id: after_id,
+        rid: "after".into(),
+        n: 0,
+    });
+    // The sender retries a few refused deliveries: now they are taken.
+    let reposted: Vec<String> = out.refused.iter().take(5).map(|r| r.0.clone()).collect();
+    for (i, id) in reposted.iter().enumerate() {
+        let rid = format!("re{i}");
+        assert_eq!(
+            post(&client, &bridge.url(PATH), id, body(ACTION, &rid, 0)).await,
+            200
+        );
+        acked.push(Ack {
+            id: id.clone(),
+            rid,
+            n: 0,
+        });
+    }
+    wait_drained(&client, bridge.admin, Duration::from_secs(60))
+        .await
+        .expect("drains");
+    let got = arrivals_nats(&nats.url(), &stream, acked.len()).await;
+    let t = check("spool quota", &acked, &got);
+    let arrived: HashSet<&str> = got.iter().map(|a| a.id.as_str()).collect();
+    let leaked: Vec<&str> = out
+        .refused
+        .iter()
+        .map(|r| r.0.as_str())
+        .filter(|id| arrived.contains(id) && !reposted.iter().any(|r| r == id))
+        .collect();
+    assert!(leaked.is_empty(), "503'd deliveries arrived: {leaked:?}");
+    eprintln!(
+        "RESULT spool quota 256 KiB (segments 64 KiB), broker down: {} acknowledged, {} refused \
+         (all 503 spool_full, Retry-After: 7), spool bytes when full {full_at}, /readyz 503 \
+         'full'; broker back -> ready again after {resumed:?} ({ready}); {} records, {} \
+         duplicates, 0 lost, 0 refused ids arrived, {} re-posted arrived",
+        out.acked.len(),
+        out.refused.len(),
+        t.records,
+        t.duplicates,
+        reposted.len()
+    );
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The filesystem itself fills up (a 2 MiB tmpfs, far below `spool.max_bytes`): writes fail,
+/// the ingress answers 503 and never a 2xx for what it did not store; after a restart on the same
+/// directory with the broker back, every 2xx'd delivery arrives and new ones are taken again.
+/// Skipped (with a message) where mounting a tmpfs is not allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
+    let mnt = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED spool_on_a_full_filesystem: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _guard = Tmpfs(mnt.path().to_owned());
+    let spool = mnt.path().join("spool");
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(nats_dir.path());
+    let prefix = unique("enospc");
+    let stream = prefix.to_uppercase();
+    let mut env = env_for(Broker::Nats, &spool, &prefix, &nats.url());
+    env.extend(
+        [
+            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "16384"),
+            ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", "262144"),
+            ("HOOKBRIDGE_SPOOL__MAX_BYTES", "1073741824"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let mut bridge = BridgeProcess::spawn(&env).await;
+    let client = http_client();
+    let out = fill(&bridge.url(PATH), &prefix, 25).await;
+    let mut codes: HashMap<(u16, String), usize> = HashMap::new();
+    for (_, s, code, after) in &out.refused {
+        assert_eq!(*s, 503, "only 503 for a full disk");
+        assert!(after.is_some(), "503 carries Retry-After");
+        *codes.entry((*s, code.clone())).or_default() += 1;
+    }
+    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
+        .await
+        .unwrap();
+    let df = std::process::Command::new("df")
+        .arg(mnt.path())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "tmpfs full: {} acknowledged, refusals {codes:?}; /readyz {status} {ready}; df: {df}",
+        out.acked.len()
+    );
+    assert_eq!(status, 503, "readyz while the disk is full: {ready}");
+
+    nats.start().await;
+    let drained_in_place = wait_drained(&client, bridge.admin, Duration::from_secs(20))
+        .await
+        .is_some();
+    // A failed write poisons the spool for good (documented): restart it as a supervisor would.
+    bridge.sigterm();
+    let exit = bridge.wait_exit(Duration::from_secs(15)).await;
+    let mut bridge = BridgeProcess::spawn(&env).await;
+    wait_drained(&client, bridge.admin, Duration::from_secs(60))
+        .await
+        .expect("drains after restart");
+    let after_id = format!("{prefix}-after");
+    let after_restart = post(
+        &client,
+        &bridge.url(PATH),
+        &after_id,
+        body(ACTION, "after", 0),
+    )
+    .await;
+    assert_ne!(after_restart, 0);
+    let bytes_drained = metric(&client, bridge.admin, "hookbridge_spool_bytes", "").await;
+    // With the filesystem still 100% full the confirmed position cannot be persisted (its
+    // replacement file needs a block), so no segment can be deleted and no space comes back. The
+    // operator frees some space (here: grows the tmpfs) and restarts (the failed rotate poisoned
+    // the spool again, and a poisoned spool neither persists nor deletes); then it takes
+    // deliveries again.
+    let mut freed_after = None;
+    if after_restart != 200 {
+        let grown = std::process::Command::new("mount")
+            .args(["-o", "remount,size=4m"])
+            .arg(mnt.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(grown, "remount the tmpfs bigger");
+        // A poisoned spool does no maintenance at all, so nothing is freed until a restart.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        freed_after = Some(metric(&client, bridge.admin, "hookbridge_spool_bytes", "").await);
+        bridge.sigterm();
+        bridge
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .expect("exits");
+        bridge = BridgeProcess::spawn(&env).await;
+        assert_eq!(
+            post(
+                &client,
+                &bridge.url(PATH),
+                &after_id,
+                body(ACTION, "after", 0)
+            )
+            .await,
+            200,
+            "takes deliveries again once space is free"
+        );
+    }
+    let mut acked = out.acked.clone();
+    acked.push(Ack {
+        id: after_id,
+        rid: "after".into(),
+        n: 0,
+    });
+    wait_drained(&client, bridge.admin, Duration::from_secs(60))
+        .await
+        .expect("drains");
+    let got = arrivals_nats(&nats.url(), &stream, acked.len()).await;
+    let t = check("tmpfs full", &acked, &got);
+    let arrived: HashSet<&str> = got.iter().map(|a| a.id.as_str()).collect();
+    let refused_arrived = out
+        .refused
+        .iter()
+        .filter(|r| arrived.contains(r.0.as_str()))
+        .count();
+    eprintln!(
+        "RESULT tmpfs 2 MiB full: {} acknowledged, {} refused {codes:?}, /readyz {status}; \
+         drained without restart: {drained_in_place}; SIGTERM exit {exit:?}; after restart and \
+         drain a new post got {after_restart} with {bytes_drained} spool bytes still on disk; \
+         space freed (tmpfs grown to 4 MiB): spool bytes 2 s later without restart {freed_after:?}, then restart -> 200; 0 lost, {} records, {} \
+         duplicates, {refused_arrived} refused ids arrived anyway",
+        out.acked.len(),
+        out.refused.len(),
+        t.records,
+        t.duplicates
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Graceful shutdown under load
+// ---------------------------------------------------------------------------------------------
+
+/// SIGTERM while 16 clients post: every 2xx arrives (after a restart), every other answer is a
+/// connection error or 503, and the process exits 0 within `shutdown.grace` (+ slack). With
+/// `frozen`, the Kafka broker is SIGSTOPped at the time, so in-flight publishes hang and the
+/// grace period is what bounds the exit.
+async fn graceful(broker: Broker, frozen: bool) {
+    let label = format!(
+        "{broker:?} SIGTERM{}",
+        if frozen { " (broker frozen)" } else { "" }
+    );
+    let grace = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("term");
+    let tansu = match broker {
+        Broker::Kafka => Some(Tansu::started().await),
+        Broker::Nats => None,
+    };
+    let target = match &tansu {
+        Some(t) => t.brokers(),
+        None => nats_url(),
+    };
+    let mut env = env_for(broker, dir.path(), &prefix, &target);
+    env.push(("HOOKBRIDGE_SHUTDOWN__GRACE".into(), "5s".into()));
+    if let Ok(l) = std::env::var("HOOKBRIDGE_FAULT_LOG") {
+        env.push(("RUST_LOG".into(), l));
+    }
+    let mut bridge = BridgeProcess::spawn(&env).await;
+    let client = http_client();
+    if frozen {
+        // Make the topic exist first, then freeze the broker with publishes in flight.
+        let id = format!("{prefix}-warm");
+        assert_eq!(
+            post(&client, &bridge.url(PATH), &id, body(ACTION, "warm", 0)).await,
+            200
+        );
+        wait_drained(&client, bridge.admin, Duration::from_secs(60))
+            .await
+            .expect("warm-up confirmed");
+        tansu.as_ref().unwrap().freeze();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = bridge.url(PATH);
+    let mut writers = Vec::new();
+    for w in 0..16u64 {
+        let (client, url, stop, prefix) =
+            (client.clone(), url.clone(), stop.clone(), prefix.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut refused, mut conn_err) = (Vec::new(), 0u64, 0u64);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let rid = format!("c{w}");
+                let id = format!("{prefix}-{w}-{n}");
+                match post(&client, &url, &id, body(ACTION, &rid, n)).await {
+                    200 => acked.push(Ack { id, rid, n }),
+                    503 => refused += 1,
+                    0 => {
+                        conn_err += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    s => panic!("{id}: unexpected status {s} during shutdown"),
+                }
+                n += 1;
+            }
+            (acked, refused, conn_err)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let term = Instant::now();
+    bridge.sigterm();
+    let exit = bridge.wait_exit(grace + Duration::from_secs(10)).await;
+    let took = term.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut refused, mut conn_err) = (Vec::new(), 0, 0);
+    for w in writers {
+        let (a, r, c) = w.await.unwrap();
+        acked.extend(a);
+        refused += r;
+        conn_err += c;
+    }
+    let exit = exit.unwrap_or_else(|| panic!("{label}: still running {took:?} after SIGTERM"));
+    assert_eq!(exit.code(), Some(0), "{label}: exit status {exit:?}");
+    assert!(
+        took <= grace + Duration::from_secs(2),
+        "{label}: exit took {took:?}, grace is {grace:?}"
+    );
+    if frozen {
+        tansu.as_ref().unwrap().thaw();
+        acked.push(Ack {
+            id: format!("{prefix}-warm"),
+            rid: "warm".into(),
+            n: 0,
+        });
+    }
+    let bridge = BridgeProcess::spawn(&env).await;
+    wait_drained(&client, bridge.admin, Duration::from_secs(120))
+        .await
+        .expect("drains after restart");
+    let got = match broker {
+        Broker::Nats => arrivals_nats(&target, &prefix.to_uppercase(), acked.len()).await,
+        Broker::Kafka => arrivals_kafka(&target, &format!("{prefix}.{ACTION}")).await,
+    };
+    let t = check(&label, &acked, &got);
+    eprintln!(
+        "RESULT {label}: exit code 0 after {took:?} (grace {grace:?}); {} acknowledged, \
+         {refused} answered 503, {conn_err} connection errors, 0 lost after restart, {} records, \
+         {} duplicates, {} arrived without a 2xx",
+        t.acked, t.records, t.duplicates, t.unacked_arrived
+    );
+    drop(bridge);
+    if broker == Broker::Nats {
+        delete_stream(&jetstream(&target).await, &prefix.to_uppercase()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_nats() {
+    graceful(Broker::Nats, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_kafka() {
+    graceful(Broker::Kafka, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_kafka_frozen_exits_within_grace() {
+    graceful(Broker::Kafka, true).await;
+}
