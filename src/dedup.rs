@@ -83,7 +83,11 @@ impl Dedup {
             journal_lines: 0,
         };
         state.evict(now_ms, window_ms, max_entries);
-        state.compact()?;
+        // Best effort: on a full disk the rewrite fails, and the bridge must still start (it is
+        // what drains the spool and frees the space).
+        if let Err(e) = state.compact() {
+            tracing::warn!(error = %e, "compacting the de-duplication journal failed; keeping it as it is");
+        }
         Ok(Dedup {
             window_ms,
             max_entries,

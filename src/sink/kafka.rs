@@ -62,7 +62,10 @@ impl ClientContext for Context {
 }
 
 struct Inner {
-    producer: FutureProducer<Context>,
+    /// Replaced when librdkafka reports a fatal error (see [`Inner::replace_if_fatal`]).
+    producer: std::sync::RwLock<Arc<FutureProducer<Context>>>,
+    client: ClientConfig,
+    status: Arc<BrokerStatus>,
     admin: Option<AdminClient<DefaultClientContext>>,
     partitions: i32,
     replication_factor: i32,
@@ -105,7 +108,9 @@ impl KafkaSink {
     ) -> Result<KafkaSink, Error> {
         let client = client_config(cfg);
         let producer: FutureProducer<Context> = client
-            .create_with_context(Context { status })
+            .create_with_context(Context {
+                status: status.clone(),
+            })
             .map_err(|e| Error::Config(e.to_string()))?;
         let admin = if cfg.create_topics {
             Some(
@@ -117,7 +122,9 @@ impl KafkaSink {
             None
         };
         Ok(KafkaSink(Arc::new(Inner {
-            producer,
+            producer: std::sync::RwLock::new(Arc::new(producer)),
+            client,
+            status,
             admin,
             partitions: cfg.partitions,
             replication_factor: cfg.replication_factor,
@@ -131,6 +138,47 @@ impl KafkaSink {
 }
 
 impl Inner {
+    fn producer(&self) -> Arc<FutureProducer<Context>> {
+        self.producer.read().unwrap().clone()
+    }
+
+    /// An idempotent producer that hit a fatal error (for example fenced by the broker after its
+    /// messages timed out during a long outage) refuses every later send. Retrying on it would
+    /// never succeed, so it is replaced by a fresh producer (new producer id); the records are
+    /// resent from the spool. Returns whether `used` was fatally broken.
+    fn replace_if_fatal(&self, used: &Arc<FutureProducer<Context>>, error: &KafkaError) -> bool {
+        // librdkafka raises some of these as instance-fatal errors and reports others only per
+        // message (a broker that keeps fencing the producer id); either way this instance is done.
+        let per_message = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::Fatal
+            )
+        );
+        let Some((code, reason)) = used.client().fatal_error().or_else(|| {
+            per_message.then(|| (error.rdkafka_error_code().unwrap(), error.to_string()))
+        }) else {
+            return false;
+        };
+        let mut current = self.producer.write().unwrap();
+        if Arc::ptr_eq(&current, used) {
+            match self.client.create_with_context(Context {
+                status: self.status.clone(),
+            }) {
+                Ok(fresh) => {
+                    tracing::error!(code = ?code, reason = %reason,
+                        "the Kafka producer hit a fatal error; replaced it with a new one");
+                    *current = Arc::new(fresh);
+                }
+                Err(e) => tracing::error!(error = %e, "replacing the failed Kafka producer failed"),
+            }
+        }
+        true
+    }
+
     /// With `create_topics`, makes sure `topic` exists before the first send to it.
     async fn ensure_topic(&self, topic: &str) -> Result<(), SendError> {
         let Some(admin) = &self.admin else {
@@ -259,13 +307,11 @@ impl Sink for KafkaSink {
                 .headers(headers);
             // Queueing waits at most one message timeout for room in librdkafka's queue; the
             // forwarder's window keeps it far from full in practice.
-            let result = inner
-                .producer
+            let producer = inner.producer();
+            let result = producer
                 .send(record, Timeout::After(inner.message_timeout))
                 .await;
-            inner
-                .queue_gauge
-                .set(inner.producer.in_flight_count() as i64);
+            inner.queue_gauge.set(producer.in_flight_count() as i64);
             match result {
                 Ok(_) => {
                     if inner.admin.is_none() {
@@ -276,7 +322,15 @@ impl Sink for KafkaSink {
                     }
                     Ok(())
                 }
-                Err((e, _)) => Err(inner.classify(&msg.destination, e)),
+                Err((e, _)) => {
+                    if inner.replace_if_fatal(&producer, &e) {
+                        return Err(SendError::Retryable {
+                            kind: "producer_fatal",
+                            detail: e.to_string(),
+                        });
+                    }
+                    Err(inner.classify(&msg.destination, e))
+                }
             }
         }
         .boxed()
@@ -286,7 +340,8 @@ impl Sink for KafkaSink {
         let inner = self.0.clone();
         async move {
             let timeout = inner.message_timeout.min(Duration::from_secs(5));
-            let _ = tokio::task::spawn_blocking(move || inner.producer.flush(timeout)).await;
+            let producer = inner.producer();
+            let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         }
         .boxed()
     }
