@@ -25,6 +25,9 @@ use crate::server::{self, Limits};
 use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
 use crate::spool::{self, Spool, SpoolConfig};
 
+/// How long a failed spool is given to drain its committed records before the process exits.
+const FAILED_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Bytes a spool frame and the delivery metadata add around a body, at most.
 const RECORD_OVERHEAD: u32 = 8 * 1024;
 
@@ -62,6 +65,10 @@ pub enum Error {
     /// broker is not an error).
     #[error("sink: {0}")]
     Sink(String),
+    /// The spool failed (write or fsync error) while running; the process stopped after draining
+    /// so that a supervisor restarts it and recovery re-reads the disk.
+    #[error("the spool failed; exiting so that a restart recovers it")]
+    SpoolFailed,
     /// The de-duplication journal inside the spool directory could not be opened.
     #[error("de-duplication journal: {0}")]
     Dedup(String),
@@ -288,7 +295,29 @@ impl App {
             std::time::Duration::from_secs(1),
         ));
 
-        shutdown.await;
+        // A failed spool cannot take deliveries again without a restart (recovery is what
+        // re-reads the disk), and a supervisor only restarts a process that exits: so once the
+        // committed backlog has drained (or a minute passed), stop and exit non-zero.
+        let failed = {
+            let spool = spool.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if spool.health() == crate::spool::Health::Failed {
+                        break;
+                    }
+                }
+                tracing::error!("the spool failed; draining what it holds, then exiting so a supervisor restarts the bridge");
+                let deadline = tokio::time::Instant::now() + FAILED_DRAIN;
+                while spool.stats().records > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let spool_failed = tokio::select! {
+            _ = shutdown => false,
+            _ = failed => true,
+        };
         let began = tokio::time::Instant::now();
         tracing::info!(
             ?grace,
@@ -319,6 +348,9 @@ impl App {
         let _ = admin_task.await;
         let s = spool.stats();
         tracing::info!(backlog_records = s.records, confirmed = s.confirmed, took = ?began.elapsed(), "stopped");
+        if spool_failed {
+            return Err(Error::SpoolFailed);
+        }
         Ok(())
     }
 }

@@ -105,12 +105,12 @@
 //! the failed batch that did reach the disk are replayed (their appends got an error, so the
 //! client resends: a duplicate, never a loss).
 //!
-//! The process deliberately stays up meanwhile: ingress answers 503 (the sender retries later),
+//! The process does not exit at once: ingress answers 503 (the sender retries later),
 //! `/readyz` is 503 so a load balancer and the operator see it, and committed records stay
-//! readable, so the forwarder keeps draining them to the broker. Recovery needs a restart, which
-//! the supervisor (systemd `Restart=`, an orchestrator acting on `/readyz`) or the operator
-//! does; exiting at once instead would stop that drain and turn a disk problem into a crash
-//! loop. A failure persisting the confirmed position or deleting segments is *not* fatal (see
+//! readable, so the forwarder keeps draining them to the broker. Recovery needs a restart, so
+//! once that drain is done (or after a minute) `app` stops the process with a non-zero exit and
+//! the supervisor (systemd `Restart=`) starts it again; exiting at once instead would abandon
+//! the drain. A failure persisting the confirmed position or deleting segments is *not* fatal (see
 //! below): it only means more replay after a crash.
 //!
 //! # Confirming and deleting
