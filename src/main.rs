@@ -34,10 +34,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Spool(args)) = cli.command {
-        return spool_main(cli.config, args);
-    }
-    match real_main(cli) {
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Spool(args) => return spool_main(cli.config, args),
+        Command::CheckConfig => check_config(cli.config),
+        Command::Run => run(cli.config),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hookbridge: {e:#}");
@@ -60,38 +62,33 @@ fn spool_main(config: Option<PathBuf>, args: hookbridge::spoolctl::SpoolArgs) ->
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            let redacted = config.redacted_toml();
-            config.validate()?;
-            print!("{redacted}");
-            eprintln!("configuration is valid");
-            Ok(())
-        }
-        Command::Spool(_) => unreachable!("handled in main"),
-        Command::Run => {
-            let settings = config.validate()?;
-            init_tracing(settings.raw.log.format, &settings.raw.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
-            let result = rt.block_on(async {
-                let app = hookbridge::app::App::bind(settings).await?;
-                app.run(hookbridge::shutdown::signal()).await?;
-                Ok(())
-            });
-            // Dropping the runtime would wait for every blocking task still running, such as a
-            // Kafka producer flush against a broker that does not answer, and so overrun
-            // `shutdown.grace`. `App::run` has already closed the spool (persisting the confirmed
-            // position); whatever such a task was doing is unconfirmed and replays on the next
-            // start, so do not wait for it.
-            rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            result
-        }
-    }
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(file.as_deref())?;
+    let redacted = config.redacted_toml();
+    config.validate()?;
+    print!("{redacted}");
+    eprintln!("configuration is valid");
+    Ok(())
+}
+
+fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = Config::load(file.as_deref())?.validate()?;
+    init_tracing(settings.raw.log.format, &settings.raw.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = rt.block_on(async {
+        let app = hookbridge::app::App::bind(settings).await?;
+        app.run(hookbridge::shutdown::signal()).await?;
+        Ok(())
+    });
+    // Dropping the runtime would wait for every blocking task still running, such as a Kafka
+    // producer flush against a broker that does not answer, and so overrun `shutdown.grace`.
+    // `App::run` has already closed the spool (persisting the confirmed position); whatever such
+    // a task was doing is unconfirmed and replays on the next start, so do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
