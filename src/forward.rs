@@ -53,6 +53,8 @@ struct Slot {
     attempts: u32,
     /// Confirmed by the broker, or stored as a dead letter.
     done: bool,
+    /// The ingress kept this authentic but unroutable body for the dead-letter store (reason).
+    rejected: Option<&'static str>,
 }
 
 /// How one attempt at a record ended.
@@ -208,18 +210,18 @@ impl Forwarder {
                         record: bytes::Bytes::new(),
                         attempts: 0,
                         done: true,
+                        rejected: None,
                     },
                 );
                 self.advance(window);
                 return;
             }
         };
-        let reject_reason = delivery.reject_reason.clone();
+        let rejected = delivery.reject_reason.as_deref().map(rejected_kind);
         let msg = message(&self.router, seq, delivery);
         let queue = by_key.entry(msg.key.clone()).or_default();
         queue.push_back(seq);
         let send_now = queue.len() == 1;
-        let msg_for_send = send_now.then(|| msg.clone());
         window.insert(
             seq,
             Slot {
@@ -227,37 +229,22 @@ impl Forwarder {
                 record,
                 attempts: 0,
                 done: false,
+                rejected,
             },
         );
-        if let Some(m) = msg_for_send {
-            match reject_reason {
-                // Authentic but unroutable at ingress: straight to the dead-letter store.
-                Some(reason) => {
-                    let e = SendError::Permanent {
-                        kind: rejected_kind(&reason),
-                        detail: format!("rejected at ingress: {reason}"),
-                    };
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[e.kind()])
-                        .inc();
-                    attempts.push(self.dead_letter(&window[&seq], &e));
-                }
-                None => attempts.push(self.attempt(m, Duration::ZERO)),
-            }
+        if send_now {
+            attempts.push(self.dispatch(&window[&seq]));
         }
     }
 
-    /// Sends, or for a record rejected at ingress, dead-letters it.
+    /// Sends, or for a record the ingress kept as unroutable, goes straight to the dead-letter
+    /// store.
     fn dispatch(&self, slot: &Slot) -> Attempt {
-        match Delivery::decode(slot.record.clone())
-            .ok()
-            .and_then(|d| d.reject_reason)
-        {
-            Some(reason) => {
+        match slot.rejected {
+            Some(kind) => {
                 let e = SendError::Permanent {
-                    kind: rejected_kind(&reason),
-                    detail: format!("rejected at ingress: {reason}"),
+                    kind,
+                    detail: format!("rejected at ingress: {kind}"),
                 };
                 self.metrics
                     .dead_lettered

@@ -677,12 +677,36 @@ async fn spool_quota_full_answers_503_then_resumes_by_itself() {
 }
 
 /// Unmounts a tmpfs when dropped.
-struct Tmpfs(std::path::PathBuf);
+/// A mounted tmpfs; unmounted (then its directory removed) on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. `2m`) on a fresh temporary directory; `None` (with a SKIPPED
+/// message naming `test`) where mounting is not allowed. The guard unmounts it.
+fn mount_tmpfs(size: &str, test: &str) -> Option<Tmpfs> {
+    let mnt = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mnt.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs here (needs root)");
+        return None;
+    }
+    Some(Tmpfs(mnt))
+}
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
-            .arg(&self.0)
+            .arg(self.0.path())
             .stderr(std::process::Stdio::null())
             .status();
     }
@@ -695,18 +719,9 @@ impl Drop for Tmpfs {
 /// Skipped (with a message) where mounting a tmpfs is not allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
-    let mnt = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(mnt.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED spool_on_a_full_filesystem: cannot mount a tmpfs here (needs root)");
+    let Some(mnt) = mount_tmpfs("2m", "spool_on_a_full_filesystem") else {
         return;
-    }
-    let _guard = Tmpfs(mnt.path().to_owned());
+    };
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path());
@@ -980,18 +995,9 @@ async fn sigterm_under_load_kafka_frozen_exits_within_grace() {
 /// are deleted, without a restart. Skipped where mounting a tmpfs is not allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself() {
-    let mnt = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mnt.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED min_free_bytes guard: cannot mount a tmpfs here (needs root)");
+    let Some(mnt) = mount_tmpfs("4m", "min_free_bytes guard") else {
         return;
-    }
-    let _guard = Tmpfs(mnt.path().to_owned());
+    };
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path());
