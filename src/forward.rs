@@ -310,6 +310,7 @@ impl Forwarder {
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
         let sink = self.sink.name();
+        let in_window = window.len();
         let Some(slot) = window.get_mut(&seq) else {
             return;
         };
@@ -321,11 +322,20 @@ impl Forwarder {
                     .with_label_values(&[sink])
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.broker_up.with_label_values(&[sink]).set(1);
-                if self.status.get() != BrokerState::Up {
-                    self.status.set(BrokerState::Up);
+                match self.status.get() {
+                    BrokerState::Up => {}
+                    BrokerState::Down => {
+                        self.status.set(BrokerState::Up);
+                        tracing::info!(
+                            sink,
+                            in_flight = in_window,
+                            "publishing again; replaying the backlog"
+                        );
+                    }
+                    BrokerState::Unknown => self.status.set(BrokerState::Up),
                 }
                 if slot.attempts > 0 {
-                    tracing::info!(seq, delivery_id = %slot.msg.id, attempts = slot.attempts + 1, "published after retries");
+                    tracing::debug!(seq, delivery_id = %slot.msg.id, attempts = slot.attempts + 1, "published after retries");
                 }
                 self.finish(seq, window, by_key, attempts);
             }
@@ -352,12 +362,16 @@ impl Forwarder {
                 match &e {
                     SendError::Retryable { .. } => {
                         self.metrics.broker_up.with_label_values(&[sink]).set(0);
-                        self.status.set(BrokerState::Down);
                         let delay = backoff(&self.cfg, n);
-                        if n == 1 || n.is_power_of_two() {
-                            tracing::warn!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-                                attempts = n, retry_in = ?delay, error = %e, "publish failed; will retry");
+                        // During an outage every record in flight fails: say so once when the
+                        // broker goes away (and when it is back), not once per record.
+                        if self.status.get() != BrokerState::Down {
+                            self.status.set(BrokerState::Down);
+                            tracing::warn!(sink, destination = %slot.msg.destination, error = %e,
+                                "publishing failed; holding deliveries in the spool and retrying with backoff");
                         }
+                        tracing::debug!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                            attempts = n, retry_in = ?delay, error = %e, "publish failed; will retry");
                         self.metrics
                             .forward_retries
                             .with_label_values(&[sink])
