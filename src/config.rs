@@ -114,7 +114,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Signing secrets: `whsec_…` (HMAC, `v1`) or `whpk_…` (Ed25519 public key, `v1a`); any
@@ -261,7 +261,7 @@ pub enum NatsMode {
     Core,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
@@ -322,7 +322,7 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
@@ -390,6 +390,54 @@ pub const KAFKA_RESERVED_OPTIONS: &[(&str, &str)] = &[
     ),
     ("max.in.flight", "bounded by the idempotent producer"),
 ];
+
+impl AuthConfig {
+    /// A copy with every secret replaced by `<redacted>`.
+    pub fn redacted(&self) -> AuthConfig {
+        let mut c = self.clone();
+        for v in c.header_values.iter_mut().chain(c.secrets.iter_mut()) {
+            *v = REDACTED.into();
+        }
+        c
+    }
+}
+
+impl NatsConfig {
+    /// A copy with the token and password replaced by `<redacted>`.
+    pub fn redacted(&self) -> NatsConfig {
+        let mut c = self.clone();
+        for v in [&mut c.token, &mut c.password].into_iter().flatten() {
+            *v = REDACTED.into();
+        }
+        c
+    }
+}
+
+impl KafkaConfig {
+    /// A copy with secret-looking librdkafka options replaced by `<redacted>`.
+    pub fn redacted(&self) -> KafkaConfig {
+        let mut c = self.clone();
+        for (k, v) in c.options.iter_mut() {
+            if is_secret_option(k) {
+                *v = REDACTED.into();
+            }
+        }
+        c
+    }
+}
+
+// The sections holding secrets print redacted, so a `{:?}` in a log line cannot leak them.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let json = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
+                write!(f, "{} {json}", stringify!($t))
+            }
+        }
+    )*};
+}
+redacted_debug!(AuthConfig, NatsConfig, KafkaConfig);
 
 /// Option names whose values are secrets (redacted by `check-config`).
 fn is_secret_option(key: &str) -> bool {
@@ -489,12 +537,22 @@ pub struct Settings {
     pub gate: crate::ingress::auth::Gate,
 }
 
-#[derive(Debug, Clone)]
+/// Prints the header name and how many tokens, never the digests.
+#[derive(Clone)]
 pub struct TokenAuth {
     pub header: http::HeaderName,
     /// SHA-256 of each accepted value: compared in constant time, and equal length whatever the
     /// configured tokens are, so neither content nor length leaks through timing.
     pub digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("header", &self.header)
+            .field("tokens", &self.digests.len())
+            .finish()
+    }
 }
 
 impl Config {
@@ -705,25 +763,9 @@ impl Config {
     /// The effective configuration as TOML, secrets replaced by `<redacted>`.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for v in c
-            .auth
-            .header_values
-            .iter_mut()
-            .chain(c.auth.secrets.iter_mut())
-        {
-            *v = REDACTED.into();
-        }
-        if c.sink.nats.token.is_some() {
-            c.sink.nats.token = Some(REDACTED.into());
-        }
-        if c.sink.nats.password.is_some() {
-            c.sink.nats.password = Some(REDACTED.into());
-        }
-        for (k, v) in c.sink.kafka.options.iter_mut() {
-            if is_secret_option(k) {
-                *v = REDACTED.into();
-            }
-        }
+        c.auth = c.auth.redacted();
+        c.sink.nats = c.sink.nats.redacted();
+        c.sink.kafka = c.sink.kafka.redacted();
         toml::to_string_pretty(&c).expect("config serializes to TOML")
     }
 }
@@ -895,6 +937,10 @@ mod tests {
             .options
             .insert("sasl.password".into(), "kafkasecret99".into());
         let out = c.redacted_toml();
+        let debug = format!("{c:?}");
+        for secret in ["supersecretvalue1", "MfKQ9r8", "hunter2", "kafkasecret99"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
         assert!(!out.contains("supersecretvalue1"));
         assert!(!out.contains("MfKQ9r8"));
         assert!(!out.contains("hunter2"));
