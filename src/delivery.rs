@@ -122,6 +122,16 @@ impl Delivery {
     }
 }
 
+/// The fixed metric label for a stored `reject_reason` (the ingress's JSON error code), so the
+/// label set stays bounded whatever a record holds.
+pub fn reject_label(reason: &str) -> &'static str {
+    match reason {
+        "invalid_json" => "invalid_json",
+        "missing_action" => "missing_action",
+        _ => "missing_data_id",
+    }
+}
+
 /// Cuts `s` to at most [`MAX_FIELD_LEN`] bytes on a character boundary.
 pub fn clip(s: &str) -> &str {
     if s.len() <= MAX_FIELD_LEN {

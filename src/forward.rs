@@ -76,15 +76,6 @@ pub fn backoff(cfg: &ForwardConfig, attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
-/// Metric label for a reason the ingress gave (a fixed set).
-fn rejected_kind(reason: &str) -> &'static str {
-    match reason {
-        "invalid_json" => "invalid_json",
-        "missing_action" => "missing_action",
-        _ => "missing_data_id",
-    }
-}
-
 /// Builds the broker message for a stored delivery.
 pub fn message(router: &Router, seq: u64, d: Delivery) -> Message {
     let route = router.route(&d.action);
@@ -217,7 +208,10 @@ impl Forwarder {
                 return;
             }
         };
-        let rejected = delivery.reject_reason.as_deref().map(rejected_kind);
+        let rejected = delivery
+            .reject_reason
+            .as_deref()
+            .map(crate::delivery::reject_label);
         let msg = message(&self.router, seq, delivery);
         let queue = by_key.entry(msg.key.clone()).or_default();
         queue.push_back(seq);

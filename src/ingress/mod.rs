@@ -210,16 +210,14 @@ impl Ingress {
                 return Ok(Accepted::Duplicate { id });
             }
         }
-        let dead_letter = delivery.reject_reason.as_deref().map(|r| match r {
-            "invalid_json" => "invalid_json",
-            "missing_action" => "missing_action",
-            _ => "missing_data_id",
-        });
-        let route = self.router.route(&delivery.action);
+        let dead_letter = delivery
+            .reject_reason
+            .as_deref()
+            .map(crate::delivery::reject_label);
         let label = if dead_letter.is_some() {
             "invalid"
         } else {
-            routing::action_label(&delivery.action, &route)
+            routing::action_label(&delivery.action)
         };
         let result = self.spool.append(delivery.encode()).await;
         if let Some(dedup) = &self.dedup {
@@ -241,8 +239,9 @@ impl Ingress {
                         .inc();
                     tracing::warn!(delivery_id = %id, seq, reason,
                         "authentic delivery cannot be routed; stored for the dead-letter store");
-                } else if route.unroutable {
+                } else if label == "unroutable" {
                     self.metrics.deliveries_unroutable.inc();
+                    let route = self.router.route(&delivery.action);
                     tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
                         "action is not a valid routing token; routed to the dead-letter destination");
                 }
