@@ -642,6 +642,38 @@ fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// An rdkafka consumer for assigning partitions by hand (no group offsets are committed).
+fn kafka_consumer(brokers: &str) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("hbtest"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+fn kafka_record(m: &rdkafka::message::BorrowedMessage<'_>) -> KafkaRecord {
+    use rdkafka::message::{Headers, Message};
+    KafkaRecord {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let v = String::from_utf8_lossy(h.value.unwrap_or_default());
+                        (h.key.to_owned(), v.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        value: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
 /// Reads `topics` from the beginning with an rdkafka consumer, until `count` records or
 /// `timeout`.
 pub async fn rdkafka_consume(
@@ -650,18 +682,12 @@ pub async fn rdkafka_consume(
     count: usize,
     timeout: Duration,
 ) -> Vec<KafkaRecord> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Offset, TopicPartitionList};
     let brokers = brokers.to_owned();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", unique("hbtest"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+        let consumer = kafka_consumer(&brokers);
         let deadline = Instant::now() + timeout;
         let mut tpl = TopicPartitionList::new();
         for t in &topics {
@@ -688,27 +714,7 @@ pub async fn rdkafka_consume(
         let mut out = Vec::new();
         while out.len() < count && Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => out.push(KafkaRecord {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_owned(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                }),
+                Some(Ok(m)) => out.push(kafka_record(&m)),
                 Some(Err(e)) => eprintln!("consumer error: {e}"),
                 None => {}
             }
@@ -821,19 +827,13 @@ pub async fn wait_drained(
 /// not know how many duplicates there are. (The watermarks are only a lower bound: tansu's were
 /// seen to undercount by one.) Returns records in partition order.
 pub async fn kafka_read_all(brokers: &str, topic: &str, timeout: Duration) -> Vec<KafkaRecord> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::consumer::Consumer;
     use rdkafka::{Offset, TopicPartitionList};
     let idle = Duration::from_secs(2);
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + timeout;
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", unique("hball"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+        let consumer = kafka_consumer(&brokers);
         let (parts, floor) = loop {
             if let Ok(md) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
                 let parts = md
@@ -870,27 +870,7 @@ pub async fn kafka_read_all(brokers: &str, topic: &str, timeout: Duration) -> Ve
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last = Instant::now();
-                    out.push(KafkaRecord {
-                        topic: m.topic().to_owned(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        headers: m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|h| {
-                                        (
-                                            h.key.to_owned(),
-                                            String::from_utf8_lossy(h.value.unwrap_or_default())
-                                                .into_owned(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                        value: m.payload().unwrap_or_default().to_vec(),
-                    })
+                    out.push(kafka_record(&m));
                 }
                 Some(Err(e)) => eprintln!("consumer error: {e}"),
                 None => {}
