@@ -686,6 +686,27 @@ impl Tmpfs {
     }
 }
 
+/// A NATS bridge on a spool whose disk, not `spool.max_bytes` (1 GiB here), is the limit.
+fn small_disk_env(
+    spool: &Path,
+    prefix: &str,
+    nats_url: &str,
+    segment_bytes: &str,
+    min_free_bytes: &str,
+) -> Vec<(String, String)> {
+    let mut env = env_for(Broker::Nats, spool, prefix, nats_url);
+    env.extend(
+        [
+            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "16384"),
+            ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", segment_bytes),
+            ("HOOKBRIDGE_SPOOL__MAX_BYTES", "1073741824"),
+            ("HOOKBRIDGE_SPOOL__MIN_FREE_BYTES", min_free_bytes),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    env
+}
+
 /// Mounts a tmpfs of `size` (e.g. `2m`) on a fresh temporary directory; `None` (with a SKIPPED
 /// message naming `test`) where mounting is not allowed. The guard unmounts it.
 fn mount_tmpfs(size: &str, test: &str) -> Option<Tmpfs> {
@@ -727,16 +748,7 @@ async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
     let mut nats = NatsServer::new(nats_dir.path());
     let prefix = unique("enospc");
     let stream = prefix.to_uppercase();
-    let mut env = env_for(Broker::Nats, &spool, &prefix, &nats.url());
-    env.extend(
-        [
-            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "16384"),
-            ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", "262144"),
-            ("HOOKBRIDGE_SPOOL__MAX_BYTES", "1073741824"),
-            ("HOOKBRIDGE_SPOOL__MIN_FREE_BYTES", "0"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
+    let env = small_disk_env(&spool, &prefix, &nats.url(), "262144", "0");
     let mut bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();
     let out = fill(&bridge.url(PATH), &prefix, 25).await;
@@ -1003,16 +1015,7 @@ async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself(
     let mut nats = NatsServer::new(nats_dir.path());
     let prefix = unique("guard");
     let stream = prefix.to_uppercase();
-    let mut env = env_for(Broker::Nats, &spool, &prefix, &nats.url());
-    env.extend(
-        [
-            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "16384"),
-            ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", "131072"),
-            ("HOOKBRIDGE_SPOOL__MAX_BYTES", "1073741824"),
-            ("HOOKBRIDGE_SPOOL__MIN_FREE_BYTES", "2097152"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
+    let env = small_disk_env(&spool, &prefix, &nats.url(), "131072", "2097152");
     let bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();
     let out = fill(&bridge.url(PATH), &prefix, 25).await;
