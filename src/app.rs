@@ -23,7 +23,7 @@ use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
 use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
-use crate::spool::{self, Spool, SpoolConfig};
+use crate::spool::{self, RealFs, Spool, SpoolConfig, SpoolFs};
 
 /// How long a failed spool is given to drain its committed records before the process exits.
 const FAILED_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
@@ -94,6 +94,12 @@ impl App {
     /// Opens the spool (recovering it), binds both listeners and sets up the sink. Port 0 binds a
     /// free port; see [`App::http_addr`].
     pub async fn bind(settings: Settings) -> Result<App, Error> {
+        App::bind_with_fs(settings, Arc::new(RealFs)).await
+    }
+
+    /// [`App::bind`] with every file in the spool directory (segments, the dead-letter store,
+    /// the de-duplication journal) on `fs`: for tests that inject faults or slow disks.
+    pub async fn bind_with_fs(settings: Settings, fs: Arc<dyn SpoolFs>) -> Result<App, Error> {
         let metrics = Arc::new(Metrics::new());
         let c = &settings.raw;
         metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
@@ -101,13 +107,15 @@ impl App {
         let dir = c.spool.dir.display().to_string();
         let m = metrics.clone();
         let started = Instant::now();
-        let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg, m))
-            .await
-            .expect("spool open does not panic")
-            .map_err(|source| Error::Spool {
-                dir: dir.clone(),
-                source,
-            })?;
+        let spool_fs = fs.clone();
+        let (spool, report) =
+            tokio::task::spawn_blocking(move || Spool::open_with_fs(spool_cfg, m, spool_fs))
+                .await
+                .expect("spool open does not panic")
+                .map_err(|source| Error::Spool {
+                    dir: dir.clone(),
+                    source,
+                })?;
         tracing::debug!(took = ?started.elapsed(), moved_aside = ?report.segments_moved_aside, "spool opened");
 
         let dl_dir = c.spool.dir.clone();
@@ -137,7 +145,8 @@ impl App {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let d = tokio::task::spawn_blocking(move || Dedup::open(&dir, window, max, now_ms))
+            let fs = fs.clone();
+            let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, now_ms))
                 .await
                 .expect("dedup open does not panic")
                 .map_err(|e| Error::Dedup(e.to_string()))?;
@@ -252,7 +261,8 @@ impl App {
             gate: settings.gate.clone(),
             router: settings.router.clone(),
             spool: spool.clone(),
-            dedup,
+            dedup: dedup.clone(),
+            dedup_wait: c.auth.dedup_wait,
             metrics: metrics.clone(),
         });
         let ingress_limits = Limits {
@@ -340,6 +350,10 @@ impl App {
         .is_err()
         {
             tracing::warn!("forwarder did not stop in time");
+        }
+        if let Some(dedup) = dedup {
+            // The ingress is closed: write the last journal lines before the process exits.
+            let _ = tokio::task::spawn_blocking(move || dedup.close()).await;
         }
         if let Err(e) = spool.close().await {
             tracing::error!(error = %e, "closing the spool failed; the next start replays from the last persisted position");

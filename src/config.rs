@@ -136,6 +136,11 @@ pub struct AuthConfig {
     pub dedup_window: Duration,
     /// Most delivery ids remembered; the oldest are forgotten first. Default 1,000,000.
     pub dedup_max_entries: usize,
+    /// How long a request waits when an earlier attempt with the same delivery id is still being
+    /// stored; after that it gets 503 + `Retry-After` (never a 2xx before the first copy is
+    /// fsync'd). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub dedup_wait: Duration,
     /// Client networks allowed to deliver (CIDRs); empty allows all. Default empty.
     pub allow_cidrs: Vec<ipnet::IpNet>,
 }
@@ -151,6 +156,7 @@ impl Default for AuthConfig {
             allow_unauthenticated: false,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_max_entries: 1_000_000,
+            dedup_wait: Duration::from_secs(5),
             allow_cidrs: Vec::new(),
         }
     }
@@ -728,6 +734,14 @@ impl Config {
                 "must be positive (or set auth.dedup_window = \"0s\")",
             ));
         }
+        if !c.auth.dedup_window.is_zero()
+            && (c.auth.dedup_wait.is_zero() || c.auth.dedup_wait > Duration::from_secs(60))
+        {
+            return Err(invalid(
+                "auth.dedup_wait",
+                "must be between 1ms and 60s (the sender gives up after 15s)",
+            ));
+        }
         if token_auth.is_none()
             && keys.is_empty()
             && !c.auth.allow_unauthenticated
@@ -844,6 +858,8 @@ mod tests {
             ),
             ("[sink.kafka]\npartitions = 0\n", "sink.kafka.partitions"),
             ("[sink.kafka]\ncompression = \"brotli\"\n", "compression"),
+            ("[auth]\ndedup_wait = \"0s\"\n", "auth.dedup_wait"),
+            ("[auth]\ndedup_wait = \"2m\"\n", "auth.dedup_wait"),
         ] {
             let err = load_str(toml).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");

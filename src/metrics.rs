@@ -26,6 +26,7 @@ pub struct Metrics {
     pub deliveries_accepted: IntCounterVec,
     pub deliveries_unroutable: IntCounter,
     pub deliveries_duplicate: IntCounter,
+    pub dedup_waits: IntCounterVec,
     pub deliveries_invalid: IntCounterVec,
     pub http_connection_errors: IntCounterVec,
     pub ack_latency: Histogram,
@@ -80,6 +81,14 @@ impl Metrics {
             deliveries_duplicate: IntCounter::new(
                 "hookbridge_deliveries_duplicate_total",
                 "Deliveries whose id was stored before within auth.dedup_window: acknowledged, not stored again.",
+            )
+            .unwrap(),
+            dedup_waits: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_dedup_waits_total",
+                    "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).",
+                ),
+                &["outcome"],
             )
             .unwrap(),
             deliveries_invalid: IntCounterVec::new(
@@ -255,6 +264,7 @@ impl Metrics {
             Box::new(self.deliveries_unroutable.clone()),
             Box::new(self.ack_latency.clone()),
             Box::new(self.deliveries_duplicate.clone()),
+            Box::new(self.dedup_waits.clone()),
             Box::new(self.deliveries_invalid.clone()),
             Box::new(self.http_connection_errors.clone()),
             Box::new(self.http_connections.clone()),

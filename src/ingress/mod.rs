@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::json;
 
-use crate::dedup::{Claim, Dedup};
+use crate::dedup::{Claim, ClaimGuard, Dedup};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::routing::{self, Router};
@@ -41,6 +41,8 @@ pub struct Ingress {
     pub spool: Spool,
     /// Replay protection; `None` when `auth.dedup_window` is 0.
     pub dedup: Option<Arc<Dedup>>,
+    /// Longest wait for a concurrent attempt with the same delivery id (`auth.dedup_wait`).
+    pub dedup_wait: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -204,12 +206,16 @@ impl Ingress {
         let id = delivery.id.clone();
 
         let now_ms = delivery.received_at_ms;
-        if let Some(dedup) = &self.dedup {
-            if dedup.claim(&id, now_ms) == Claim::Duplicate {
-                tracing::debug!(delivery_id = %id, "duplicate delivery; acknowledged, not stored again");
-                return Ok(Accepted::Duplicate { id });
-            }
-        }
+        let claim = match &self.dedup {
+            None => None,
+            Some(dedup) => match self.claim(dedup, &id, now_ms).await? {
+                Some(guard) => Some(guard),
+                None => {
+                    tracing::debug!(delivery_id = %id, "duplicate delivery; acknowledged, not stored again");
+                    return Ok(Accepted::Duplicate { id });
+                }
+            },
+        };
         let dead_letter = delivery
             .reject_reason
             .as_deref()
@@ -219,13 +225,22 @@ impl Ingress {
         } else {
             routing::action_label(&delivery.action)
         };
-        let result = self.spool.append(delivery.encode()).await;
-        if let Some(dedup) = &self.dedup {
-            match &result {
-                Ok(_) => dedup.commit(&id, now_ms),
-                Err(_) => dedup.release(&id),
+        // The append and the claim's outcome run in a task of their own: if this request is
+        // dropped mid-append (the sender timed out and closed the connection), the append still
+        // finishes and its real outcome is what a retry of the same id finds.
+        let spool = self.spool.clone();
+        let payload = delivery.encode();
+        let result = tokio::spawn(async move {
+            let result = spool.append(payload).await;
+            if let (Ok(_), Some(guard)) = (&result, claim) {
+                // Invariant 1: an id is remembered as stored only after its fsync returned.
+                guard.commit(now_ms);
             }
-        }
+            // Any other way out drops the guard, which releases the id.
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(spool::Error::Failed(format!("append task ended: {e}"))));
         match result {
             Ok(seq) => {
                 self.metrics
@@ -279,6 +294,65 @@ impl Ingress {
                         "the local spool cannot store deliveries; retry later",
                     )
                 })
+            }
+        }
+    }
+
+    /// Claims `id` for storing. `Ok(None)`: stored before, answer `duplicate`. While another
+    /// request is storing the same id, waits (up to `auth.dedup_wait`) for its outcome: stored
+    /// means duplicate; failed means this request stores it.
+    async fn claim(
+        &self,
+        dedup: &Arc<Dedup>,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<Option<ClaimGuard>, Reject> {
+        let deadline = tokio::time::Instant::now() + self.dedup_wait;
+        let mut waited = false;
+        loop {
+            match dedup.claim(id, now_ms) {
+                Claim::New(guard) => {
+                    if waited {
+                        self.metrics
+                            .dedup_waits
+                            .with_label_values(&["retried"])
+                            .inc();
+                    }
+                    return Ok(Some(guard));
+                }
+                Claim::Duplicate => {
+                    if waited {
+                        self.metrics
+                            .dedup_waits
+                            .with_label_values(&["duplicate"])
+                            .inc();
+                    }
+                    return Ok(None);
+                }
+                // Invariant 1: a copy still being stored is not on disk yet, so this request
+                // cannot be acknowledged on its strength.
+                Claim::InProgress(first) => {
+                    waited = true;
+                    if tokio::time::timeout_at(deadline, first.wait())
+                        .await
+                        .is_err()
+                    {
+                        self.metrics
+                            .dedup_waits
+                            .with_label_values(&["timeout"])
+                            .inc();
+                        tracing::warn!(delivery_id = %id, waited = ?self.dedup_wait,
+                            "an earlier attempt of this delivery is still being stored; asking the sender to retry");
+                        return Err(Reject {
+                            retry_after: Some(self.retry_after),
+                            ..reject(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "in_progress",
+                                "an earlier attempt of this delivery is still being stored; retry later",
+                            )
+                        });
+                    }
+                }
             }
         }
     }

@@ -266,9 +266,23 @@ pub(crate) fn publish_file(
     name: &str,
     contents: &[u8],
 ) -> io::Result<SpoolFile> {
+    publish_file_with(fs, dir, tmp_name, name, |file| {
+        file.write_all_at(contents, 0)
+    })
+}
+
+/// [`publish_file`] for contents too large to build in memory first: `write` fills the new file
+/// (positional writes from offset 0) before it is fsync'd and renamed into place.
+pub(crate) fn publish_file_with(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    write: impl FnOnce(&dyn FsFile) -> io::Result<()>,
+) -> io::Result<SpoolFile> {
     let tmp = dir.join(tmp_name);
     let file = fs.create(&tmp)?;
-    file.write_all_at(contents, 0)?;
+    write(file.as_ref())?;
     // The data must be on disk before the rename can be: otherwise the rename may reach the disk
     // first and a power cut leaves `name` pointing at an empty or partial file.
     file.sync_all()?;

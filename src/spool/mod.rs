@@ -210,7 +210,7 @@
 //! checks cover the latter.
 
 mod format;
-mod fs;
+pub(crate) mod fs;
 pub mod inspect;
 pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
 mod reader;

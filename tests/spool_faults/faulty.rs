@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use hookbridge::spool::{DirEntry, DirLock, FsFile, SpoolFs};
 
@@ -33,8 +33,20 @@ struct Rule {
     fired: bool,
 }
 
+/// Block the next `op` on a matching path until the test decides how it ends.
+#[derive(Debug, Clone)]
+struct Hold {
+    op: Op,
+    path_contains: String,
+    /// An operation is blocked on it now.
+    waiting: bool,
+    /// Set by `release`: `Some(errno)` fails the held operation, `None` lets it proceed.
+    verdict: Option<Option<i32>>,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    hold: Option<Hold>,
     rules: Vec<Rule>,
     /// Every operation that reached the inner filesystem: (op, path).
     log: Vec<(Op, PathBuf)>,
@@ -46,6 +58,8 @@ struct State {
 pub struct FaultFs {
     inner: Arc<dyn SpoolFs>,
     state: Arc<Mutex<State>>,
+    /// Signalled whenever a hold changes.
+    held: Arc<Condvar>,
 }
 
 impl FaultFs {
@@ -53,7 +67,32 @@ impl FaultFs {
         FaultFs {
             inner,
             state: Arc::default(),
+            held: Arc::default(),
         }
+    }
+
+    /// Blocks the next `op` on a path containing `path_contains` (in whichever thread performs
+    /// it: the spool writer, say) until [`FaultFs::release`]: a slow disk, on cue.
+    pub fn hold(&self, op: Op, path_contains: &str) {
+        self.lock().hold = Some(Hold {
+            op,
+            path_contains: path_contains.to_owned(),
+            waiting: false,
+            verdict: None,
+        });
+    }
+
+    /// Whether an operation is blocked on the hold right now.
+    pub fn is_holding(&self) -> bool {
+        self.lock().hold.as_ref().is_some_and(|h| h.waiting)
+    }
+
+    /// Lets the held operation go on; with `Some(errno)` it fails with that error instead.
+    pub fn release(&self, fail: Option<i32>) {
+        if let Some(h) = &mut self.lock().hold {
+            h.verdict = Some(fail);
+        }
+        self.held.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -89,6 +128,17 @@ impl FaultFs {
     fn before(&self, op: Op, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         let p = path.to_string_lossy();
+        let hit = |h: &Hold| !h.waiting && h.op == op && p.contains(&h.path_contains);
+        if s.hold.as_ref().is_some_and(hit) {
+            s.hold.as_mut().unwrap().waiting = true;
+            s = self
+                .held
+                .wait_while(s, |s| s.hold.as_ref().is_some_and(|h| h.verdict.is_none()))
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(Some(errno)) = s.hold.take().and_then(|h| h.verdict) {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         for r in &mut s.rules {
             if r.fired || r.op != op || !p.contains(&r.path_contains) {
                 continue;

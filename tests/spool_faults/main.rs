@@ -9,6 +9,8 @@
 //!   and property tests cutting power at random (and at every) operation of random workloads.
 
 mod faulty;
+mod ingress;
+mod journal;
 mod memfs;
 mod powercut;
 
