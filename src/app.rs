@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
-use crate::config::{Config, Settings, SinkKind};
+use crate::config::{self, Config, Settings, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
 use crate::forward::Forwarder;
@@ -31,14 +31,22 @@ const FAILED_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bytes a spool frame and the delivery metadata add around a body, at most.
 const RECORD_OVERHEAD: u32 = 8 * 1024;
 
-/// The spool settings the bridge runs with; the operator tools (`crate::spoolctl`) use the same,
-/// so they judge frames by the same `max_record_bytes`.
+// Invariant 3: every record any valid configuration can append is one the spool's format reads
+// back. Raising `config::MAX_BODY_BYTES` past this is a spool format change, not a config tweak.
+const _: () = assert!(
+    config::MAX_BODY_BYTES as u64 + RECORD_OVERHEAD as u64 <= spool::MAX_RECORD_BYTES as u64,
+    "the largest http.max_body_bytes plus RECORD_OVERHEAD must fit the spool format's MAX_RECORD_BYTES"
+);
+
+/// The spool settings the bridge runs with. `max_append_bytes` follows today's
+/// `http.max_body_bytes` and limits new appends only: what is already on disk is judged by the
+/// spool format's own bound, so lowering the body limit never strands a backlog.
 pub fn spool_config(c: &Config) -> SpoolConfig {
     SpoolConfig {
         dir: c.spool.dir.clone(),
         segment_bytes: c.spool.segment_bytes,
         max_bytes: c.spool.max_bytes,
-        max_record_bytes: c.http.max_body_bytes.saturating_add(RECORD_OVERHEAD),
+        max_append_bytes: c.http.max_body_bytes.saturating_add(RECORD_OVERHEAD),
         max_batch_bytes: c.spool.max_batch_bytes,
         confirm_interval: c.spool.confirm_interval,
         min_free_bytes: c.spool.min_free_bytes,

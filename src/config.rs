@@ -21,6 +21,10 @@ pub const ENV_PREFIX: &str = "HOOKBRIDGE_";
 
 const REDACTED: &str = "<redacted>";
 
+/// Largest `http.max_body_bytes` accepted: 64 MiB. `app` checks at compile time that a body this
+/// large, with its record overhead, still fits the spool format's `MAX_RECORD_BYTES`.
+pub const MAX_BODY_BYTES: u32 = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
@@ -61,7 +65,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Path the sender posts to. Default `/webhooks/sessionboard`.
     pub path: String,
-    /// Largest accepted body; larger ones get 413. Default 1 MiB.
+    /// Largest accepted body; larger ones get 413. At most [`MAX_BODY_BYTES`]. Lowering it
+    /// affects new requests only: a backlog accepted under a larger limit is still delivered.
+    /// Default 1 MiB.
     pub max_body_bytes: u32,
     /// Time allowed to read a whole request (head and body). Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -581,7 +587,7 @@ impl Config {
         if !c.http.path.starts_with('/') {
             return Err(invalid("http.path", "must start with `/`"));
         }
-        if c.http.max_body_bytes == 0 || c.http.max_body_bytes > 64 * 1024 * 1024 {
+        if c.http.max_body_bytes == 0 || c.http.max_body_bytes > MAX_BODY_BYTES {
             return Err(invalid(
                 "http.max_body_bytes",
                 "must be between 1 and 64 MiB",

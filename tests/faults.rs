@@ -1098,7 +1098,7 @@ async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside()
         dir: dir.path().to_owned(),
         segment_bytes: 4096,
         max_bytes: 64 << 20,
-        max_record_bytes: 1 << 20,
+        max_append_bytes: 1 << 20,
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(50),
         min_free_bytes: 0,

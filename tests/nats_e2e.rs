@@ -525,3 +525,67 @@ async fn sigkilled_binary_replays_every_acknowledged_delivery() {
     drop(bridge2);
     delete_stream(&js, &stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_outlives_a_lower_body_limit_across_a_restart() {
+    // Issue 14: deliveries accepted under a 1 MiB limit while NATS is down, then the bridge is
+    // restarted with `http.max_body_bytes` lowered to 64 KiB. The backlog was acknowledged, so
+    // every record of it (the newest being a large one) must still reach the broker.
+    let dir = tempfile::tempdir().unwrap();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::new(nats_dir.path());
+    let mut cfg = test_config(dir.path(), "lower");
+    cfg.sink.nats.url = nats.url();
+    let stream = cfg.sink.nats.stream.clone();
+    let app = TestApp::start(cfg.clone()).await;
+    let client = http_client();
+    let mut sent = Vec::new();
+    for n in 0..6u64 {
+        let b = if n % 2 == 1 {
+            format!(
+                r#"{{"data":{{"id":"r1","n":{n},"pad":"{}"}},"metadata":{{"action":"session.updated"}}}}"#,
+                "x".repeat(200 * 1024)
+            )
+        } else {
+            body("session.updated", "r1", n)
+        };
+        let id = format!("lower-{n}");
+        assert_eq!(post(&client, &app.url(PATH), &id, b.clone()).await, 200);
+        sent.push((id, b));
+    }
+    app.stop().await;
+
+    cfg.http.max_body_bytes = 64 * 1024;
+    nats.start().await;
+    let app = TestApp::start(cfg).await;
+    let js = jetstream(&nats.url()).await;
+    let got = read_stream(&js, &stream, sent.len(), Duration::from_secs(30)).await;
+    let got: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let id = m.header("webhook-id").unwrap().to_owned();
+            (id, String::from_utf8(m.payload.to_vec()).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got.iter()
+            .map(|(id, b)| (id.as_str(), b.len()))
+            .collect::<Vec<_>>(),
+        sent.iter()
+            .map(|(id, b)| (id.as_str(), b.len()))
+            .collect::<Vec<_>>(),
+        "every acknowledged delivery arrives, in order"
+    );
+    assert!(got == sent, "bodies arrive byte-exact");
+    assert_eq!(
+        metric(
+            &client,
+            app.admin,
+            "hookbridge_spool_corrupt_records_total",
+            ""
+        )
+        .await,
+        0.0
+    );
+    app.stop().await;
+}

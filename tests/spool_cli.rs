@@ -13,8 +13,9 @@ use hookbridge::delivery::Delivery;
 use hookbridge::metrics::Metrics;
 use hookbridge::spool::{Spool, SpoolConfig};
 
-/// Default `http.max_body_bytes` (1 MiB) plus the bridge's record overhead: what the binary uses.
-const MAX_RECORD_BYTES: u32 = 1024 * 1024 + 8 * 1024;
+/// Default `http.max_body_bytes` (1 MiB) plus the bridge's record overhead: what the binary
+/// appends at most.
+const MAX_APPEND_BYTES: u32 = 1024 * 1024 + 8 * 1024;
 const SEGMENT_HEADER_LEN: u64 = 24;
 const FRAME_HEADER_LEN: u64 = 24;
 
@@ -23,7 +24,7 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         segment_bytes: 64 * 1024,
         max_bytes: 64 * 1024 * 1024,
-        max_record_bytes: MAX_RECORD_BYTES,
+        max_append_bytes: MAX_APPEND_BYTES,
         max_batch_bytes: 1024 * 1024,
         confirm_interval: Duration::from_millis(10),
         min_free_bytes: 0,
@@ -72,9 +73,15 @@ async fn fill(dir: &Path, n: u64, confirm: u64) -> Vec<(u64, u64)> {
 }
 
 fn hookbridge(dir: &Path, args: &[&str]) -> Output {
+    hookbridge_with_env(dir, &[], args)
+}
+
+/// `hookbridge spool --dir DIR ARGS` with only `PATH` and `env` in its environment.
+fn hookbridge_with_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hookbridge"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .arg("spool")
         .arg("--dir")
         .arg(dir)
@@ -394,4 +401,39 @@ fn requeue_needs_exactly_one_selector() {
         &["dead-letter", "requeue", "--all", "--seq", "1"],
     );
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn records_larger_than_todays_body_limit_are_not_damage() {
+    // Issue 14: a backlog written while `http.max_body_bytes` was 1 MiB, examined after the
+    // operator lowered it to 64 KiB. The tools judge frames by the format's bound, as recovery
+    // does, so the larger records are neither damage nor a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let n = 6u64;
+    for i in 1..=n {
+        let mut d = delivery(i, "a.created");
+        if i % 2 == 0 {
+            // Ends with a large record: the one a misjudged scan would call a torn tail.
+            d.body = Bytes::from(format!("{{\"pad\": \"{}\"}}", "x".repeat(200 * 1024)));
+        }
+        spool.append(d.encode()).await.unwrap();
+    }
+    spool.close().await.unwrap();
+    let before = snapshot(dir.path());
+
+    let smaller = [("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "65536")];
+    let o = hookbridge_with_env(dir.path(), &smaller, &["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("clean"), "{}", stdout(&o));
+    let s = json(&hookbridge_with_env(
+        dir.path(),
+        &smaller,
+        &["stats", "--json"],
+    ));
+    assert_eq!(s["damage"], 0);
+    assert_eq!(s["records"], n);
+    let records = lines(&hookbridge_with_env(dir.path(), &smaller, &["inspect"]));
+    assert_eq!(records.len(), n as usize);
+    assert_eq!(snapshot(dir.path()), before);
 }

@@ -21,7 +21,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.to_path_buf(),
         segment_bytes: 1 << 20,
         max_bytes: 1 << 30,
-        max_record_bytes: 64 << 10,
+        max_append_bytes: 64 << 10,
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
@@ -177,7 +177,7 @@ async fn flipped_payload_bit_skips_only_that_record() {
 #[tokio::test]
 async fn flipped_length_bit_resyncs_to_the_following_records() {
     // Low bit: the length still looks plausible, the CRC covers the wrong bytes. High bit: the
-    // length is absurd (> max_record_bytes). Both must resync onto record 4.
+    // length is absurd (> the format's MAX_RECORD_BYTES). Both must resync onto record 4.
     for (byte, mask) in [(0u64, 0x01u8), (1, 0x01), (3, 0x80)] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
@@ -370,7 +370,7 @@ async fn quota_refuses_then_recovers_after_confirm() {
     let cfg = SpoolConfig {
         segment_bytes: 4096,
         max_bytes: 16 << 10,
-        max_record_bytes: 1000,
+        max_append_bytes: 1000,
         ..config(dir.path())
     };
     let (spool, _, metrics) = open(&cfg);
@@ -432,7 +432,7 @@ async fn quota_below_one_segment_retires_the_confirmed_newest_segment_and_seqs_c
     let cfg = SpoolConfig {
         segment_bytes: 1 << 20,
         max_bytes: 8 << 10,
-        max_record_bytes: 1000,
+        max_append_bytes: 1000,
         ..config(dir.path())
     };
     let (spool, _, _) = open(&cfg);
@@ -469,7 +469,7 @@ async fn quota_below_one_segment_retires_the_confirmed_newest_segment_and_seqs_c
 async fn too_large_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SpoolConfig {
-        max_record_bytes: 1000,
+        max_append_bytes: 1000,
         ..config(dir.path())
     };
     let (spool, _, metrics) = open(&cfg);
@@ -499,4 +499,69 @@ async fn too_large_record_is_refused() {
         got.iter().map(|r| r.payload.len()).collect::<Vec<_>>(),
         vec![1000, 0]
     );
+}
+
+#[tokio::test]
+async fn lowering_the_append_limit_keeps_larger_acknowledged_records() {
+    // Issue 14: records written under a larger limit stay valid frames after the operator lowers
+    // it. The format, not today's configuration, decides what is corrupt on disk (invariant 3).
+    const BIG: usize = 200 << 10;
+    const SMALL: usize = 100;
+    // Large records end an older segment, sit between small ones, and (in the second layout)
+    // end the newest segment, where a misjudged frame would be truncated as a torn tail.
+    for sizes in [
+        vec![SMALL, BIG, SMALL, BIG, BIG, SMALL, BIG, SMALL],
+        vec![BIG, SMALL, BIG, BIG, SMALL, BIG],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let before = SpoolConfig {
+            segment_bytes: 512 << 10,
+            max_append_bytes: 1 << 20,
+            ..config(dir.path())
+        };
+        let (spool, _, _) = open(&before);
+        let mut want = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            let p = payload(i as u64, len);
+            let seq = spool.append(p.clone()).await.expect("append");
+            want.push((seq, p));
+        }
+        spool.close().await.unwrap();
+        let segs = segments(dir.path());
+        assert!(segs.len() >= 2, "{segs:?}");
+        let lens: Vec<u64> = segs
+            .iter()
+            .map(|s| std::fs::metadata(s).unwrap().len())
+            .collect();
+
+        let after = SpoolConfig {
+            segment_bytes: 512 << 10,
+            max_append_bytes: 64 << 10,
+            ..config(dir.path())
+        };
+        let (spool, report, metrics) = open(&after);
+        assert_eq!(report.corrupt_records_skipped, 0, "{sizes:?}");
+        assert_eq!(report.torn_tail_bytes, 0, "{sizes:?}");
+        assert!(report.segments_moved_aside.is_empty());
+        assert_eq!(report.records, sizes.len() as u64);
+        let still: Vec<u64> = segs
+            .iter()
+            .map(|s| std::fs::metadata(s).unwrap().len())
+            .collect();
+        assert_eq!(still, lens, "nothing cut off any segment");
+
+        // The lower limit applies to what is appended from now on.
+        assert!(matches!(
+            spool.append(payload(99, (64 << 10) + 1)).await,
+            Err(Error::TooLarge)
+        ));
+        let next = spool.append(payload(100, SMALL)).await.unwrap();
+        want.push((next, payload(100, SMALL)));
+
+        let got = close_and_drain(&spool, spool.reader()).await;
+        assert_eq!(metrics.spool_corrupt_records.get(), 0, "{sizes:?}");
+        let got: Vec<(u64, Bytes)> = got.into_iter().map(|r| (r.seq, r.payload)).collect();
+        assert_eq!(got.len(), want.len(), "{sizes:?}");
+        assert!(got == want, "every record read back byte-exact ({sizes:?})");
+    }
 }

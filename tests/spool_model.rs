@@ -21,7 +21,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.to_path_buf(),
         segment_bytes: 4096,
         max_bytes: 1 << 30,
-        max_record_bytes: 16 << 10,
+        max_append_bytes: 16 << 10,
         max_batch_bytes: 64 << 10,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,

@@ -38,8 +38,18 @@ pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
 ///
 /// The CRC covers everything after itself, so a frame is checked with one pass over one
 /// contiguous slice. `len` is outside the CRC; a corrupt `len` is caught because the CRC is then
-/// computed over the wrong bytes (and by the `max_record_bytes` bound).
+/// computed over the wrong bytes, the frame runs past the end of the data, or `len` exceeds
+/// [`MAX_RECORD_BYTES`].
 pub(crate) const FRAME_HEADER_LEN: u64 = 24;
+
+/// Largest `len` a frame may have: 64 MiB + 8 KiB. A frame with a larger `len` is corrupt.
+///
+/// This bound is part of the format, not of any configuration: a reader judges the bytes on
+/// disk by it alone, so a record appended under one configuration stays readable under any
+/// other (lowering the append limit must not turn acknowledged records into "corrupt" ones and
+/// lose them). The append limit a spool is opened with is capped at this value, so the writer
+/// never produces a frame a reader would refuse. Changing it is a format change.
+pub const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024 + 8 * 1024;
 
 /// Confirmed-position file — do not reorder / change without bumping the format version:
 ///
@@ -100,9 +110,11 @@ pub(crate) fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
     Ok(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")))
 }
 
-/// Appends one frame to `out`. `payload` must fit a u32 (callers enforce `max_record_bytes`).
+/// Appends one frame to `out`. `payload` must be at most [`MAX_RECORD_BYTES`] long (`append`
+/// enforces the append limit, which is capped at it).
 pub(crate) fn encode_frame(out: &mut Vec<u8>, seq: u64, appended_at_ms: u64, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("payload length is bounded by max_record_bytes");
+    debug_assert!(payload.len() <= MAX_RECORD_BYTES as usize);
+    let len = u32::try_from(payload.len()).expect("payload length is bounded by MAX_RECORD_BYTES");
     let start = out.len();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -150,21 +162,20 @@ impl FrameHeader {
 pub(crate) enum FrameError {
     /// Fewer bytes than the header, or than the header says the frame needs.
     Incomplete,
-    /// `len` exceeds the configured `max_record_bytes`: never written by us, so corrupt.
+    /// `len` exceeds [`MAX_RECORD_BYTES`]: never written by us, so corrupt.
     TooLong,
     BadCrc,
 }
 
 /// Decodes and verifies the frame at the start of `b`; returns the header and payload.
-pub(crate) fn decode_frame(
-    b: &[u8],
-    max_record_bytes: u32,
-) -> Result<(FrameHeader, &[u8]), FrameError> {
+pub(crate) fn decode_frame(b: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     if b.len() < FRAME_HEADER_LEN as usize {
         return Err(FrameError::Incomplete);
     }
     let h = FrameHeader::decode(b);
-    if h.len > max_record_bytes {
+    // Invariant 3: the format's bound, never today's append limit, decides that a frame is
+    // corrupt; a record acknowledged under a larger limit stays readable.
+    if h.len > MAX_RECORD_BYTES {
         return Err(FrameError::TooLong);
     }
     let end = h.frame_len() as usize;
@@ -235,7 +246,7 @@ mod tests {
             let mut buf = Vec::new();
             encode_frame(&mut buf, 42, 1_700_000_000_123, payload);
             assert_eq!(buf.len() as u64, frame_len(payload.len()));
-            let (h, p) = decode_frame(&buf, 1 << 20).unwrap();
+            let (h, p) = decode_frame(&buf).unwrap();
             assert_eq!(
                 (h.seq, h.appended_at_ms, h.len as usize),
                 (42, 1_700_000_000_123, payload.len())
@@ -249,8 +260,8 @@ mod tests {
         let mut buf = Vec::new();
         encode_frame(&mut buf, 1, 10, b"first");
         encode_frame(&mut buf, 2, 11, b"second");
-        let (h1, p1) = decode_frame(&buf, 100).unwrap();
-        let (h2, p2) = decode_frame(&buf[h1.frame_len() as usize..], 100).unwrap();
+        let (h1, p1) = decode_frame(&buf).unwrap();
+        let (h2, p2) = decode_frame(&buf[h1.frame_len() as usize..]).unwrap();
         assert_eq!(
             (h1.seq, p1, h2.seq, p2),
             (1, &b"first"[..], 2, &b"second"[..])
@@ -265,7 +276,7 @@ mod tests {
             let mut bad = buf.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(
-                decode_frame(&bad, 100).unwrap_err(),
+                decode_frame(&bad).unwrap_err(),
                 FrameError::BadCrc,
                 "bit {bit}"
             );
@@ -278,18 +289,22 @@ mod tests {
         encode_frame(&mut buf, 7, 99, b"hello, spool");
         let mut longer = buf.clone();
         longer[0] ^= 0x01; // 12 -> 13: frame now runs past the buffer
-        assert_eq!(
-            decode_frame(&longer, 100).unwrap_err(),
-            FrameError::Incomplete
-        );
+        assert_eq!(decode_frame(&longer).unwrap_err(), FrameError::Incomplete);
         let mut shorter = buf.clone();
         shorter[0] ^= 0x04; // 12 -> 8: CRC over the wrong bytes
-        assert_eq!(decode_frame(&shorter, 100).unwrap_err(), FrameError::BadCrc);
+        assert_eq!(decode_frame(&shorter).unwrap_err(), FrameError::BadCrc);
         let mut huge = buf.clone();
         huge[3] ^= 0x80;
-        assert_eq!(decode_frame(&huge, 100).unwrap_err(), FrameError::TooLong);
+        assert_eq!(decode_frame(&huge).unwrap_err(), FrameError::TooLong);
+        // The bound is the format's: up to it a length is plausible (here it runs past the
+        // buffer), one past it is corrupt on its face.
+        let mut at_max = buf.clone();
+        at_max[0..4].copy_from_slice(&MAX_RECORD_BYTES.to_le_bytes());
+        assert_eq!(decode_frame(&at_max).unwrap_err(), FrameError::Incomplete);
+        at_max[0..4].copy_from_slice(&(MAX_RECORD_BYTES + 1).to_le_bytes());
+        assert_eq!(decode_frame(&at_max).unwrap_err(), FrameError::TooLong);
         assert_eq!(
-            decode_frame(&buf[..10], 100).unwrap_err(),
+            decode_frame(&buf[..10]).unwrap_err(),
             FrameError::Incomplete
         );
     }

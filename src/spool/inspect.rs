@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{
     decode_confirmed, decode_segment_header, parse_segment_file_name, ConfirmedError, FrameHeader,
-    HeaderError, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    HeaderError, FRAME_HEADER_LEN, MAX_RECORD_BYTES, SEGMENT_HEADER_LEN,
 };
 use super::fs::{self, RealFs, SpoolFile, SpoolFs, DAMAGED_DIR, DEAD_LETTER_DIR};
 use super::scan::{SegmentCursor, Step};
@@ -261,11 +261,10 @@ impl Survey {
 }
 
 /// Scans `dir` read-only, calling `visit` for every valid record in seq order; `visit` returning
-/// `Break` stops the scan (the survey is then marked incomplete). `max_record_bytes` must be the
-/// bridge's (configuration-derived) bound, as recovery uses it to judge frames.
+/// `Break` stops the scan (the survey is then marked incomplete). Frames are judged by the
+/// format alone, as recovery judges them: no configuration is needed, or consulted.
 pub fn survey(
     dir: &Path,
-    max_record_bytes: u32,
     visit: &mut dyn FnMut(&RecordView<'_>) -> ControlFlow<()>,
 ) -> Result<Survey, Error> {
     if !dir.is_dir() {
@@ -381,8 +380,7 @@ pub fn survey(
         s.bytes += len;
         last_base = base;
 
-        let mut cursor =
-            SegmentCursor::new(file, SEGMENT_HEADER_LEN, base - 1, max_record_bytes, CHUNK);
+        let mut cursor = SegmentCursor::new(file, SEGMENT_HEADER_LEN, base - 1, CHUNK);
         loop {
             match cursor.next(len).map_err(io_err(path))? {
                 Step::End => break,
@@ -424,8 +422,8 @@ pub fn survey(
                     last_good,
                     resumed,
                 } => {
-                    let what = diagnose(cursor.file(), offset, len, last_good, max_record_bytes)
-                        .map_err(io_err(path))?;
+                    let what =
+                        diagnose(cursor.file(), offset, len, last_good).map_err(io_err(path))?;
                     s.findings.push(note(
                         FindingKind::Corrupt {
                             what,
@@ -444,13 +442,7 @@ pub fn survey(
 }
 
 /// Says why the bytes at `offset` are not the frame carrying `last_good + 1`.
-fn diagnose(
-    file: &SpoolFile,
-    offset: u64,
-    limit: u64,
-    last_good: u64,
-    max_record_bytes: u32,
-) -> io::Result<String> {
+fn diagnose(file: &SpoolFile, offset: u64, limit: u64, last_good: u64) -> io::Result<String> {
     if offset + FRAME_HEADER_LEN > limit {
         return Ok(format!(
             "incomplete frame header: {} bytes before the end of the segment",
@@ -460,9 +452,9 @@ fn diagnose(
     let mut hb = [0u8; FRAME_HEADER_LEN as usize];
     file.read_exact_at(&mut hb, offset)?;
     let h = FrameHeader::decode(&hb);
-    if h.len > max_record_bytes {
+    if h.len > MAX_RECORD_BYTES {
         return Ok(format!(
-            "length field {} exceeds the largest record ({max_record_bytes})",
+            "length field {} exceeds the format's largest record ({MAX_RECORD_BYTES})",
             h.len
         ));
     }
@@ -576,7 +568,7 @@ mod tests {
         let before = listing(dir.path());
 
         let mut seen = Vec::new();
-        let s = survey(dir.path(), 1 << 16, &mut |r| {
+        let s = survey(dir.path(), &mut |r| {
             seen.push((r.seq, r.confirmed));
             ControlFlow::Continue(())
         })
@@ -612,7 +604,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join(CONFIRMED_FILE), b"garbage").unwrap();
-        let s = survey(dir.path(), 1 << 16, &mut |_| ControlFlow::Continue(())).unwrap();
+        let s = survey(dir.path(), &mut |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(s.damage().count(), 2, "{:?}", s.findings);
         assert_eq!(s.segments, 0);
     }
@@ -622,7 +614,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         assert!(matches!(
-            survey(&missing, 1 << 16, &mut |_| ControlFlow::Continue(())),
+            survey(&missing, &mut |_| ControlFlow::Continue(())),
             Err(Error::NoSuchDir(_))
         ));
         assert!(!missing.exists());

@@ -47,7 +47,14 @@
 //!
 //! `len: u32 | crc32c: u32 | seq: u64 | appended_at_ms: u64 | payload[len]` — a 24-byte header
 //! and the payload. The CRC-32C (Castagnoli) covers seq, appended_at_ms and the payload. A frame
-//! with `len > max_record_bytes` is corrupt (the writer never produces one).
+//! with `len > MAX_RECORD_BYTES` (64 MiB + 8 KiB, a constant of the format) is corrupt; the
+//! writer never produces one.
+//!
+//! That bound belongs to the format, not to the configuration. [`SpoolConfig::max_append_bytes`]
+//! limits what `append` accepts from now on (and is capped at `MAX_RECORD_BYTES`); recovery,
+//! readers and the operator tools never consult it. So lowering the append limit while a backlog
+//! exists leaves every stored record readable: invariant 3 (nothing acknowledged is deleted
+//! before the broker confirmed it) does not depend on today's configuration.
 //!
 //! ## Confirmed file
 //!
@@ -142,8 +149,8 @@
 //!    listed in [`RecoveryReport::segments_moved_aside`] and its records are not replayed.
 //! 5. Delete segments fully covered by the confirmed position (left by a crash before deletion).
 //! 6. Scan every frame of the remaining segments:
-//!    * A bad frame (incomplete, oversized `len`, CRC mismatch, or a seq that does not continue
-//!      the segment) followed by valid data is corruption: logged as an error with segment and
+//!    * A bad frame (incomplete, `len` above `MAX_RECORD_BYTES`, CRC mismatch, or a seq that does
+//!      not continue the segment) followed by valid data is corruption: logged as an error with segment and
 //!      offset, counted in `spool_corrupt_records` and the report, skipped. The scan resyncs by
 //!      trying every following byte offset for a frame whose `len` is sane, whose seq lies in the
 //!      narrow window the skipped bytes allow, and whose CRC verifies.
@@ -171,7 +178,7 @@
 //! reserved by queued appends + this record's reservation would exceed `max_bytes`. A
 //! reservation is the frame plus one segment header (the record may open a new segment), so the
 //! segment files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
-//! maximum-size record could not be accepted right now (free room < `max_record_bytes` + frame
+//! maximum-size record could not be accepted right now (free room < `max_append_bytes` + frame
 //! header + segment header), which includes every state in which the last append was refused
 //! for quota; it clears as soon as deletion frees room.
 //!
@@ -210,6 +217,7 @@
 //! checks cover the latter.
 
 mod format;
+pub use format::MAX_RECORD_BYTES;
 pub(crate) mod fs;
 pub mod inspect;
 pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
@@ -249,8 +257,12 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Quota over all segment files: an append that would exceed it fails with `Error::Full`.
     pub max_bytes: u64,
-    /// Largest payload one record may carry (the frame header comes on top).
-    pub max_record_bytes: u32,
+    /// Largest payload `append` accepts from now on (the frame header comes on top); larger ones
+    /// get `Error::TooLarge`. Also the "maximum-size record" that `Health::Full` and the quota keep
+    /// room for. It bounds appends only: records already on disk are judged by the format's
+    /// [`MAX_RECORD_BYTES`], so lowering this never makes a stored record unreadable. Values
+    /// above `MAX_RECORD_BYTES` are lowered to it when the spool opens.
+    pub max_append_bytes: u32,
     /// Upper bound on the bytes written by one group commit.
     pub max_batch_bytes: usize,
     /// How often the confirmed position is persisted (and fully confirmed segments deleted) while it moves.
@@ -320,7 +332,7 @@ pub enum Error {
     /// is below `min_free_bytes`; retry after the forwarder catches up (or space is freed).
     #[error("spool is full")]
     Full,
-    /// The payload exceeds `max_record_bytes`.
+    /// The payload exceeds `max_append_bytes`.
     #[error("record too large")]
     TooLarge,
     /// The spool is poisoned (a write or fsync failed); the message says what failed.
@@ -365,10 +377,12 @@ impl Spool {
     /// [`Spool::open`] on a given filesystem. For tests and fault injection (a filesystem that
     /// fails the Nth fsync, or simulates a power cut); production uses [`Spool::open`].
     pub fn open_with_fs(
-        cfg: SpoolConfig,
+        mut cfg: SpoolConfig,
         metrics: Arc<Metrics>,
         fs: Arc<dyn SpoolFs>,
     ) -> Result<(Spool, RecoveryReport), Error> {
+        // Invariant 3: never write a frame that a reader would judge corrupt.
+        cfg.max_append_bytes = cfg.max_append_bytes.min(MAX_RECORD_BYTES);
         let rec = recovery::recover(&cfg, &metrics, fs.as_ref())?;
         let fs_free = writer::sample_free_space(&cfg, &metrics, fs.as_ref());
         let shared = Arc::new(Shared::new(
@@ -428,7 +442,7 @@ impl Spool {
     async fn enqueue(&self, payload: Bytes) -> Result<u64, (Error, Option<&'static str>)> {
         let failed = |reason: String| (Error::Failed(reason), Some("failed"));
         let shared = &self.inner.shared;
-        if payload.len() > shared.cfg.max_record_bytes as usize {
+        if payload.len() > shared.cfg.max_append_bytes as usize {
             return Err((Error::TooLarge, Some("too_large")));
         }
         if let Some(reason) = shared.poison_reason() {

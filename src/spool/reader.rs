@@ -200,13 +200,7 @@ impl Reader {
             }
             match self.shared.fs.open_read(&path) {
                 Ok(file) => {
-                    let cursor = SegmentCursor::new(
-                        file,
-                        offset,
-                        last_good,
-                        self.shared.cfg.max_record_bytes,
-                        READ_CHUNK,
-                    );
+                    let cursor = SegmentCursor::new(file, offset, last_good, READ_CHUNK);
                     self.seg = Some(OpenSegment {
                         base,
                         cursor,

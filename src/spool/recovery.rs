@@ -177,7 +177,7 @@ pub(crate) fn recover(
             is_newest,
             next_base,
         };
-        let scanned = scan_segment(cfg, metrics, sfs, target, confirmed, &mut report)?;
+        let scanned = scan_segment(metrics, sfs, target, confirmed, &mut report)?;
         let ScannedSegment {
             meta,
             file,
@@ -292,7 +292,6 @@ struct ScanTarget<'a> {
 }
 
 fn scan_segment(
-    cfg: &SpoolConfig,
     metrics: &Metrics,
     sfs: &dyn SpoolFs,
     target: ScanTarget<'_>,
@@ -317,7 +316,6 @@ fn scan_segment(
         file,
         SEGMENT_HEADER_LEN,
         base.saturating_sub(1),
-        cfg.max_record_bytes,
         RECOVERY_CHUNK,
     );
     let mut clean = true;

@@ -6,7 +6,8 @@
 //!
 //! A frame at offset `off` is accepted only if all of these hold:
 //! 1. its header and `len` payload bytes lie before the scan limit;
-//! 2. `len <= max_record_bytes`;
+//! 2. `len <= MAX_RECORD_BYTES`, the format's bound (never the configured append limit, which
+//!    may have been larger when the frame was written);
 //! 3. `last_good < seq <= last_good + 1 + (off - good_end) / FRAME_HEADER_LEN`, where `last_good`
 //!    is the seq of the last accepted frame and `good_end` the offset just past it;
 //! 4. the CRC-32C verifies.
@@ -22,7 +23,7 @@
 
 use std::io;
 
-use super::format::{decode_frame, FrameHeader, FRAME_HEADER_LEN};
+use super::format::{decode_frame, FrameHeader, FRAME_HEADER_LEN, MAX_RECORD_BYTES};
 use super::fs::SpoolFile;
 
 /// A verified frame found by the cursor.
@@ -74,7 +75,6 @@ impl Step {
 #[derive(Debug)]
 pub(crate) struct SegmentCursor {
     file: SpoolFile,
-    max_record_bytes: u32,
     /// Offset of the next frame to look at.
     pos: u64,
     last_good: u64,
@@ -89,16 +89,9 @@ pub(crate) struct SegmentCursor {
 impl SegmentCursor {
     /// A cursor positioned at `offset`, which must be a frame boundary whose frame carries
     /// `last_good + 1` (the segment's first frame with `last_good = base - 1`, or a checkpoint).
-    pub(crate) fn new(
-        file: SpoolFile,
-        offset: u64,
-        last_good: u64,
-        max_record_bytes: u32,
-        chunk: usize,
-    ) -> Self {
+    pub(crate) fn new(file: SpoolFile, offset: u64, last_good: u64, chunk: usize) -> Self {
         SegmentCursor {
             file,
-            max_record_bytes,
             pos: offset,
             last_good,
             good_end: offset,
@@ -168,7 +161,9 @@ impl SegmentCursor {
         let i = (off - self.buf_off) as usize;
         // Cheap checks on the header first, so zeroed or stale bytes fail without a CRC.
         let h = FrameHeader::decode(&self.buf[i..i + FRAME_HEADER_LEN as usize]);
-        if h.len > self.max_record_bytes || off + h.frame_len() > limit {
+        // Invariant 3: judged by the format's bound, not by today's append limit, so a record
+        // acknowledged under a larger limit is not skipped (or cut off as a torn tail).
+        if h.len > MAX_RECORD_BYTES || off + h.frame_len() > limit {
             return Ok(None);
         }
         let max_seq = self
@@ -179,12 +174,7 @@ impl SegmentCursor {
         }
         self.ensure(off, h.frame_len(), limit)?;
         let i = (off - self.buf_off) as usize;
-        if decode_frame(
-            &self.buf[i..i + h.frame_len() as usize],
-            self.max_record_bytes,
-        )
-        .is_err()
-        {
+        if decode_frame(&self.buf[i..i + h.frame_len() as usize]).is_err() {
             return Ok(None);
         }
         Ok(Some(FrameInfo {
@@ -239,7 +229,7 @@ mod tests {
     fn scan(path: &std::path::Path, chunk: usize) -> Vec<Step> {
         let file = RealFs.open_read(path).unwrap();
         let limit = file.len().unwrap();
-        let mut c = SegmentCursor::new(file, H, 0, 1 << 16, chunk);
+        let mut c = SegmentCursor::new(file, H, 0, chunk);
         let mut steps = Vec::new();
         loop {
             match c.next(limit).unwrap() {
@@ -268,7 +258,7 @@ mod tests {
         let (path, _, _) = segment(&dir, &[b"a", b"", &[7; 300], b"d"]);
         let file = RealFs.open_read(&path).unwrap();
         let limit = file.len().unwrap();
-        let mut c = SegmentCursor::new(file, H, 0, 1 << 16, 1);
+        let mut c = SegmentCursor::new(file, H, 0, 1);
         let mut got = Vec::new();
         while let Step::Record(f) = c.next(limit).unwrap() {
             got.push((f.seq, c.payload(&f).to_vec()));
@@ -302,6 +292,27 @@ mod tests {
         };
         assert_eq!((offset, last_good, f.offset), (offsets[1], 1, offsets[2]));
         assert_eq!(Step::lost_records(last_good, Some(f), None), 1);
+    }
+
+    #[test]
+    fn corrupt_len_within_the_format_bound_is_still_caught() {
+        // With a bound of 64 MiB most corrupt lengths pass the bound check; the frame running
+        // past the data, the seq window and the CRC must still catch them.
+        for bad_len in [
+            3 + (1 << 16), // past the end of this small file
+            MAX_RECORD_BYTES,
+            3 + (24 + 5) + (24 + 4), // swallows seqs 3 and 4 exactly: CRC over the wrong bytes
+            100,                     // ends inside seq 4
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, offsets, mut bytes) =
+                segment(&dir, &[b"one", b"two", b"three", b"four", b"five"]);
+            let o = offsets[1] as usize;
+            bytes[o..o + 4].copy_from_slice(&bad_len.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let steps = scan(&path, 16);
+            assert_eq!(seqs(&steps), vec![1, 3, 4, 5], "len {bad_len}");
+        }
     }
 
     #[test]

@@ -249,9 +249,10 @@ impl Shared {
         }
     }
 
-    /// Largest frame an append may produce, plus a segment header: what one append reserves.
+    /// Largest frame an append may produce (under today's append limit), plus a segment header:
+    /// what one append reserves.
     pub(crate) fn max_reservation(&self) -> u64 {
-        SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + u64::from(self.cfg.max_record_bytes)
+        SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + u64::from(self.cfg.max_append_bytes)
     }
 
     /// Why an append reserving `reserved` bytes must be refused now, as its `spool_rejected`

@@ -37,7 +37,7 @@ fn config(seed: u64) -> SpoolConfig {
         dir: PathBuf::from(ROOT).join("spool"),
         segment_bytes: [4096, 4096, 32768][(seed % 3) as usize],
         max_bytes: 1 << 30,
-        max_record_bytes: 8 << 10,
+        max_append_bytes: 8 << 10,
         max_batch_bytes: 32 << 10,
         confirm_interval: Duration::from_millis(1),
         min_free_bytes: 0,
