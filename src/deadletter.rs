@@ -1,23 +1,32 @@
 //! The local dead-letter store: records the broker refused for a reason retrying cannot fix
-//! (topic not authorized, message too large, invalid or missing topic), kept inside the spool
-//! directory so they are not lost and do not block the records behind them.
+//! (topic not authorized, message too large, invalid or missing topic), and authentic bodies the
+//! ingress kept as unusable, kept inside the spool directory so they are not lost and do not
+//! block the records behind them.
 //!
-//! One file per record, `dead-letter/<seq>.dl`, written crash-safely (temp file, fsync, rename,
-//! directory fsync) *before* the forwarder confirms the record in the spool, so a record is
-//! always in one of the two. Layout, do not reorder (version 1):
+//! One file per record, `dead-letter/<seq>.dl`, written crash-safely (temp file `<seq>.dl.tmp`,
+//! fsync, rename, directory fsync) *before* the forwarder confirms the record in the spool, so a
+//! record is always in one of the two. Layout, do not reorder (version 1):
 //! `magic b"HBDEADL1" | u32 meta_len | meta (JSON) | payload` — the payload is the spool record
 //! payload (`delivery::Delivery` encoding), so a record can be put back into the spool unchanged.
+//!
+//! Every file operation goes through a [`SpoolFs`] and the spool's crash-safe sequences
+//! (`ensure_dir`, `publish_file`), never `std::fs`: one crash-safe replace for every durable
+//! file, and the fault and power-cut models of `tests/spool_faults/` reach this store too.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::spool::{self, RealFs, SpoolFs};
+
 const MAGIC: &[u8; 8] = b"HBDEADL1";
 const SUFFIX: &str = ".dl";
+/// What a dead letter is written under before its rename (`<seq>.dl.tmp`).
+const TMP_SUFFIX: &str = ".dl.tmp";
 
 /// What is known about a dead-lettered record, stored as JSON beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +49,7 @@ pub struct Meta {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file operation on the store failed (create, write, fsync, rename, list, read, unlink).
     #[error("dead-letter store {path}: {source}")]
     Io {
         path: PathBuf,
@@ -58,7 +68,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
+fn file_name(seq: u64) -> String {
+    format!("{seq:020}{SUFFIX}")
+}
+
 pub struct DeadLetters {
+    fs: Arc<dyn SpoolFs>,
     dir: PathBuf,
     count: AtomicU64,
 }
@@ -66,34 +81,52 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// Opens (creating if needed) the store under `spool_dir`. Blocking.
     pub fn open(spool_dir: &Path) -> Result<DeadLetters, Error> {
+        DeadLetters::open_with_fs(spool_dir, Arc::new(RealFs))
+    }
+
+    /// [`DeadLetters::open`] on a given filesystem: the one the spool beside it uses (tests and
+    /// fault injection pass theirs). Creates the directory durably (every created directory's
+    /// parent is fsync'd) and deletes temporary files a crash left mid-`put` (never renamed into
+    /// place, so never a dead letter). Call it only while holding the spool's lock: it is the
+    /// writer's view of the store.
+    pub fn open_with_fs(spool_dir: &Path, fs: Arc<dyn SpoolFs>) -> Result<DeadLetters, Error> {
         let dir = spool_dir.join(crate::spool::DEAD_LETTER_DIR);
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            sync_dir(spool_dir).map_err(io_err(spool_dir))?;
+        spool::ensure_dir(fs.as_ref(), &dir).map_err(io_err(&dir))?;
+        for e in spool::list_dir(fs.as_ref(), &dir).map_err(io_err(&dir))? {
+            if e.is_file && e.name.ends_with(TMP_SUFFIX) {
+                spool::remove_file(fs.as_ref(), &e.path).map_err(io_err(&e.path))?;
+            }
         }
+        DeadLetters::counted(fs, dir)
+    }
+
+    /// Opens the store read-only-safely: `None` if `spool_dir` has none yet. Creates nothing, so
+    /// the operator tools can use it next to a running bridge.
+    pub fn open_existing(spool_dir: &Path) -> Result<Option<DeadLetters>, Error> {
+        DeadLetters::open_existing_with_fs(spool_dir, Arc::new(RealFs))
+    }
+
+    /// [`DeadLetters::open_existing`] on a given filesystem.
+    pub fn open_existing_with_fs(
+        spool_dir: &Path,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<Option<DeadLetters>, Error> {
+        let dir = spool_dir.join(crate::spool::DEAD_LETTER_DIR);
+        if !fs.is_dir(&dir) {
+            return Ok(None);
+        }
+        DeadLetters::counted(fs, dir).map(Some)
+    }
+
+    fn counted(fs: Arc<dyn SpoolFs>, dir: PathBuf) -> Result<DeadLetters, Error> {
         let store = DeadLetters {
+            fs,
             dir,
             count: AtomicU64::new(0),
         };
         let n = store.files()?.len() as u64;
         store.count.store(n, Ordering::Relaxed);
         Ok(store)
-    }
-
-    /// Opens the store read-only-safely: `None` if `spool_dir` has none yet. Creates nothing, so
-    /// the operator tools can use it next to a running bridge.
-    pub fn open_existing(spool_dir: &Path) -> Result<Option<DeadLetters>, Error> {
-        let dir = spool_dir.join(crate::spool::DEAD_LETTER_DIR);
-        if !dir.is_dir() {
-            return Ok(None);
-        }
-        let store = DeadLetters {
-            dir,
-            count: AtomicU64::new(0),
-        };
-        let n = store.files()?.len() as u64;
-        store.count.store(n, Ordering::Relaxed);
-        Ok(Some(store))
     }
 
     pub fn dir(&self) -> &Path {
@@ -109,34 +142,27 @@ impl DeadLetters {
         self.len() == 0
     }
 
-    /// Stores one record durably. Blocking (fsyncs); call from a blocking context.
+    /// Stores one record durably: `Ok` only once the file and its directory entry are fsync'd.
+    /// On an error the record may or may not be visible (complete, never partial); putting it
+    /// again is the way to make sure. Blocking (fsyncs); call from a blocking context.
     pub fn put(&self, meta: &Meta, payload: &[u8]) -> Result<(), Error> {
-        let name = format!("{:020}{SUFFIX}", meta.seq);
+        let name = file_name(meta.seq);
         let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
         let meta_json = serde_json::to_vec(meta).expect("meta serializes");
         let mut buf = Vec::with_capacity(12 + meta_json.len() + payload.len());
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
         buf.extend_from_slice(&meta_json);
         buf.extend_from_slice(payload);
-        let existed = path.exists();
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            f.write_all(&buf).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-        }
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        if !existed {
+        let existed = self.fs.exists(&path);
+        let tmp_name = format!("{:020}{TMP_SUFFIX}", meta.seq);
+        let result = spool::publish_file(self.fs.as_ref(), &self.dir, &tmp_name, &name, &buf);
+        // Counted once it is visible, even if the directory fsync after the rename failed (the
+        // retry then finds it existing).
+        if !existed && self.fs.exists(&path) {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        result.map(drop).map_err(io_err(&path))
     }
 
     /// Every stored record's metadata, oldest seq first. Corrupt files are reported as errors.
@@ -144,26 +170,23 @@ impl DeadLetters {
         Ok(self
             .files()?
             .into_iter()
-            .map(|p| read(&p).map(|(m, _)| m))
+            .map(|p| self.read(&p).map(|r| r.map(|(m, _)| m)))
+            .filter_map(Result::transpose)
             .collect())
     }
 
     /// One record's metadata and payload.
     pub fn get(&self, seq: u64) -> Result<Option<(Meta, Bytes)>, Error> {
-        let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
-        if !path.exists() {
-            return Ok(None);
-        }
-        read(&path).map(Some)
+        self.read(&self.dir.join(file_name(seq)))
     }
 
-    /// Removes one record (after it was put back into the spool). Blocking.
+    /// Removes one record (after it was put back into the spool), durably. Blocking.
     pub fn remove(&self, seq: u64) -> Result<bool, Error> {
-        let path = self.dir.join(format!("{seq:020}{SUFFIX}"));
-        match fs::remove_file(&path) {
+        let path = self.dir.join(file_name(seq));
+        match self.fs.remove_file(&path) {
             Ok(()) => {
-                sync_dir(&self.dir).map_err(io_err(&self.dir))?;
                 self.count.fetch_sub(1, Ordering::Relaxed);
+                self.fs.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -172,40 +195,34 @@ impl DeadLetters {
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, Error> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let entry = entry.map_err(io_err(&self.dir))?;
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == &SUFFIX[1..]) {
-                out.push(path);
-            }
-        }
+        let mut out: Vec<PathBuf> = spool::list_dir(self.fs.as_ref(), &self.dir)
+            .map_err(io_err(&self.dir))?
+            .into_iter()
+            .filter(|e| e.is_file && e.name.ends_with(SUFFIX))
+            .map(|e| e.path)
+            .collect();
         out.sort();
         Ok(out)
     }
-}
 
-fn read(path: &Path) -> Result<(Meta, Bytes), Error> {
-    let mut buf = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(io_err(path))?;
-    let corrupt = || Error::Corrupt(path.to_owned());
-    if buf.len() < 12 || &buf[..8] != MAGIC {
-        return Err(corrupt());
+    /// `Ok(None)` if the file is not there (removed since it was listed).
+    fn read(&self, path: &Path) -> Result<Option<(Meta, Bytes)>, Error> {
+        let Some(buf) = spool::read_small(self.fs.as_ref(), path).map_err(io_err(path))? else {
+            return Ok(None);
+        };
+        let corrupt = || Error::Corrupt(path.to_owned());
+        if buf.len() < 12 || &buf[..8] != MAGIC {
+            return Err(corrupt());
+        }
+        let len = u32::from_le_bytes(buf[8..12].try_into().unwrap()) as usize;
+        let meta_end = 12usize
+            .checked_add(len)
+            .filter(|e| *e <= buf.len())
+            .ok_or_else(corrupt)?;
+        let meta: Meta = serde_json::from_slice(&buf[12..meta_end]).map_err(|_| corrupt())?;
+        let payload = Bytes::from(buf).slice(meta_end..);
+        Ok(Some((meta, payload)))
     }
-    let len = u32::from_le_bytes(buf[8..12].try_into().unwrap()) as usize;
-    let meta_end = 12usize
-        .checked_add(len)
-        .filter(|e| *e <= buf.len())
-        .ok_or_else(corrupt)?;
-    let meta: Meta = serde_json::from_slice(&buf[12..meta_end]).map_err(|_| corrupt())?;
-    let payload = Bytes::from(buf).slice(meta_end..);
-    Ok((meta, payload))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -260,5 +277,28 @@ mod tests {
         let listed = dl.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert!(matches!(listed[0], Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn open_deletes_a_put_interrupted_before_its_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetters::open(dir.path()).unwrap();
+        dl.put(&meta(1), b"one").unwrap();
+        let tmp = dl.dir().join(format!("{:020}.dl.tmp", 2));
+        std::fs::write(&tmp, b"half a dead le").unwrap();
+        assert_eq!(
+            dl.list().unwrap().len(),
+            1,
+            "a tmp file is not a dead letter"
+        );
+        drop(dl);
+        let dl = DeadLetters::open(dir.path()).unwrap();
+        assert_eq!(dl.len(), 1);
+        assert!(!tmp.exists());
+        // The read-only view leaves whatever it finds.
+        std::fs::write(&tmp, b"x").unwrap();
+        let ro = DeadLetters::open_existing(dir.path()).unwrap().unwrap();
+        assert_eq!(ro.len(), 1);
+        assert!(tmp.exists());
     }
 }

@@ -235,7 +235,7 @@ impl Metrics {
             dead_lettered: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_dead_lettered_total",
-                    "Records the broker refused permanently, moved to the local dead-letter store, by reason.",
+                    "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals and unusable bodies; counted once per record, after the write.",
                 ),
                 &["reason"],
             )

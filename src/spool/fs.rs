@@ -6,7 +6,8 @@
 //! model"). The trait holds only primitive operations; the crash-safe sequences built from them
 //! (`publish_file`, `ensure_dir`, `move_aside`) live here as functions over `&dyn SpoolFs`, so a
 //! simulated filesystem exercises the very same ordering of writes, fsyncs and renames as
-//! production. Nothing here does policy, logging or metrics.
+//! production. Nothing here does policy, logging or metrics. The dead-letter store beside the
+//! spool (`crate::deadletter`) uses the same trait and sequences for its files.
 //!
 //! Cost in production: one virtual call in front of each syscall, which is noise next to the
 //! syscall itself (and the fsync that follows every group commit).

@@ -7,7 +7,10 @@
 //!   acknowledged record is there.
 //! * `memfs.rs` + `powercut.rs`: an in-memory filesystem that models what survives a power cut,
 //!   and property tests cutting power at random (and at every) operation of random workloads.
+//! * `deadletter.rs`: the dead-letter store on the same seam: injected errors in each step of a
+//!   `put`, and a power cut at every operation of a small workload.
 
+mod deadletter;
 mod faulty;
 mod ingress;
 mod journal;
