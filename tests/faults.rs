@@ -411,8 +411,8 @@ async fn outage(broker: Broker, fault: Fault, total: u64, min_outage: Duration) 
             .await
             .unwrap();
         let alive = match broker {
-            Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await,
-            Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port)).await,
+            Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port())).await,
+            Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port())).await,
         }
         .is_ok();
         let errors = metrics_text(&client, bridge.admin)
