@@ -12,6 +12,10 @@
 //! - `HOOKBRIDGE_FAULT_SEED`: seed for the random kill delays (printed by every run);
 //! - `HOOKBRIDGE_FAULT_LOG`: `RUST_LOG` for the bridge in the SIGTERM tests (default `warn`).
 //!
+//! The two tests on a tmpfs (the full filesystem and the `spool.min_free_bytes` guard) must mount
+//! one, which needs root: they are `#[ignore]`d, and CI (root) runs them with
+//! `cargo test --test faults -- --ignored`.
+//!
 //! Figures (acknowledged, arrived, duplicates, ack rate, replay time) are printed with
 //! `eprintln!` (run with `--nocapture` to see them); nothing here asserts on speed, timeouts are
 //! only failure guards.
@@ -407,8 +411,8 @@ async fn outage(broker: Broker, fault: Fault, total: u64, min_outage: Duration) 
             .await
             .unwrap();
         let alive = match broker {
-            Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await,
-            Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port)).await,
+            Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port())).await,
+            Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port())).await,
         }
         .is_ok();
         let errors = metrics_text(&client, bridge.admin)
@@ -676,7 +680,6 @@ async fn spool_quota_full_answers_503_then_resumes_by_itself() {
     );
 }
 
-/// Unmounts a tmpfs when dropped.
 /// A mounted tmpfs; unmounted (then its directory removed) on drop.
 struct Tmpfs(tempfile::TempDir);
 
@@ -707,21 +710,25 @@ fn small_disk_env(
     env
 }
 
-/// Mounts a tmpfs of `size` (e.g. `2m`) on a fresh temporary directory; `None` (with a SKIPPED
-/// message naming `test`) where mounting is not allowed. The guard unmounts it.
-fn mount_tmpfs(size: &str, test: &str) -> Option<Tmpfs> {
+/// Mounts a tmpfs of `size` (e.g. `2m`) on a fresh temporary directory; the guard unmounts it.
+/// Mounting needs root, so the tests that call this are `#[ignore]`d: a plain `cargo test`
+/// reports them as ignored (not as passed), and CI, which runs as root, runs them with
+/// `--ignored` (see `.ci/run`). Where they do run, a failed mount fails the test.
+fn mount_tmpfs(size: &str) -> Tmpfs {
     let mnt = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
+    let out = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(mnt.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED {test}: cannot mount a tmpfs here (needs root)");
-        return None;
-    }
-    Some(Tmpfs(mnt))
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "cannot mount a {size} tmpfs on {} ({}): {} (this test needs root)",
+        mnt.path().display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Tmpfs(mnt)
 }
 
 impl Drop for Tmpfs {
@@ -737,12 +744,11 @@ impl Drop for Tmpfs {
 /// `spool.min_free_bytes` guard switched off so the disk really fills): writes fail,
 /// the ingress answers 503 and never a 2xx for what it did not store; after a restart on the same
 /// directory with the broker back, every 2xx'd delivery arrives and new ones are taken again.
-/// Skipped (with a message) where mounting a tmpfs is not allowed.
+/// Needs root (see [`mount_tmpfs`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs; CI runs it (cargo test --test faults -- --ignored)"]
 async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
-    let Some(mnt) = mount_tmpfs("2m", "spool_on_a_full_filesystem") else {
-        return;
-    };
+    let mnt = mount_tmpfs("2m");
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path());
@@ -1004,12 +1010,11 @@ async fn sigterm_under_load_kafka_frozen_exits_within_grace() {
 /// The `spool.min_free_bytes` guard on a small filesystem (a 4 MiB tmpfs, guard 2 MiB): the
 /// spool stops taking deliveries before the disk is full — 503 `spool_full`, `/readyz` 503 — and,
 /// because nothing failed, it resumes by itself once the broker drains the backlog and segments
-/// are deleted, without a restart. Skipped where mounting a tmpfs is not allowed.
+/// are deleted, without a restart. Needs root (see [`mount_tmpfs`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a tmpfs; CI runs it (cargo test --test faults -- --ignored)"]
 async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself() {
-    let Some(mnt) = mount_tmpfs("4m", "min_free_bytes guard") else {
-        return;
-    };
+    let mnt = mount_tmpfs("4m");
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path());

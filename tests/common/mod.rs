@@ -38,12 +38,73 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port for a broker the test starts, stops and restarts on one address (the bridge
+/// under test is configured with it before the broker runs, or while it is down, so port 0 will
+/// not do). It is drawn at random from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): there no outgoing connection can be given it (which is how a
+/// port picked by binding 0 and released gets taken before the broker binds it, or how a client
+/// reconnecting to a stopped broker on an ephemeral port can connect to itself). Only another
+/// process binding that very number can take it; the brokers' `start` detects that and retries on
+/// a new port while nobody has been told the address yet.
+pub fn broker_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low;
+    assert!(!range.is_empty(), "no ports below {ephemeral_low}");
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let port = rng.random_range(range.clone());
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {range:?}")
+}
+
+/// A test port that a broker is told about; records whether anyone has seen it yet.
+#[derive(Debug)]
+struct BrokerPort {
+    port: u16,
+    told: std::sync::atomic::AtomicBool,
+}
+
+impl BrokerPort {
+    fn new() -> BrokerPort {
+        BrokerPort {
+            port: broker_port(),
+            told: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The port, from now on fixed for this broker.
+    fn get(&self) -> u16 {
+        self.told.store(true, Ordering::Relaxed);
+        self.port
+    }
+
+    /// Whether the port is free right now (checked just before a broker is started on it).
+    fn free(&self) -> bool {
+        StdListener::bind(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// After `what` could not start on the port (`why`; most likely another process bound it
+    /// since it was picked): a new port if nobody was told the old one yet, else a failed test.
+    fn retry(&mut self, what: &str, why: &str) {
+        assert!(
+            !self.told.load(Ordering::Relaxed),
+            "{what} cannot start on port {} ({why}), which the test already handed out; \
+             another process probably bound it",
+            self.port
+        );
+        eprintln!(
+            "{what} cannot start on port {} ({why}); retrying on another",
+            self.port
+        );
+        self.port = broker_port();
+    }
 }
 
 /// A config for one test: loopback port 0, its own spool directory, prefix and stream.
@@ -305,45 +366,66 @@ pub fn nats_server_bin() -> PathBuf {
 
 /// A private NATS server (JetStream on, own storage) the test can stop and restart on one port.
 pub struct NatsServer {
-    pub port: u16,
+    port: BrokerPort,
     store: PathBuf,
     child: Option<Child>,
 }
 
 impl NatsServer {
-    /// Picks a port and a storage directory but does not start the server.
+    /// Picks a port (see [`broker_port`]) and a storage directory but does not start the server.
     pub fn new(store: &Path) -> NatsServer {
         NatsServer {
-            port: free_port(),
+            port: BrokerPort::new(),
             store: store.to_owned(),
             child: None,
         }
     }
 
+    /// The server's port: fixed from the first call on, across restarts.
+    pub fn port(&self) -> u16 {
+        self.port.get()
+    }
+
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.port())
     }
 
     pub async fn start(&mut self) {
-        let child = Command::new(nats_server_bin())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while async_nats::connect(self.url()).await.is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            if !self.port.free() {
+                self.port.retry("nats-server", "port in use");
+                continue;
+            }
+            let mut child = Command::new(nats_server_bin())
+                .args(["-a", "127.0.0.1", "-p", &self.port.port.to_string()])
+                .args(["-js", "-sd"])
+                .arg(&self.store)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            let url = format!("nats://127.0.0.1:{}", self.port.port);
+            let exited = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Some(status);
+                }
+                if async_nats::connect(&url).await.is_ok() {
+                    break None;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("nats-server did not start");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            match exited {
+                None => {
+                    self.child = Some(child);
+                    return;
+                }
+                Some(status) => self.port.retry("nats-server", &format!("exited: {status}")),
+            }
         }
     }
 
@@ -364,26 +446,72 @@ impl Drop for NatsServer {
 /// The real `hookbridge` binary, configured through the environment.
 pub struct BridgeProcess {
     pub child: Child,
+    /// Where this process listens; a restarted bridge (a new `spawn`) has new addresses.
     pub http: SocketAddr,
     pub admin: SocketAddr,
 }
 
 impl BridgeProcess {
+    /// Starts the binary with both listeners on `127.0.0.1:0`, so no port can be taken between
+    /// choosing and binding it, and learns the bound addresses from its `hookbridge serving` log
+    /// line (`listen=` and `admin=`, text or JSON). For that line the harness adds
+    /// `hookbridge::app=info` to `RUST_LOG` (`warn` unless `env` sets one) and keeps those info
+    /// lines out of the test's stderr unless they were asked for; everything else the bridge
+    /// logs goes to stderr as before. Returns once `/livez` answers 200; panics if the process
+    /// exits first.
     pub async fn spawn(env: &[(String, String)]) -> BridgeProcess {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let asked = env
+            .iter()
+            .find(|(k, _)| k == "RUST_LOG")
+            .map(|(_, v)| v.clone());
+        let filter = format!(
+            "{},hookbridge::app=info",
+            asked.as_deref().unwrap_or("warn")
+        );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookbridge"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .env("HOOKBRIDGE_HTTP__LISTEN", http.to_string())
-            .env("HOOKBRIDGE_ADMIN__LISTEN", admin.to_string())
+            .env("HOOKBRIDGE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("HOOKBRIDGE_ADMIN__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn hookbridge");
+        cmd.env("RUST_LOG", filter);
+        let mut child = cmd.spawn().expect("spawn hookbridge");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let quiet_info = asked.is_none();
+        // Reads the log for the whole life of the process (a full pipe would block it).
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addrs) = serving_addrs(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addrs);
+                    }
+                    continue;
+                }
+                let info = line.contains(" INFO ") || line.contains(r#""level":"INFO""#);
+                if !(quiet_info && info) {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+            }
+        });
+        let (http, admin) = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(_)) => {
+                let status = child.wait().expect("wait for hookbridge");
+                panic!("hookbridge exited before serving: {status}");
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hookbridge did not log `hookbridge serving` within 20 s");
+            }
+        };
         let client = http_client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -414,6 +542,26 @@ impl Drop for BridgeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The ingress and admin addresses from the bridge's `hookbridge serving` log line, in the text
+/// format (`… hookbridge serving listen=127.0.0.1:1234 path=… admin=127.0.0.1:5678 …`) or the
+/// JSON one (`{"fields":{"message":"hookbridge serving","listen":"…","admin":"…",…},…}`).
+fn serving_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("hookbridge serving") {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let field = |k: &str| v["fields"][k].as_str()?.parse().ok();
+        return Some((field("listen")?, field("admin")?));
+    }
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|t| t.strip_prefix(k)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some((field("listen")?, field("admin")?))
 }
 
 /// Environment for [`BridgeProcess::spawn`] equivalent to `test_config`.
@@ -476,9 +624,10 @@ pub fn tansu_bin() -> PathBuf {
     p
 }
 
-/// A private Kafka-protocol broker (tansu, in-memory storage) on a free port.
+/// A private Kafka-protocol broker (tansu, in-memory storage) on a port of its own (see
+/// [`broker_port`]), fixed across restarts.
 pub struct Tansu {
-    pub port: u16,
+    port: BrokerPort,
     child: Option<Child>,
 }
 
@@ -486,7 +635,7 @@ impl Tansu {
     /// Picks a port without starting the broker.
     pub fn new() -> Tansu {
         Tansu {
-            port: free_port(),
+            port: BrokerPort::new(),
             child: None,
         }
     }
@@ -497,35 +646,56 @@ impl Tansu {
         t
     }
 
+    /// The broker's port: fixed from the first call on, across restarts.
+    pub fn port(&self) -> u16 {
+        self.port.get()
+    }
+
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.port())
     }
 
     pub async fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tansu");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            if !self.port.free() {
+                self.port.retry("tansu", "port in use");
+                continue;
+            }
+            let port = self.port.port;
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new(tansu_bin())
+                .args(["broker", "--listener-url", &url])
+                .args(["--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn tansu");
+            let exited = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Some(status);
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break None;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("tansu did not start");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            match exited {
+                None => {
+                    self.child = Some(child);
+                    return;
+                }
+                Some(status) => self.port.retry("tansu", &format!("exited: {status}")),
+            }
         }
     }
 
