@@ -127,8 +127,9 @@ impl App {
         tracing::debug!(took = ?started.elapsed(), moved_aside = ?report.segments_moved_aside, "spool opened");
 
         let dl_dir = c.spool.dir.clone();
+        let dl_fs = fs.clone();
         let dead_letters = Arc::new(
-            tokio::task::spawn_blocking(move || DeadLetters::open(&dl_dir))
+            tokio::task::spawn_blocking(move || DeadLetters::open_with_fs(&dl_dir, dl_fs))
                 .await
                 .expect("dead-letter open does not panic")?,
         );

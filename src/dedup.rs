@@ -41,8 +41,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::spool::fs::{publish_file_with, SpoolFs};
+use crate::spool::fs::publish_file_with;
 use crate::spool::FsFile;
+use crate::spool::SpoolFs;
 
 pub const JOURNAL_FILE: &str = "dedup.journal";
 const JOURNAL_TMP_FILE: &str = "dedup.journal.tmp";

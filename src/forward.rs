@@ -782,7 +782,7 @@ mod tests {
                     dir: spool_dir.clone(),
                     segment_bytes: 1 << 20,
                     max_bytes: 1 << 30,
-                    max_record_bytes: 64 << 10,
+                    max_append_bytes: 64 << 10,
                     max_batch_bytes: 1 << 20,
                     confirm_interval: Duration::from_millis(5),
                     min_free_bytes: 0,
