@@ -30,12 +30,17 @@ enum Command {
     /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
     /// dead-letter list/requeue). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
     Spool(hookbridge::spoolctl::SpoolArgs),
+    /// One-screen summary of a running bridge from its admin listener: readiness, broker,
+    /// backlog against the quota, rates, dead letters, errors. Exit codes: 0 ready, 1 not
+    /// ready, 2 unreachable.
+    Status(hookbridge::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Spool(args) => return spool_main(cli.config, args),
+        Command::Status(args) => return status_main(cli.config, args),
         Command::CheckConfig => check_config(cli.config),
         Command::Run => run(cli.config),
     };
@@ -58,6 +63,17 @@ fn spool_main(config: Option<PathBuf>, args: hookbridge::spoolctl::SpoolArgs) ->
         Err(e) => {
             eprintln!("hookbridge: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `hookbridge status`: no tracing, own exit codes.
+fn status_main(config: Option<PathBuf>, args: hookbridge::status::StatusArgs) -> ExitCode {
+    match hookbridge::status::run(config.as_deref(), &args, &mut std::io::stdout().lock()) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hookbridge: {e}");
+            ExitCode::from(hookbridge::status::UNREACHABLE)
         }
     }
 }

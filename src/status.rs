@@ -1,0 +1,667 @@
+//! `hookbridge status`: a one-screen summary of a running bridge, read from its admin listener
+//! (`/readyz` and two samples of `/metrics`, `--interval` apart, for the rates).
+//!
+//! It only reads over HTTP: no spool file is opened, so it is safe anywhere the admin port is
+//! reachable. Exit codes: 0 the bridge is ready, 1 it answered but is not ready, 2 it could not
+//! be asked (unreachable, not a hookbridge admin listener, bad configuration or arguments).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+
+use crate::config::{self, Config};
+
+/// `hookbridge status [--admin URL] [--interval D]`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Admin listener to ask, e.g. `http://127.0.0.1:9090`; default: `admin.listen` from the
+    /// configuration (an unspecified address such as 0.0.0.0 is asked on loopback).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Time between the two `/metrics` samples the rates are computed from.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Give up on a request to the admin listener after this long.
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Why `status` could not produce a summary (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration could not be loaded (only when `--admin` is not given).
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// `--admin` is not an `http://host:port` URL.
+    #[error("--admin {0:?} is not an http://host:port URL")]
+    BadUrl(String),
+    /// Connecting, sending or reading failed, or took longer than `--timeout`.
+    #[error("admin listener {url} unreachable: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// It answered, but not like a hookbridge admin listener.
+    #[error("{url} does not look like a hookbridge admin listener: {detail}")]
+    NotHookbridge { url: String, detail: String },
+}
+
+/// Exit code when the bridge answered and is ready.
+pub const READY: u8 = 0;
+/// Exit code when the bridge answered `/readyz` with "not ready".
+pub const NOT_READY: u8 = 1;
+/// Exit code when the bridge could not be asked.
+pub const UNREACHABLE: u8 = 2;
+
+/// Runs the command: prints the summary on `out` and returns the exit code.
+pub fn run(
+    config: Option<&std::path::Path>,
+    args: &StatusArgs,
+    out: &mut dyn std::io::Write,
+) -> Result<u8, Error> {
+    let base = match &args.admin {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => admin_url(Config::load(config)?.admin.listen),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Unreachable {
+            url: base.clone(),
+            detail: format!("starting a runtime: {e}"),
+        })?;
+    let status = rt.block_on(collect(&base, args.interval, args.timeout))?;
+    let _ = out.write_all(status.render().as_bytes());
+    Ok(if status.ready.ready { READY } else { NOT_READY })
+}
+
+/// The URL to reach a listener bound to `addr` from this machine.
+pub fn admin_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{ip}:{}", addr.port())
+}
+
+/// Everything the summary is made of.
+#[derive(Debug)]
+pub struct Status {
+    pub admin: String,
+    pub ready: Readyz,
+    /// The first and the second `/metrics` sample.
+    pub before: Metrics,
+    pub after: Metrics,
+    /// Time between the two samples as measured.
+    pub elapsed: Duration,
+}
+
+/// The `/readyz` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readyz {
+    pub ready: bool,
+    /// `ok`, `full` or `failed`.
+    pub spool: String,
+    /// `up`, `down` or `unknown`.
+    pub broker: String,
+    pub dead_letters: Option<u64>,
+}
+
+impl Readyz {
+    /// Parses the JSON body (the status code is not needed: the body says `ready`).
+    pub fn parse(body: &[u8]) -> Option<Readyz> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        Some(Readyz {
+            ready: v["ready"].as_bool()?,
+            spool: v["spool"].as_str().unwrap_or("?").to_owned(),
+            broker: v["broker"].as_str().unwrap_or("?").to_owned(),
+            dead_letters: v["dead_letters"].as_u64(),
+        })
+    }
+}
+
+/// One sample line of the Prometheus text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics(pub Vec<Sample>);
+
+impl Metrics {
+    /// Parses the Prometheus text exposition format; comment lines and lines that do not parse
+    /// are skipped (a summary is better with one number missing than not at all).
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(text.lines().filter_map(parse_sample).collect())
+    }
+
+    /// The sum over every label set of `name`; `None` if the page has no such series.
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        let mut found = None;
+        for s in self.0.iter().filter(|s| s.name == name) {
+            *found.get_or_insert(0.0) += s.value;
+        }
+        found
+    }
+
+    /// `name` summed per value of `label`, in page order.
+    pub fn by(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for s in self.0.iter().filter(|s| s.name == name) {
+            let key = s
+                .labels
+                .iter()
+                .find(|(k, _)| k == label)
+                .map_or("", |(_, v)| v.as_str());
+            match out.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v += s.value,
+                None => out.push((key.to_owned(), s.value)),
+            }
+        }
+        out
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, labels, rest) = match line.find(['{', ' ']) {
+        Some(i) if line.as_bytes()[i] == b'{' => {
+            let (labels, rest) = parse_labels(&line[i + 1..])?;
+            (&line[..i], labels, rest)
+        }
+        Some(i) => (&line[..i], Vec::new(), &line[i..]),
+        None => return None,
+    };
+    // An optional timestamp may follow the value.
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// Parses `k="v",k2="v2"}` (after the `{`); returns the labels and what follows the `}`.
+fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let mut labels = Vec::new();
+    loop {
+        s = s.trim_start_matches([',', ' ']);
+        if let Some(rest) = s.strip_prefix('}') {
+            return Some((labels, rest));
+        }
+        let (key, rest) = s.split_once('=')?;
+        let mut chars = rest.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.trim().to_owned(), value));
+        s = &rest[1 + end + 1..];
+    }
+}
+
+async fn collect(base: &str, interval: Duration, timeout: Duration) -> Result<Status, Error> {
+    let uri: http::Uri = base.parse().map_err(|_| Error::BadUrl(base.to_owned()))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Error::BadUrl(base.to_owned()));
+    }
+    let not_ours = |detail: String| Error::NotHookbridge {
+        url: base.to_owned(),
+        detail,
+    };
+    let (_, ready) = get(base, "/readyz", timeout).await?;
+    let ready = Readyz::parse(&ready)
+        .ok_or_else(|| not_ours("/readyz did not answer JSON with `ready`".into()))?;
+    let metrics = |(code, body): (u16, Bytes)| {
+        if code != 200 {
+            return Err(not_ours(format!("/metrics answered {code}")));
+        }
+        Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+    };
+    let started = tokio::time::Instant::now();
+    let before = metrics(get(base, "/metrics", timeout).await?)?;
+    if before.sum("hookbridge_spool_records").is_none() {
+        return Err(not_ours("/metrics has no hookbridge_spool_records".into()));
+    }
+    tokio::time::sleep(interval).await;
+    let after = metrics(get(base, "/metrics", timeout).await?)?;
+    Ok(Status {
+        admin: base.to_owned(),
+        ready,
+        before,
+        after,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One GET over a fresh HTTP/1.1 connection: status code and body.
+async fn get(base: &str, path: &str, timeout: Duration) -> Result<(u16, Bytes), Error> {
+    let url = format!("{base}{path}");
+    let unreachable = |detail: String| Error::Unreachable {
+        url: base.to_owned(),
+        detail,
+    };
+    let uri: http::Uri = url.parse().map_err(|_| Error::BadUrl(base.to_owned()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Error::BadUrl(base.to_owned()))?
+        .clone();
+    let addr = match authority.port_u16() {
+        Some(_) => authority.as_str().to_owned(),
+        None => format!("{}:80", authority.host()),
+    };
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        // Origin-form (`GET /readyz`), as a proxy-less client sends it.
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = http::Request::get(target)
+            .header(http::header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((code, body))
+    };
+    match tokio::time::timeout(timeout, fetch).await {
+        Ok(r) => r.map_err(unreachable),
+        Err(_) => Err(unreachable(format!(
+            "no answer to {path} within {timeout:?}"
+        ))),
+    }
+}
+
+impl Status {
+    /// The human summary: one `label  value` line per topic, labels padded to one column.
+    pub fn render(&self) -> String {
+        let (b, a) = (&self.before, &self.after);
+        let secs = self.elapsed.as_secs_f64().max(1e-3);
+        let rate = |name: &str| {
+            let d = a.sum(name).unwrap_or(0.0) - b.sum(name).unwrap_or(0.0);
+            d.max(0.0) / secs
+        };
+        let mut lines: Vec<(&str, String)> = Vec::new();
+
+        let r = &self.ready;
+        let ready = if r.ready {
+            format!("yes (spool {})", r.spool)
+        } else {
+            let why = match r.spool.as_str() {
+                "full" => "spool full: quota or spool.min_free_bytes reached, deliveries get 503 until the broker drains it",
+                "failed" => "spool failed: a write or fsync error; the bridge drains, then exits for a restart",
+                _ => "see /readyz",
+            };
+            format!("NO — {why}")
+        };
+        lines.push(("ready", ready));
+
+        let sinks = a.by("hookbridge_broker_up", "sink");
+        let broker = if sinks.is_empty() {
+            format!("{} (no publish attempt yet)", r.broker)
+        } else {
+            sinks
+                .iter()
+                .map(|(sink, up)| format!("{sink} {}", if *up >= 1.0 { "up" } else { "DOWN" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(("broker", broker));
+
+        let records = a.sum("hookbridge_spool_records").unwrap_or(0.0);
+        let bytes = a.sum("hookbridge_spool_bytes").unwrap_or(0.0);
+        let quota = a.sum("hookbridge_spool_max_bytes").unwrap_or(0.0);
+        let oldest = a
+            .sum("hookbridge_spool_oldest_record_age_seconds")
+            .unwrap_or(0.0);
+        let percent = if quota > 0.0 {
+            format!(" ({:.1}%)", 100.0 * bytes / quota)
+        } else {
+            String::new()
+        };
+        let oldest = if records > 0.0 {
+            format!(", oldest {}", age(oldest))
+        } else {
+            String::new()
+        };
+        lines.push((
+            "backlog",
+            format!(
+                "{records:.0} records, {} of {} on disk{percent}{oldest}",
+                size(bytes),
+                size(quota)
+            ),
+        ));
+        lines.push((
+            "in flight",
+            format!(
+                "{:.0}",
+                a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
+            ),
+        ));
+        lines.push((
+            "rates",
+            format!(
+                "{:.1} acks/s, {:.1} published/s (over {:.1}s)",
+                rate("hookbridge_deliveries_accepted_total"),
+                rate("hookbridge_published_total"),
+                secs
+            ),
+        ));
+        let accepted = a.sum("hookbridge_deliveries_accepted_total").unwrap_or(0.0);
+        let published = a.sum("hookbridge_published_total").unwrap_or(0.0);
+        let duplicates = a
+            .sum("hookbridge_deliveries_duplicate_total")
+            .unwrap_or(0.0);
+        lines.push((
+            "since start",
+            format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
+        ));
+        let store = a
+            .sum("hookbridge_dead_letter_records")
+            .or(r.dead_letters.map(|n| n as f64))
+            .unwrap_or(0.0);
+        lines.push((
+            "dead letters",
+            format!(
+                "{store:.0} in store{}",
+                counts(
+                    &a.by("hookbridge_dead_lettered_total", "reason"),
+                    ", written: "
+                )
+            ),
+        ));
+        lines.push((
+            "dedup waits",
+            or_none(counts(&a.by("hookbridge_dedup_waits_total", "outcome"), "")),
+        ));
+        let errors = [
+            ("publish", a.by("hookbridge_publish_errors_total", "kind")),
+            ("spool", a.by("hookbridge_spool_errors_total", "op")),
+            (
+                "rejected",
+                a.by("hookbridge_spool_rejected_total", "reason"),
+            ),
+            ("corrupt", {
+                let n = a
+                    .sum("hookbridge_spool_corrupt_records_total")
+                    .unwrap_or(0.0);
+                vec![("records".to_owned(), n)]
+            }),
+        ];
+        let errors: Vec<String> = errors
+            .iter()
+            .filter_map(|(what, by)| {
+                let c = counts(by, "");
+                (!c.is_empty()).then(|| format!("{what}: {c}"))
+            })
+            .collect();
+        lines.push(("errors", or_none(errors.join("; "))));
+        let http = a.by("hookbridge_http_requests_total", "status");
+        let class = |c: char| -> f64 {
+            http.iter()
+                .filter(|(s, _)| s.starts_with(c))
+                .fold(0.0, |sum, (_, n)| sum + n)
+        };
+        lines.push((
+            "http answers",
+            format!(
+                "{:.0} 2xx, {:.0} 4xx, {:.0} 5xx",
+                class('2'),
+                class('4'),
+                class('5')
+            ),
+        ));
+
+        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
+        let mut out = format!("hookbridge at {}\n", self.admin);
+        for (label, value) in lines {
+            let _ = writeln!(out, "{label:<width$}{value}");
+        }
+        out
+    }
+}
+
+/// `a 3, b 1` for the non-zero entries, prefixed by `lead`; empty when all are zero.
+fn counts(by: &[(String, f64)], lead: &str) -> String {
+    let parts: Vec<String> = by
+        .iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(k, n)| format!("{k} {n:.0}"))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{lead}{}", parts.join(", "))
+    }
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() {
+        "none".to_owned()
+    } else {
+        s
+    }
+}
+
+/// Bytes in binary units with one decimal.
+fn size(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds as `42s`, `3m 20s`, `2h 5m`, `3d 4h`.
+fn age(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captured from a bridge with a NATS sink that had taken 40 deliveries, published 30, had
+    /// two connection errors and one dead letter (histograms trimmed).
+    const METRICS: &str = r#"# HELP hookbridge_broker_up 1 while the last publish attempt to the broker succeeded, 0 after a failure.
+# TYPE hookbridge_broker_up gauge
+hookbridge_broker_up{sink="nats"} 0
+# HELP hookbridge_dead_letter_records Records in the local dead-letter store.
+# TYPE hookbridge_dead_letter_records gauge
+hookbridge_dead_letter_records 1
+# TYPE hookbridge_dead_lettered_total counter
+hookbridge_dead_lettered_total{reason="invalid_json"} 1
+# TYPE hookbridge_dedup_waits_total counter
+hookbridge_dedup_waits_total{outcome="duplicate"} 2
+hookbridge_dedup_waits_total{outcome="timeout"} 0
+# TYPE hookbridge_deliveries_accepted_total counter
+hookbridge_deliveries_accepted_total{action="session.updated"} 30
+hookbridge_deliveries_accepted_total{action="contact.created"} 10
+hookbridge_deliveries_duplicate_total 3
+# TYPE hookbridge_forward_in_flight gauge
+hookbridge_forward_in_flight 9
+hookbridge_http_requests_total{status="200"} 43
+hookbridge_http_requests_total{status="401"} 2
+hookbridge_http_requests_total{status="503"} 1
+hookbridge_publish_errors_total{kind="connection",sink="nats"} 2
+hookbridge_published_total{sink="nats"} 30
+hookbridge_spool_bytes 1572864
+hookbridge_spool_max_bytes 1073741824
+hookbridge_spool_oldest_record_age_seconds 75.4
+hookbridge_spool_records 10
+hookbridge_ack_latency_seconds_bucket{le="+Inf"} 40
+hookbridge_ack_latency_seconds_sum 0.21
+"#;
+
+    fn status(ready: &str, before: &str, after: &str) -> Status {
+        Status {
+            admin: "http://127.0.0.1:9090".into(),
+            ready: Readyz::parse(ready.as_bytes()).unwrap(),
+            before: Metrics::parse(before),
+            after: Metrics::parse(after),
+            elapsed: Duration::from_secs(2),
+        }
+    }
+
+    /// Name, labels and value of the sample a line should parse to.
+    type Want<'a> = Option<(&'a str, &'a [(&'a str, &'a str)], f64)>;
+
+    #[test]
+    fn parses_the_text_format() {
+        let check = |line: &str, want: Want<'_>| {
+            let got = parse_sample(line);
+            let want = want.map(|(name, labels, value)| Sample {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                value,
+            });
+            assert_eq!(got, want, "{line}");
+        };
+        check(
+            "hookbridge_spool_records 10",
+            Some(("hookbridge_spool_records", &[], 10.0)),
+        );
+        check(
+            "a{x=\"1\",y=\"b c\"} 2.5",
+            Some(("a", &[("x", "1"), ("y", "b c")], 2.5)),
+        );
+        check(
+            "a{x=\"q\\\"}\\\\\"} 1 1700000000",
+            Some(("a", &[("x", "q\"}\\")], 1.0)),
+        );
+        check(
+            "a{le=\"+Inf\"} +Inf",
+            Some(("a", &[("le", "+Inf")], f64::INFINITY)),
+        );
+        check("a{} 3", Some(("a", &[], 3.0)));
+        check("# HELP a b", None);
+        check("", None);
+        check("a{x=\"1\" 3", None);
+        check("a notanumber", None);
+        let m = Metrics::parse(METRICS);
+        assert_eq!(m.sum("hookbridge_deliveries_accepted_total"), Some(40.0));
+        assert_eq!(m.sum("hookbridge_nonexistent"), None);
+        assert_eq!(
+            m.by("hookbridge_publish_errors_total", "kind"),
+            vec![("connection".to_owned(), 2.0)]
+        );
+    }
+
+    #[test]
+    fn summary_of_a_ready_bridge_with_a_broker_down() {
+        let before = METRICS
+            .replace("\"session.updated\"} 30", "\"session.updated\"} 20")
+            .replace(
+                "hookbridge_published_total{sink=\"nats\"} 30",
+                "hookbridge_published_total{sink=\"nats\"} 29",
+            );
+        let s = status(
+            r#"{"ready":true,"spool":"ok","broker":"down","backlog_records":10,"backlog_bytes":1572864,"dead_letters":1}"#,
+            &before,
+            METRICS,
+        );
+        let want = "\
+hookbridge at http://127.0.0.1:9090
+ready         yes (spool ok)
+broker        nats DOWN
+backlog       10 records, 1.5 MiB of 1.0 GiB on disk (0.1%), oldest 1m 15s
+in flight     9
+rates         5.0 acks/s, 0.5 published/s (over 2.0s)
+since start   40 accepted, 30 published, 3 duplicates
+dead letters  1 in store, written: invalid_json 1
+dedup waits   duplicate 2
+errors        publish: connection 2
+http answers  43 2xx, 2 4xx, 1 5xx
+";
+        assert_eq!(s.render(), want);
+    }
+
+    #[test]
+    fn summary_of_a_full_spool_says_why() {
+        let s = status(
+            r#"{"ready":false,"spool":"full","broker":"unknown","backlog_records":0,"backlog_bytes":0,"dead_letters":0}"#,
+            "hookbridge_spool_records 0\n",
+            "hookbridge_spool_records 0\nhookbridge_spool_rejected_total{reason=\"full\"} 4\n",
+        );
+        let text = s.render();
+        assert!(text.contains("ready         NO — spool full"), "{text}");
+        assert!(
+            text.contains("broker        unknown (no publish attempt yet)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backlog       0 records, 0 B of 0 B on disk\n"),
+            "{text}"
+        );
+        assert!(text.contains("errors        rejected: full 4\n"), "{text}");
+        assert!(text.contains("dedup waits   none\n"), "{text}");
+    }
+
+    #[test]
+    fn admin_urls_for_listen_addresses() {
+        let url = |s: &str| admin_url(s.parse().unwrap());
+        assert_eq!(url("127.0.0.1:9090"), "http://127.0.0.1:9090");
+        assert_eq!(url("0.0.0.0:9090"), "http://127.0.0.1:9090");
+        assert_eq!(url("[::]:9090"), "http://[::1]:9090");
+        assert_eq!(url("[fd00::1]:9"), "http://[fd00::1]:9");
+    }
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!(size(0.0), "0 B");
+        assert_eq!(size(1536.0), "1.5 KiB");
+        assert_eq!(size(1073741824.0), "1.0 GiB");
+        assert_eq!(age(0.4), "0s");
+        assert_eq!(age(200.0), "3m 20s");
+        assert_eq!(age(7500.0), "2h 5m");
+        assert_eq!(age(90000.0), "1d 1h");
+    }
+}
