@@ -341,10 +341,24 @@ async fn consume_nats_prints_each_delivery_once_acks_and_skips_a_duplicate() {
         "{duplicate}"
     );
 
-    // Everything was acked: the durable consumer has nothing left for a second run.
+    // Everything was acked: a second run of the durable consumer gets only what came since.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("webhook-id", "msg_excn_after");
+    headers.insert("sessionboard-action", "session.created");
+    headers.insert("sessionboard-resource-id", "r-after");
+    let subject = format!("{prefix}session.created");
+    js.publish_with_headers(subject.clone(), headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let (out, stdout, stderr) = run(consume(None, "2s")).await;
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, "", "acked messages are not delivered again");
+    assert_eq!(
+        stdout,
+        format!("handled session.created resource=r-after id=msg_excn_after subject={subject}\n"),
+        "acked messages are not delivered again"
+    );
     delete_stream(&js, &stream).await;
     app.stop().await;
 }
@@ -427,10 +441,48 @@ async fn consume_kafka_reads_every_topic_of_the_prefix_commits_and_skips_a_dupli
         "{stdout}"
     );
 
-    // The offsets were committed: the group has nothing left for a second run.
-    let (out, stdout, stderr) = run(consume(None, "5s")).await;
+    // The offsets were committed: a second run of the group reads only what came since (and
+    // waits for it, so an empty output cannot pass for a group that never got its partitions).
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("r-after")
+                .payload("{}")
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "webhook-id",
+                            value: Some("msg_exck_after"),
+                        })
+                        .insert(Header {
+                            key: "sessionboard-action",
+                            value: Some(action),
+                        })
+                        .insert(Header {
+                            key: "sessionboard-resource-id",
+                            value: Some("r-after"),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (out, stdout, stderr) = run(consume(None, "10s")).await;
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, "", "committed records are not read again");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "committed records are not read again:\n{stdout}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "handled {action} resource=r-after id=msg_exck_after topic={topic}/"
+        )),
+        "{stdout}"
+    );
+    eprintln!("second consumer run took {:?}", started.elapsed());
     app.stop().await;
 }
 
