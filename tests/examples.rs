@@ -31,7 +31,7 @@ fn example(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--message-format=json"])
+            .args(["build", "--locked", "--message-format=json"])
             .args(["--example", "send_signed"])
             .args(["--example", "consume_nats"])
             .args(["--example", "consume_kafka"])
