@@ -5,16 +5,44 @@
 //! The key names here are the public contract documented in the README; rename nothing without a
 //! deprecation.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::routing::{self, Router};
+use crate::routing::Router;
+
+// The sections holding secrets print redacted, so a `{:?}` in a log line cannot leak them.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let json = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
+                write!(f, "{} {json}", stringify!($t))
+            }
+        }
+    )*};
+}
+
+mod auth;
+mod forward;
+mod http;
+mod log;
+mod routing;
+mod sink;
+mod spool;
+
+pub use self::routing::RoutingConfig;
+pub use auth::AuthConfig;
+pub use forward::ForwardConfig;
+pub use http::{AdminConfig, HttpConfig};
+pub use log::{LogConfig, LogFormat, ShutdownConfig};
+pub use sink::{
+    Compression, KafkaConfig, NatsConfig, NatsMode, SinkConfig, SinkKind, KAFKA_RESERVED_OPTIONS,
+};
+pub use spool::SpoolSection;
 
 /// What the environment prefix is; `HOOKBRIDGE_HTTP__LISTEN` sets `http.listen`.
 pub const ENV_PREFIX: &str = "HOOKBRIDGE_";
@@ -58,476 +86,6 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address the webhook endpoint listens on. Default `127.0.0.1:8080`.
-    pub listen: SocketAddr,
-    /// Path the sender posts to. Default `/webhooks/sessionboard`.
-    pub path: String,
-    /// Largest accepted body; larger ones get 413. At most [`MAX_BODY_BYTES`]. Lowering it
-    /// affects new requests only: a backlog accepted under a larger limit is still delivered.
-    /// Default 1 MiB.
-    pub max_body_bytes: u32,
-    /// Time allowed to read a whole request (head and body). Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Time allowed to read a request head (slow-loris guard). Default 10 s.
-    #[serde(with = "humantime_serde")]
-    pub header_timeout: Duration,
-    /// Open connections beyond this are closed at once. Default 1024.
-    pub max_connections: usize,
-    /// `Retry-After` sent with 503 answers. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub retry_after: Duration,
-    /// Most header fields in one request; more get 431. Default 64.
-    pub max_headers: usize,
-    /// Most bytes of request line and headers; more get 431. Default 16 KiB (at least 8 KiB).
-    pub max_header_bytes: usize,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `auth.allow_cidrs`. Default none.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "127.0.0.1:8080".parse().unwrap(),
-            path: "/webhooks/sessionboard".into(),
-            max_body_bytes: 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            retry_after: Duration::from_secs(5),
-            max_headers: 64,
-            max_header_bytes: 16 * 1024,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Address of the metrics and health listener. Default `127.0.0.1:9090`.
-    pub listen: SocketAddr,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9090".parse().unwrap(),
-        }
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Signing secrets: `whsec_…` (HMAC, `v1`) or `whpk_…` (Ed25519 public key, `v1a`); any
-    /// one matching is enough, so old and new can overlap during rotation. Default none.
-    pub secrets: Vec<String>,
-    /// Files holding more secrets, one per line (`#` comments). Default none.
-    pub secret_files: Vec<PathBuf>,
-    /// Largest accepted distance between the signature timestamp and now, either way. Default 5 min.
-    #[serde(with = "humantime_serde")]
-    pub tolerance: Duration,
-    /// Header carrying a shared token (e.g. `x-hookbridge-token`). Default: none.
-    pub header_name: Option<String>,
-    /// Accepted token values (several, for rotation). Default: none.
-    pub header_values: Vec<String>,
-    /// Serve without any authentication on a non-loopback address. Default false.
-    pub allow_unauthenticated: bool,
-    /// How long delivery ids are remembered to drop the sender's repeats. Default 24 h; 0 disables.
-    #[serde(with = "humantime_serde")]
-    pub dedup_window: Duration,
-    /// Most delivery ids remembered; the oldest are forgotten first. Default 1,000,000.
-    pub dedup_max_entries: usize,
-    /// How long a request waits when an earlier attempt with the same delivery id is still being
-    /// stored; after that it gets 503 + `Retry-After` (never a 2xx before the first copy is
-    /// fsync'd). Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub dedup_wait: Duration,
-    /// Client networks allowed to deliver (CIDRs); empty allows all. Default empty.
-    pub allow_cidrs: Vec<ipnet::IpNet>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            secrets: Vec::new(),
-            secret_files: Vec::new(),
-            tolerance: Duration::from_secs(300),
-            header_name: None,
-            header_values: Vec::new(),
-            allow_unauthenticated: false,
-            dedup_window: Duration::from_secs(24 * 3600),
-            dedup_max_entries: 1_000_000,
-            dedup_wait: Duration::from_secs(5),
-            allow_cidrs: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolSection {
-    /// Spool directory. Default `./hookbridge-spool`.
-    pub dir: PathBuf,
-    /// Quota for all segment files; above it deliveries get 503. Default 1 GiB.
-    pub max_bytes: u64,
-    /// Segment size at which a new segment is started. Default 64 MiB.
-    pub segment_bytes: u64,
-    /// Most bytes written by one group commit. Default 4 MiB.
-    pub max_batch_bytes: usize,
-    /// How often the confirmed position is persisted while it moves. Default 100 ms.
-    #[serde(with = "humantime_serde")]
-    pub confirm_interval: Duration,
-    /// Deliveries get 503 while the filesystem holding the spool has less free space than this,
-    /// so a disk filled by something else gives a 503 that clears by itself instead of ENOSPC
-    /// on a segment write, which fails the spool until restart. It also leaves room for the
-    /// dead-letter store in the same directory. 0 disables the check. Default 256 MiB.
-    pub min_free_bytes: u64,
-}
-
-impl Default for SpoolSection {
-    fn default() -> Self {
-        SpoolSection {
-            dir: PathBuf::from("./hookbridge-spool"),
-            max_bytes: 1024 * 1024 * 1024,
-            segment_bytes: 64 * 1024 * 1024,
-            max_batch_bytes: 4 * 1024 * 1024,
-            confirm_interval: Duration::from_millis(100),
-            min_free_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Prepended to the action to form the subject / topic. Default `sessionboard.`.
-    pub prefix: String,
-    /// Suffix (after `prefix`) for deliveries whose action is not a valid token. Default `unroutable`.
-    pub dead_letter: String,
-    /// Fixed destinations for an action (`session.updated`) or a pattern (`session.*`). Default empty.
-    pub routes: BTreeMap<String, String>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            prefix: "sessionboard.".into(),
-            dead_letter: "unroutable".into(),
-            routes: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForwardConfig {
-    /// Records handed to the sink and not yet confirmed, at most. Default 1024.
-    pub max_in_flight: usize,
-    /// First retry delay after a failed publish. Default 100 ms.
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    /// Retry delay cap. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-}
-
-impl Default for ForwardConfig {
-    fn default() -> Self {
-        ForwardConfig {
-            max_in_flight: 1024,
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    #[default]
-    Nats,
-    Kafka,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkConfig {
-    /// `nats` or `kafka`. Default `nats`.
-    pub kind: SinkKind,
-    pub nats: NatsConfig,
-    pub kafka: KafkaConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NatsMode {
-    /// Publish through JetStream and wait for the stream's PubAck.
-    #[default]
-    Jetstream,
-    /// Plain publish, confirmed by a flush (the server has read it; no persistence).
-    Core,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// `jetstream` or `core`. Default `jetstream`.
-    pub mode: NatsMode,
-    /// JetStream stream name. Default `SESSIONBOARD`.
-    pub stream: String,
-    /// Create the stream (subjects `<prefix>>`) when it is missing. Default true.
-    pub create_stream: bool,
-    /// Time to wait for a PubAck or flush before the attempt counts as failed. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Credentials file (`.creds`) for NATS auth. Default none.
-    pub credentials_file: Option<PathBuf>,
-    /// Token for NATS token auth. Default none.
-    pub token: Option<String>,
-    /// User and password for NATS auth. Default none.
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: "nats://127.0.0.1:4222".into(),
-            mode: NatsMode::Jetstream,
-            stream: "SESSIONBOARD".into(),
-            create_stream: true,
-            request_timeout: Duration::from_secs(5),
-            credentials_file: None,
-            token: None,
-            user: None,
-            password: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Gzip,
-    Snappy,
-    #[default]
-    Lz4,
-}
-
-impl Compression {
-    /// The librdkafka `compression.type` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-        }
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
-    pub brokers: String,
-    /// Kafka client id. Default `hookbridge`.
-    pub client_id: String,
-    /// `none`, `gzip`, `snappy` or `lz4`. Default `lz4`.
-    pub compression: Compression,
-    /// Create a missing topic (admin CreateTopics) on first use. Default false.
-    pub create_topics: bool,
-    /// Partitions of topics hookbridge creates. Default 3.
-    pub partitions: i32,
-    /// Replication factor of topics hookbridge creates. Default 1 (raise it on a real cluster).
-    pub replication_factor: i32,
-    /// librdkafka `message.timeout.ms`: how long one attempt may take, librdkafka's own retries
-    /// included, before the forwarder resends from the spool. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub message_timeout: Duration,
-    /// Attempts at an unknown topic (with `create_topics = false`) before its records are
-    /// dead-lettered. Default 5.
-    pub unknown_topic_attempts: u32,
-    /// Extra librdkafka properties (TLS, SASL, tuning), passed through and validated at startup.
-    /// Default empty.
-    pub options: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            client_id: "hookbridge".into(),
-            compression: Compression::Lz4,
-            create_topics: false,
-            partitions: 3,
-            replication_factor: 1,
-            message_timeout: Duration::from_secs(30),
-            unknown_topic_attempts: 5,
-            options: BTreeMap::new(),
-        }
-    }
-}
-
-/// librdkafka properties hookbridge sets itself; an `options` entry for one of them is an error
-/// that points at the key to use instead (or says why it cannot change).
-pub const KAFKA_RESERVED_OPTIONS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "use sink.kafka.brokers"),
-    ("metadata.broker.list", "use sink.kafka.brokers"),
-    ("client.id", "use sink.kafka.client_id"),
-    ("compression.type", "use sink.kafka.compression"),
-    ("compression.codec", "use sink.kafka.compression"),
-    ("message.timeout.ms", "use sink.kafka.message_timeout"),
-    ("delivery.timeout.ms", "use sink.kafka.message_timeout"),
-    (
-        "enable.idempotence",
-        "hookbridge always enables the idempotent producer",
-    ),
-    ("acks", "hookbridge always produces with acks=all"),
-    (
-        "request.required.acks",
-        "hookbridge always produces with acks=all",
-    ),
-    (
-        "max.in.flight.requests.per.connection",
-        "bounded by the idempotent producer",
-    ),
-    ("max.in.flight", "bounded by the idempotent producer"),
-];
-
-impl AuthConfig {
-    /// A copy with every secret replaced by `<redacted>`.
-    pub fn redacted(&self) -> AuthConfig {
-        let mut c = self.clone();
-        for v in c.header_values.iter_mut().chain(c.secrets.iter_mut()) {
-            *v = REDACTED.into();
-        }
-        c
-    }
-}
-
-impl NatsConfig {
-    /// A copy with the token and password replaced by `<redacted>`.
-    pub fn redacted(&self) -> NatsConfig {
-        let mut c = self.clone();
-        for v in [&mut c.token, &mut c.password].into_iter().flatten() {
-            *v = REDACTED.into();
-        }
-        c
-    }
-}
-
-impl KafkaConfig {
-    /// A copy with secret-looking librdkafka options replaced by `<redacted>`.
-    pub fn redacted(&self) -> KafkaConfig {
-        let mut c = self.clone();
-        for (k, v) in c.options.iter_mut() {
-            if is_secret_option(k) {
-                *v = REDACTED.into();
-            }
-        }
-        c
-    }
-}
-
-// The sections holding secrets print redacted, so a `{:?}` in a log line cannot leak them.
-macro_rules! redacted_debug {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let json = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
-                write!(f, "{} {json}", stringify!($t))
-            }
-        }
-    )*};
-}
-redacted_debug!(AuthConfig, NatsConfig, KafkaConfig);
-
-/// Option names whose values are secrets (redacted by `check-config`).
-fn is_secret_option(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` or `json`. Default `text`.
-    pub format: LogFormat,
-    /// tracing filter directive (`RUST_LOG` wins when set). Default `info`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownConfig {
-    /// Time allowed for in-flight requests and publishes after SIGTERM. Default 10 s.
-    #[serde(with = "humantime_serde")]
-    pub grace: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            grace: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Parses `auth.secrets` and the secrets in `auth.secret_files`. Errors name the key and the
-/// position, never the secret.
-fn load_keys(auth: &AuthConfig) -> Result<Vec<crate::ingress::signature::Key>, Error> {
-    use crate::ingress::signature::Key;
-    let mut keys = Vec::new();
-    for (i, s) in auth.secrets.iter().enumerate() {
-        keys.push(Key::parse(s).map_err(|e| Error::Invalid {
-            key: "auth.secrets",
-            reason: format!("entry {i}: {e}"),
-        })?);
-    }
-    for path in &auth.secret_files {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
-            key: "auth.secret_files",
-            reason: format!("{}: {e}", path.display()),
-        })?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            keys.push(Key::parse(line).map_err(|e| Error::Invalid {
-                key: "auth.secret_files",
-                reason: format!("{} line {}: {e}", path.display(), n + 1),
-            })?);
-        }
-    }
-    Ok(keys)
-}
-
 /// The figment that [`Config::load`] extracts from; exposed so tests can add providers.
 pub fn figment(file: Option<&Path>) -> Figment {
     let mut f = Figment::from(Serialized::defaults(Config::default()));
@@ -552,7 +110,7 @@ pub struct Settings {
 /// Prints the header name and how many tokens, never the digests.
 #[derive(Clone)]
 pub struct TokenAuth {
-    pub header: http::HeaderName,
+    pub header: ::http::HeaderName,
     /// SHA-256 of each accepted value: compared in constant time, and equal length whatever the
     /// configured tokens are, so neither content nor length leaks through timing.
     pub digests: Vec<[u8; 32]>,
@@ -685,9 +243,9 @@ impl Config {
 
         let router = Router::new(&c.routing.prefix, &c.routing.dead_letter, &c.routing.routes)
             .map_err(|e| match e {
-                routing::ConfigError::Prefix(r) => invalid("routing.prefix", r),
-                routing::ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
-                routing::ConfigError::Route(r) => invalid("routing.routes", r),
+                crate::routing::ConfigError::Prefix(r) => invalid("routing.prefix", r),
+                crate::routing::ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
+                crate::routing::ConfigError::Route(r) => invalid("routing.routes", r),
             })?;
 
         let token_auth = match (&c.auth.header_name, c.auth.header_values.is_empty()) {
@@ -705,7 +263,7 @@ impl Config {
                 ))
             }
             (Some(name), false) => {
-                let header = http::HeaderName::from_bytes(name.as_bytes())
+                let header = ::http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| invalid("auth.header_name", "is not a valid header name"))?;
                 if c.auth.header_values.iter().any(|v| v.len() < 16) {
                     return Err(invalid(
@@ -724,7 +282,7 @@ impl Config {
                 })
             }
         };
-        let keys = load_keys(&c.auth)?;
+        let keys = auth::load_keys(&c.auth)?;
         if c.http.max_headers == 0 {
             return Err(invalid("http.max_headers", "must be positive"));
         }
