@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
-use crate::config::{self, Config, Settings, SinkKind};
+use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
 use crate::forward::Forwarder;
+use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
+use crate::routing::Router;
 use crate::server::{self, Limits};
 use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
 use crate::spool::{self, RealFs, Spool, SpoolConfig, SpoolFs};
@@ -37,6 +39,32 @@ const _: () = assert!(
     config::MAX_BODY_BYTES as u64 + RECORD_OVERHEAD as u64 <= spool::MAX_RECORD_BYTES as u64,
     "the largest http.max_body_bytes plus RECORD_OVERHEAD must fit the spool format's MAX_RECORD_BYTES"
 );
+
+/// What the bridge runs with: the configuration, checked, and what is built from it by the
+/// modules that own those things. `config` knows nothing of them; this is where they meet.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub router: Router,
+    /// The access checks (token, signatures, source addresses).
+    pub gate: Gate,
+}
+
+impl Settings {
+    /// Validates `config` ([`Config::validate`]), then builds the router and the gate (reading
+    /// the secret files). Every error names its configuration key. `run`, `check-config` and
+    /// `spool dead-letter requeue` all go through this, so they accept the same configurations.
+    pub fn new(config: Config) -> Result<Settings, config::Error> {
+        config.validate()?;
+        let router = Router::from_config(&config.routing)?;
+        let gate = Gate::from_config(&config)?;
+        Ok(Settings {
+            raw: config,
+            router,
+            gate,
+        })
+    }
+}
 
 /// The spool settings the bridge runs with. `max_append_bytes` follows today's
 /// `http.max_body_bytes` and limits new appends only: what is already on disk is judged by the
@@ -375,5 +403,31 @@ impl App {
             return Err(Error::SpoolFailed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Format;
+
+    #[test]
+    fn settings_errors_name_the_key() {
+        for (toml, key) in [
+            ("[routing]\nprefix = \"a b.\"\n", "routing.prefix"),
+            (
+                "[routing.routes]\n\"session.*\" = \"x.>\"\n",
+                "routing.routes",
+            ),
+            ("[auth]\nsecrets = [\"nothex\"]\n", "auth.secrets"),
+            ("[http]\npath = \"no-slash\"\n", "http.path"),
+        ] {
+            let c: Config = config::figment(None)
+                .merge(figment::providers::Toml::string(toml))
+                .extract()
+                .unwrap();
+            let err = Settings::new(c).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 }

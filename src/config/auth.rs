@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, REDACTED};
+use super::{invalid, Error, REDACTED};
 
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,34 +66,59 @@ impl AuthConfig {
     }
 }
 
-/// Parses `auth.secrets` and the secrets in `auth.secret_files`. Errors name the key and the
-/// position, never the secret.
-pub(super) fn load_keys(auth: &AuthConfig) -> Result<Vec<crate::ingress::signature::Key>, Error> {
-    use crate::ingress::signature::Key;
-    let mut keys = Vec::new();
-    for (i, s) in auth.secrets.iter().enumerate() {
-        keys.push(Key::parse(s).map_err(|e| Error::Invalid {
-            key: "auth.secrets",
-            reason: format!("entry {i}: {e}"),
-        })?);
+impl AuthConfig {
+    /// Some mechanism is configured (signatures or a token). Whether the secret files really
+    /// hold a secret is known only once they are read (`ingress::auth::Gate::from_config`).
+    pub fn is_configured(&self) -> bool {
+        !self.secrets.is_empty() || !self.secret_files.is_empty() || self.header_name.is_some()
     }
-    for path in &auth.secret_files {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
-            key: "auth.secret_files",
-            reason: format!("{}: {e}", path.display()),
-        })?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        match (&self.header_name, self.header_values.is_empty()) {
+            (None, true) => {}
+            (None, false) => {
+                return Err(invalid(
+                    "auth.header_name",
+                    "must be set when auth.header_values is",
+                ))
             }
-            keys.push(Key::parse(line).map_err(|e| Error::Invalid {
-                key: "auth.secret_files",
-                reason: format!("{} line {}: {e}", path.display(), n + 1),
-            })?);
+            (Some(_), true) => {
+                return Err(invalid(
+                    "auth.header_values",
+                    "must list at least one token when auth.header_name is set",
+                ))
+            }
+            (Some(name), false) => {
+                if ::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid("auth.header_name", "is not a valid header name"));
+                }
+                if self.header_values.iter().any(|v| v.len() < 16) {
+                    return Err(invalid(
+                        "auth.header_values",
+                        "each token must be at least 16 characters",
+                    ));
+                }
+            }
         }
+        if self.tolerance.is_zero() {
+            return Err(invalid("auth.tolerance", "must be positive"));
+        }
+        if !self.dedup_window.is_zero() && self.dedup_max_entries == 0 {
+            return Err(invalid(
+                "auth.dedup_max_entries",
+                "must be positive (or set auth.dedup_window = \"0s\")",
+            ));
+        }
+        if !self.dedup_window.is_zero()
+            && (self.dedup_wait.is_zero() || self.dedup_wait > Duration::from_secs(60))
+        {
+            return Err(invalid(
+                "auth.dedup_wait",
+                "must be between 1ms and 60s (the sender gives up after 15s)",
+            ));
+        }
+        Ok(())
     }
-    Ok(keys)
 }
 
 redacted_debug!(AuthConfig);

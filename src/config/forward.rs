@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, Error};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
@@ -24,5 +26,20 @@ impl Default for ForwardConfig {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
         }
+    }
+}
+
+impl ForwardConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.max_in_flight == 0 {
+            return Err(invalid("forward.max_in_flight", "must be positive"));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err(invalid(
+                "forward.retry_max",
+                "retry_initial must be positive and retry_max at least retry_initial",
+            ));
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, Error, MAX_BODY_BYTES};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -12,7 +14,7 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Path the sender posts to. Default `/webhooks/sessionboard`.
     pub path: String,
-    /// Largest accepted body; larger ones get 413. At most [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES). Lowering it
+    /// Largest accepted body; larger ones get 413. At most [`MAX_BODY_BYTES`]. Lowering it
     /// affects new requests only: a backlog accepted under a larger limit is still delivered.
     /// Default 1 MiB.
     pub max_body_bytes: u32,
@@ -64,5 +66,32 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:9090".parse().unwrap(),
         }
+    }
+}
+
+impl HttpConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if !self.path.starts_with('/') {
+            return Err(invalid("http.path", "must start with `/`"));
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1 and 64 MiB",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("http.request_timeout", "must be positive"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be positive"));
+        }
+        if self.max_headers == 0 {
+            return Err(invalid("http.max_headers", "must be positive"));
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(invalid("http.max_header_bytes", "must be at least 8192"));
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, Error};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -43,5 +45,22 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             grace: Duration::from_secs(10),
         }
+    }
+}
+
+impl LogConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl ShutdownConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be positive"));
+        }
+        Ok(())
     }
 }

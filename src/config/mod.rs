@@ -1,18 +1,21 @@
 //! Configuration: built-in defaults → TOML file (`--config`) → environment (`HOOKBRIDGE_…`, `__`
-//! for nesting), merged by figment, then [`Config::validate`] turns the raw values into the typed
-//! [`Settings`] the rest of the process uses. Unknown keys are errors that name the key.
+//! for nesting), merged by figment, then [`Config::validate`] checks the values. Unknown keys and
+//! bad values are errors that name the key.
+//!
+//! This module holds plain data and knows nothing of what is built from it: the router, the
+//! access gate and the TLS certificate are built by `routing`, `ingress::auth` and `tls` from a
+//! validated `Config` (gathered in `app::Settings`), with errors that name the key the same way.
+//! One file per section; each section validates its own values, and the rules that span
+//! sections live here.
 //!
 //! The key names here are the public contract documented in the README; rename nothing without a
 //! deprecation.
 
 use std::path::Path;
-use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-
-use crate::routing::Router;
 
 // The sections holding secrets print redacted, so a `{:?}` in a log line cannot leak them.
 macro_rules! redacted_debug {
@@ -64,7 +67,9 @@ pub enum Error {
     Invalid { key: &'static str, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+/// An [`Error::Invalid`] for `key`; the modules that build things from the configuration use it
+/// too, so that every configuration error names its key the same way.
+pub fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid {
         key,
         reason: reason.into(),
@@ -98,33 +103,6 @@ pub fn figment(file: Option<&Path>) -> Figment {
     f.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
 }
 
-/// Typed, validated settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub raw: Config,
-    pub router: Router,
-    /// The access checks (token, signatures, source addresses).
-    pub gate: crate::ingress::auth::Gate,
-}
-
-/// Prints the header name and how many tokens, never the digests.
-#[derive(Clone)]
-pub struct TokenAuth {
-    pub header: ::http::HeaderName,
-    /// SHA-256 of each accepted value: compared in constant time, and equal length whatever the
-    /// configured tokens are, so neither content nor length leaks through timing.
-    pub digests: Vec<[u8; 32]>,
-}
-
-impl std::fmt::Debug for TokenAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuth")
-            .field("header", &self.header)
-            .field("tokens", &self.digests.len())
-            .finish()
-    }
-}
-
 impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, Error> {
         if let Some(path) = file {
@@ -140,202 +118,37 @@ impl Config {
             .map_err(|e| Error::Load(Box::new(e)))
     }
 
-    pub fn validate(self) -> Result<Settings, Error> {
-        let c = &self;
-        if !c.http.path.starts_with('/') {
-            return Err(invalid("http.path", "must start with `/`"));
-        }
-        if c.http.max_body_bytes == 0 || c.http.max_body_bytes > MAX_BODY_BYTES {
-            return Err(invalid(
-                "http.max_body_bytes",
-                "must be between 1 and 64 MiB",
-            ));
-        }
-        if c.http.request_timeout.is_zero() {
-            return Err(invalid("http.request_timeout", "must be positive"));
-        }
-        if c.http.max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be positive"));
-        }
-        if c.spool.segment_bytes < 4096 {
-            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
-        }
-        if c.spool.max_bytes < 2 * c.spool.segment_bytes {
-            return Err(invalid(
-                "spool.max_bytes",
-                "must be at least twice spool.segment_bytes (a full segment is only deleted once a newer one exists)",
-            ));
-        }
-        if (c.spool.max_bytes as u128) < 4 * c.http.max_body_bytes as u128 {
+    /// Checks every value, each section on its own and then the rules that span sections.
+    /// Reads no file and builds nothing: what is built from the configuration (the router, the
+    /// gate, the TLS certificate) is built by the module that owns it, from a configuration that
+    /// passed this (see `app::Settings::new`).
+    pub fn validate(&self) -> Result<(), Error> {
+        self.http.validate()?;
+        self.auth.validate()?;
+        self.spool.validate()?;
+        self.forward.validate()?;
+        self.sink.validate()?;
+        self.log.validate()?;
+        self.shutdown.validate()?;
+        if (self.spool.max_bytes as u128) < 4 * self.http.max_body_bytes as u128 {
             return Err(invalid(
                 "spool.max_bytes",
                 "must hold at least four maximum-size bodies (http.max_body_bytes)",
             ));
         }
-        if c.spool.min_free_bytes != 0 && c.spool.min_free_bytes < 1024 * 1024 {
-            // A margin below 1 MiB protects nothing; far likelier someone meant MiB.
-            return Err(invalid(
-                "spool.min_free_bytes",
-                "is in bytes: use 0 to disable the check, or at least 1048576 (1 MiB)",
-            ));
-        }
-        if c.spool.max_batch_bytes == 0 {
-            return Err(invalid("spool.max_batch_bytes", "must be positive"));
-        }
-        if c.forward.max_in_flight == 0 {
-            return Err(invalid("forward.max_in_flight", "must be positive"));
-        }
-        if c.forward.retry_initial.is_zero() || c.forward.retry_max < c.forward.retry_initial {
-            return Err(invalid(
-                "forward.retry_max",
-                "retry_initial must be positive and retry_max at least retry_initial",
-            ));
-        }
-        if c.shutdown.grace.is_zero() {
-            return Err(invalid("shutdown.grace", "must be positive"));
-        }
-        let k = &c.sink.kafka;
-        if k.brokers.trim().is_empty() {
-            return Err(invalid(
-                "sink.kafka.brokers",
-                "must name at least one broker",
-            ));
-        }
-        if k.partitions < 1 {
-            return Err(invalid("sink.kafka.partitions", "must be at least 1"));
-        }
-        if k.replication_factor < 1 {
-            return Err(invalid(
-                "sink.kafka.replication_factor",
-                "must be at least 1",
-            ));
-        }
-        if k.message_timeout < Duration::from_secs(1) {
-            return Err(invalid("sink.kafka.message_timeout", "must be at least 1s"));
-        }
-        if k.unknown_topic_attempts == 0 {
-            return Err(invalid(
-                "sink.kafka.unknown_topic_attempts",
-                "must be at least 1",
-            ));
-        }
-        for key in k.options.keys() {
-            if let Some((_, why)) = KAFKA_RESERVED_OPTIONS.iter().find(|(name, _)| name == key) {
-                return Err(Error::Invalid {
-                    key: "sink.kafka.options",
-                    reason: format!("`{key}` cannot be set here: {why}"),
-                });
-            }
-        }
-        if c.sink.nats.stream.is_empty()
-            || c.sink.nats.stream.contains(['.', '*', '>', ' ', '/', '\\'])
-        {
-            return Err(invalid(
-                "sink.nats.stream",
-                "must be a non-empty name without `.`, `*`, `>`, `/`, `\\` or spaces",
-            ));
-        }
-        if c.sink.nats.request_timeout.is_zero() {
-            return Err(invalid("sink.nats.request_timeout", "must be positive"));
-        }
-        tracing_subscriber::EnvFilter::try_new(&c.log.level)
-            .map_err(|e| invalid("log.level", e.to_string()))?;
-
-        let router = Router::new(&c.routing.prefix, &c.routing.dead_letter, &c.routing.routes)
-            .map_err(|e| match e {
-                crate::routing::ConfigError::Prefix(r) => invalid("routing.prefix", r),
-                crate::routing::ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
-                crate::routing::ConfigError::Route(r) => invalid("routing.routes", r),
-            })?;
-
-        let token_auth = match (&c.auth.header_name, c.auth.header_values.is_empty()) {
-            (None, true) => None,
-            (None, false) => {
-                return Err(invalid(
-                    "auth.header_name",
-                    "must be set when auth.header_values is",
-                ))
-            }
-            (Some(_), true) => {
-                return Err(invalid(
-                    "auth.header_values",
-                    "must list at least one token when auth.header_name is set",
-                ))
-            }
-            (Some(name), false) => {
-                let header = ::http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| invalid("auth.header_name", "is not a valid header name"))?;
-                if c.auth.header_values.iter().any(|v| v.len() < 16) {
-                    return Err(invalid(
-                        "auth.header_values",
-                        "each token must be at least 16 characters",
-                    ));
-                }
-                Some(TokenAuth {
-                    header,
-                    digests: c
-                        .auth
-                        .header_values
-                        .iter()
-                        .map(|v| crate::ingress::auth::digest(v.as_bytes()))
-                        .collect(),
-                })
-            }
-        };
-        let keys = auth::load_keys(&c.auth)?;
-        if c.http.max_headers == 0 {
-            return Err(invalid("http.max_headers", "must be positive"));
-        }
-        if c.http.max_header_bytes < 8192 {
-            return Err(invalid("http.max_header_bytes", "must be at least 8192"));
-        }
-        if c.auth.tolerance.is_zero() {
-            return Err(invalid("auth.tolerance", "must be positive"));
-        }
-        if !c.auth.dedup_window.is_zero() && c.auth.dedup_max_entries == 0 {
-            return Err(invalid(
-                "auth.dedup_max_entries",
-                "must be positive (or set auth.dedup_window = \"0s\")",
-            ));
-        }
-        if !c.auth.dedup_window.is_zero()
-            && (c.auth.dedup_wait.is_zero() || c.auth.dedup_wait > Duration::from_secs(60))
-        {
-            return Err(invalid(
-                "auth.dedup_wait",
-                "must be between 1ms and 60s (the sender gives up after 15s)",
-            ));
-        }
-        if token_auth.is_none()
-            && keys.is_empty()
-            && !c.auth.allow_unauthenticated
-            && !c.http.listen.ip().is_loopback()
+        if !self.auth.is_configured()
+            && !self.auth.allow_unauthenticated
+            && !self.http.listen.ip().is_loopback()
         {
             return Err(invalid(
                 "http.listen",
                 format!(
                     "{} is not a loopback address and no authentication is configured; set auth.secrets, or auth.header_name/auth.header_values, or auth.allow_unauthenticated = true",
-                    c.http.listen
+                    self.http.listen
                 ),
             ));
         }
-        let gate = crate::ingress::auth::Gate {
-            token: token_auth,
-            signatures: (!keys.is_empty()).then_some(crate::ingress::auth::SignatureAuth {
-                keys,
-                tolerance: c.auth.tolerance,
-            }),
-            source: crate::ingress::auth::SourceAuth {
-                allow: c.auth.allow_cidrs.clone(),
-                trusted_proxies: c.http.trusted_proxies.clone(),
-            },
-            clock: crate::ingress::auth::system_clock,
-        };
-        Ok(Settings {
-            router,
-            gate,
-            raw: self,
-        })
+        Ok(())
     }
 
     /// The effective configuration as TOML, secrets replaced by `<redacted>`.
@@ -351,31 +164,33 @@ impl Config {
 #[cfg(test)]
 // figment's `Jail` closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use figment::Jail;
 
-    fn load_str(toml: &str) -> Result<Settings, Error> {
+    pub(crate) fn load_str(toml: &str) -> Result<Config, Error> {
         let c: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(toml))
             .extract()
             .map_err(|e| Error::Load(Box::new(e)))?;
-        c.validate()
+        c.validate()?;
+        Ok(c)
     }
 
     #[test]
     fn defaults_validate() {
-        let s = Config::default().validate().unwrap();
-        assert_eq!(s.raw.http.listen.to_string(), "127.0.0.1:8080");
-        assert!(s.gate.token.is_none() && s.gate.signatures.is_none());
-        assert_eq!(s.raw.spool.min_free_bytes, 256 << 20);
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert!(!c.auth.is_configured());
+        assert_eq!(c.spool.min_free_bytes, 256 << 20);
     }
 
     #[test]
     fn min_free_bytes_zero_disables_and_megabytes_pass() {
         for ok in ["0", "1048576", "268435456"] {
             let c = load_str(&format!("[spool]\nmin_free_bytes = {ok}\n")).unwrap();
-            assert_eq!(c.raw.spool.min_free_bytes.to_string(), ok);
+            assert_eq!(c.spool.min_free_bytes.to_string(), ok);
         }
     }
 
@@ -400,11 +215,6 @@ mod tests {
             ("[spool]\nsegment_bytes = 10\n", "spool.segment_bytes"),
             ("[spool]\nmax_bytes = 1000000\n", "spool.max_bytes"),
             ("[spool]\nmin_free_bytes = 256\n", "spool.min_free_bytes"),
-            ("[routing]\nprefix = \"a b.\"\n", "routing.prefix"),
-            (
-                "[routing.routes]\n\"session.*\" = \"x.>\"\n",
-                "routing.routes",
-            ),
             (
                 "[auth]\nheader_values = [\"0123456789abcdef\"]\n",
                 "auth.header_name",
@@ -432,44 +242,13 @@ mod tests {
 
     #[test]
     fn non_loopback_allowed_with_auth_or_explicit_opt_out() {
-        load_str("[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n")
-            .unwrap();
-        let s = load_str(
+        for toml in [
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n",
             "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
-        )
-        .unwrap();
-        assert_eq!(s.gate.token.unwrap().digests.len(), 2);
-        let s = load_str(
             "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
-        )
-        .unwrap();
-        assert_eq!(s.gate.signatures.unwrap().keys.len(), 1);
-    }
-
-    #[test]
-    fn secrets_from_files_and_errors_that_do_not_leak() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("secrets");
-        std::fs::write(
-            &f,
-            "# rotation: old then new\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
-        )
-        .unwrap();
-        let mut c = Config::default();
-        c.auth.secret_files = vec![f.clone()];
-        assert_eq!(c.validate().unwrap().gate.signatures.unwrap().keys.len(), 2);
-        let mut c = Config::default();
-        c.auth.secrets = vec!["nothex-supersecret".into()];
-        let err = c.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("auth.secrets") && !err.contains("supersecret"),
-            "{err}"
-        );
-        std::fs::write(&f, "whsec_ok\n").unwrap();
-        let mut c = Config::default();
-        c.auth.secret_files = vec![f];
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("line 1") && !err.contains("whsec_ok"), "{err}");
+        ] {
+            load_str(toml).unwrap();
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::REDACTED;
+use super::{invalid, Error, REDACTED};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,3 +195,65 @@ fn is_secret_option(key: &str) -> bool {
 }
 
 redacted_debug!(NatsConfig, KafkaConfig);
+
+impl SinkConfig {
+    /// Both sinks are checked whichever is selected, so switching `kind` cannot surface an old
+    /// mistake at the worst moment.
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        self.kafka.validate()?;
+        self.nats.validate()
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid(
+                "sink.kafka.brokers",
+                "must name at least one broker",
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(invalid("sink.kafka.partitions", "must be at least 1"));
+        }
+        if self.replication_factor < 1 {
+            return Err(invalid(
+                "sink.kafka.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        if self.message_timeout < Duration::from_secs(1) {
+            return Err(invalid("sink.kafka.message_timeout", "must be at least 1s"));
+        }
+        if self.unknown_topic_attempts == 0 {
+            return Err(invalid(
+                "sink.kafka.unknown_topic_attempts",
+                "must be at least 1",
+            ));
+        }
+        for key in self.options.keys() {
+            if let Some((_, why)) = KAFKA_RESERVED_OPTIONS.iter().find(|(name, _)| name == key) {
+                return Err(invalid(
+                    "sink.kafka.options",
+                    format!("`{key}` cannot be set here: {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NatsConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if self.stream.is_empty() || self.stream.contains(['.', '*', '>', ' ', '/', '\\']) {
+            return Err(invalid(
+                "sink.nats.stream",
+                "must be a non-empty name without `.`, `*`, `>`, `/`, `\\` or spaces",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("sink.nats.request_timeout", "must be positive"));
+        }
+        Ok(())
+    }
+}

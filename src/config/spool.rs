@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, Error};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSection {
@@ -36,5 +38,30 @@ impl Default for SpoolSection {
             confirm_interval: Duration::from_millis(100),
             min_free_bytes: 256 * 1024 * 1024,
         }
+    }
+}
+
+impl SpoolSection {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.segment_bytes < 4096 {
+            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+        }
+        if self.max_bytes < 2 * self.segment_bytes {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must be at least twice spool.segment_bytes (a full segment is only deleted once a newer one exists)",
+            ));
+        }
+        if self.min_free_bytes != 0 && self.min_free_bytes < 1024 * 1024 {
+            // A margin below 1 MiB protects nothing; far likelier someone meant MiB.
+            return Err(invalid(
+                "spool.min_free_bytes",
+                "is in bytes: use 0 to disable the check, or at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(invalid("spool.max_batch_bytes", "must be positive"));
+        }
+        Ok(())
     }
 }

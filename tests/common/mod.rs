@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use hookbridge::app::App;
+use hookbridge::app::{App, Settings};
 use hookbridge::config::Config;
 
 /// NATS with JetStream the tests use: `HOOKBRIDGE_TEST_NATS_URL` or the machine's local server.
@@ -135,7 +135,7 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(config: Config) -> TestApp {
-        let settings = config.validate().expect("test config is valid");
+        let settings = Settings::new(config).expect("test config is valid");
         let app = App::bind(settings).await.expect("app binds");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let http = app.http_addr();
