@@ -19,3 +19,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod spoolctl;
+pub mod tls;

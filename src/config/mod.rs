@@ -40,7 +40,7 @@ mod spool;
 pub use self::routing::RoutingConfig;
 pub use auth::AuthConfig;
 pub use forward::ForwardConfig;
-pub use http::{AdminConfig, HttpConfig};
+pub use http::{AdminConfig, HttpConfig, TlsConfig};
 pub use log::{LogConfig, LogFormat, ShutdownConfig};
 pub use sink::{
     Compression, KafkaConfig, NatsConfig, NatsMode, SinkConfig, SinkKind, KAFKA_RESERVED_OPTIONS,
@@ -148,7 +148,8 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        // After the authentication rule, so a bare public listener hears about that first.
+        self.http.validate_plaintext()
     }
 
     /// The effective configuration as TOML, secrets replaced by `<redacted>`.
@@ -242,13 +243,79 @@ pub(crate) mod tests {
 
     #[test]
     fn non_loopback_allowed_with_auth_or_explicit_opt_out() {
-        for toml in [
-            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n",
-            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
-            "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        for auth in [
+            "[auth]\nallow_unauthenticated = true\n",
+            "[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
+            "[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
         ] {
-            load_str(toml).unwrap();
+            load_str(&format!(
+                "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n{auth}"
+            ))
+            .unwrap();
         }
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_tls_or_opted_out() {
+        let auth = "[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n";
+        // Loopback (v4 and v6): plain HTTP is fine.
+        for listen in ["127.0.0.1:8080", "[::1]:8080"] {
+            load_str(&format!("[http]\nlisten = \"{listen}\"\n{auth}")).unwrap();
+        }
+        // Anywhere else: refused, and the message names both ways out.
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let err = load_str(&format!("[http]\nlisten = \"{listen}\"\n{auth}"))
+                .unwrap_err()
+                .to_string();
+            for want in [
+                "http.listen",
+                "plain HTTP",
+                "http.tls.cert_file",
+                "http.allow_plaintext = true",
+            ] {
+                assert!(err.contains(want), "{listen}: {want} not in {err}");
+            }
+        }
+        // TLS configured (the files are read later, by `tls`), or the explicit opt-out.
+        load_str(&format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[http.tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n{auth}"
+        ))
+        .unwrap();
+        load_str(&format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n{auth}"
+        ))
+        .unwrap();
+        // Without authentication the older rule speaks first (it names allow_unauthenticated).
+        let err = load_str("[http]\nlisten = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_unauthenticated"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        for (toml, key) in [
+            ("[http.tls]\ncert_file = \"/c.pem\"\n", "http.tls.key_file"),
+            ("[http.tls]\nkey_file = \"/k.pem\"\n", "http.tls.cert_file"),
+            (
+                "[http.tls]\nhandshake_timeout = \"0s\"\n",
+                "http.tls.handshake_timeout",
+            ),
+            (
+                "[http.tls]\nreload_interval = \"1ms\"\n",
+                "http.tls.reload_interval",
+            ),
+            ("[http.tls]\ncertfile = \"/c.pem\"\n", "certfile"),
+        ] {
+            let err = load_str(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        let c = load_str("[http.tls]\nreload_interval = \"0s\"\n").unwrap();
+        assert!(!c.http.tls.enabled());
+        assert_eq!(
+            c.http.tls.handshake_timeout,
+            std::time::Duration::from_secs(10)
+        );
     }
 
     #[test]

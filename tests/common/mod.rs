@@ -18,6 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use hookbridge::app::{App, Settings};
 use hookbridge::config::Config;
 
+pub mod tls;
+
 /// NATS with JetStream the tests use: `HOOKBRIDGE_TEST_NATS_URL` or the machine's local server.
 pub fn nats_url() -> String {
     std::env::var("HOOKBRIDGE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
