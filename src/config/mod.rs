@@ -80,14 +80,23 @@ pub fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[http]`: the webhook listener (and `[http.tls]`). Default: each key's own.
     pub http: HttpConfig,
+    /// `[admin]`: metrics and health. Default: each key's own.
     pub admin: AdminConfig,
+    /// `[auth]`: who may deliver, replay protection. Default: each key's own (no checks).
     pub auth: AuthConfig,
+    /// `[spool]`: the write-ahead log. Default: each key's own.
     pub spool: SpoolSection,
+    /// `[routing]`: action → subject / topic. Default: each key's own.
     pub routing: RoutingConfig,
+    /// `[forward]`: publishing and retries. Default: each key's own.
     pub forward: ForwardConfig,
+    /// `[sink]`: the broker. Default: each key's own (NATS JetStream on loopback).
     pub sink: SinkConfig,
+    /// `[log]`. Default: each key's own.
     pub log: LogConfig,
+    /// `[shutdown]`. Default: each key's own.
     pub shutdown: ShutdownConfig,
 }
 

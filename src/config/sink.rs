@@ -21,7 +21,9 @@ pub enum SinkKind {
 pub struct SinkConfig {
     /// `nats` or `kafka`. Default `nats`.
     pub kind: SinkKind,
+    /// `[sink.nats]`, used when `kind = "nats"`. Default: each key's own.
     pub nats: NatsConfig,
+    /// `[sink.kafka]`, used when `kind = "kafka"`. Default: each key's own.
     pub kafka: KafkaConfig,
 }
 
@@ -53,8 +55,9 @@ pub struct NatsConfig {
     pub credentials_file: Option<PathBuf>,
     /// Token for NATS token auth. Default none.
     pub token: Option<String>,
-    /// User and password for NATS auth. Default none.
+    /// User for NATS user/password auth. Default none.
     pub user: Option<String>,
+    /// Password for NATS user/password auth. Default none.
     pub password: Option<String>,
 }
 
