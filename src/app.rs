@@ -15,15 +15,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
-use crate::config::{self, Config, Settings, SinkKind};
+use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
 use crate::forward::Forwarder;
+use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
-use crate::server::{self, Limits};
+use crate::routing::Router;
+use crate::server::{self, Limits, TlsAccept};
 use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
 use crate::spool::{self, RealFs, Spool, SpoolConfig, SpoolFs};
+use crate::tls::Tls;
 
 /// How long a failed spool is given to drain its committed records before the process exits.
 const FAILED_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
@@ -37,6 +40,36 @@ const _: () = assert!(
     config::MAX_BODY_BYTES as u64 + RECORD_OVERHEAD as u64 <= spool::MAX_RECORD_BYTES as u64,
     "the largest http.max_body_bytes plus RECORD_OVERHEAD must fit the spool format's MAX_RECORD_BYTES"
 );
+
+/// What the bridge runs with: the configuration, checked, and what is built from it by the
+/// modules that own those things. `config` knows nothing of them; this is where they meet.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub router: Router,
+    /// The access checks (token, signatures, source addresses).
+    pub gate: Gate,
+    /// The ingress listener's certificate, loaded; `None` serves plain HTTP.
+    pub tls: Option<Tls>,
+}
+
+impl Settings {
+    /// Validates `config` ([`Config::validate`]), then builds the router, the gate (reading the
+    /// secret files) and the TLS certificate (reading the certificate and key). Every error names its configuration key. `run`, `check-config` and
+    /// `spool dead-letter requeue` all go through this, so they accept the same configurations.
+    pub fn new(config: Config) -> Result<Settings, config::Error> {
+        config.validate()?;
+        let router = Router::from_config(&config.routing)?;
+        let gate = Gate::from_config(&config)?;
+        let tls = Tls::from_config(&config.http.tls)?;
+        Ok(Settings {
+            raw: config,
+            router,
+            gate,
+            tls,
+        })
+    }
+}
 
 /// The spool settings the bridge runs with. `max_append_bytes` follows today's
 /// `http.max_body_bytes` and limits new appends only: what is already on disk is judged by the
@@ -239,6 +272,7 @@ impl App {
         let grace = c.shutdown.grace;
         tracing::info!(
             listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = settings.tls.is_some(),
             path = %c.http.path,
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             sink = sink.name(),
@@ -283,10 +317,19 @@ impl App {
             max_header_bytes: c.http.max_header_bytes,
             error_counter: Some(metrics.http_connection_errors.clone()),
         };
+        let tls_accept = settings.tls.as_ref().map(|tls| TlsAccept {
+            acceptor: tls.acceptor(),
+            handshake_timeout: tls.handshake_timeout(),
+        });
+        let tls_task = settings
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(tls.watch(metrics.clone(), stopped(stop_rx.clone()))));
         let ingress_task = tokio::spawn(server::serve(
             ingress,
             move |peer: SocketAddr| IngressService(ingress_state.clone(), peer.ip()),
             ingress_limits,
+            tls_accept,
             stopped(stop_rx.clone()),
             grace,
         ));
@@ -310,6 +353,7 @@ impl App {
                 max_header_bytes: 16 * 1024,
                 error_counter: None,
             },
+            None,
             stopped(admin_stop_rx),
             std::time::Duration::from_secs(1),
         ));
@@ -344,6 +388,9 @@ impl App {
         );
         let _ = stop_tx.send(true);
         let _ = ingress_task.await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
         // The forwarder gets whatever grace the ingress left.
         let remaining = grace.saturating_sub(began.elapsed());
         tracing::info!(
@@ -375,5 +422,31 @@ impl App {
             return Err(Error::SpoolFailed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Format;
+
+    #[test]
+    fn settings_errors_name_the_key() {
+        for (toml, key) in [
+            ("[routing]\nprefix = \"a b.\"\n", "routing.prefix"),
+            (
+                "[routing.routes]\n\"session.*\" = \"x.>\"\n",
+                "routing.routes",
+            ),
+            ("[auth]\nsecrets = [\"nothex\"]\n", "auth.secrets"),
+            ("[http]\npath = \"no-slash\"\n", "http.path"),
+        ] {
+            let c: Config = config::figment(None)
+                .merge(figment::providers::Toml::string(toml))
+                .extract()
+                .unwrap();
+            let err = Settings::new(c).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 }

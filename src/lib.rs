@@ -20,3 +20,4 @@ pub mod sink;
 pub mod spool;
 pub mod spoolctl;
 pub mod status;
+pub mod tls;

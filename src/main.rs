@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hookbridge::app::Settings;
 use hookbridge::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -81,14 +82,14 @@ fn status_main(config: Option<PathBuf>, args: hookbridge::status::StatusArgs) ->
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(file.as_deref())?;
     let redacted = config.redacted_toml();
-    config.validate()?;
+    Settings::new(config)?;
     print!("{redacted}");
     eprintln!("configuration is valid");
     Ok(())
 }
 
 fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
-    let settings = Config::load(file.as_deref())?.validate()?;
+    let settings = Settings::new(Config::load(file.as_deref())?)?;
     init_tracing(settings.raw.log.format, &settings.raw.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     pub http_connections: IntGauge,
     pub http_rejected_connections: IntCounter,
+    pub tls_reloads: IntCounterVec,
+    pub tls_cert_expiry: IntGauge,
 
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
@@ -102,9 +104,22 @@ impl Metrics {
             http_connection_errors: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_http_connection_errors_total",
-                    "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, other).",
+                    "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, tls_handshake, tls_handshake_timeout, other).",
                 ),
                 &["kind"],
+            )
+            .unwrap(),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_tls_reloads_total",
+                    "Attempts to load a changed TLS certificate and key (result: ok, error; on error the previous certificate stays in use).",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            tls_cert_expiry: IntGauge::new(
+                "hookbridge_tls_cert_expiry_timestamp_seconds",
+                "notAfter of the certificate the ingress serves, as Unix seconds (0 without TLS).",
             )
             .unwrap(),
             ack_latency: Histogram::with_opts(
@@ -269,6 +284,8 @@ impl Metrics {
             Box::new(self.http_connection_errors.clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_rejected_connections.clone()),
+            Box::new(self.tls_reloads.clone()),
+            Box::new(self.tls_cert_expiry.clone()),
             Box::new(self.spool_records.clone()),
             Box::new(self.spool_bytes.clone()),
             Box::new(self.spool_segments.clone()),

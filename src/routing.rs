@@ -98,6 +98,16 @@ pub struct Router {
 }
 
 impl Router {
+    /// The router `[routing]` asks for; errors name the key.
+    pub fn from_config(c: &crate::config::RoutingConfig) -> Result<Router, crate::config::Error> {
+        use crate::config::invalid;
+        Router::new(&c.prefix, &c.dead_letter, &c.routes).map_err(|e| match e {
+            ConfigError::Prefix(r) => invalid("routing.prefix", r),
+            ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
+            ConfigError::Route(r) => invalid("routing.routes", r),
+        })
+    }
+
     /// `prefix` is empty or ends with `.`; `dead_letter` is a valid action-style suffix; each route
     /// key is a valid action or `<valid action>.*`, each value a valid destination.
     pub fn new(

@@ -1,6 +1,10 @@
 //! The HTTP/1.1 accept loop shared by the ingress and admin listeners: connection limit, header
-//! read timeout, and graceful shutdown (stop accepting, let in-flight requests finish, then give
-//! up after the grace period).
+//! read timeout, graceful shutdown (stop accepting, let in-flight requests finish, then give up
+//! after the grace period), and — for the ingress when `[http.tls]` is set — the TLS handshake.
+//!
+//! A TLS connection takes its connection slot before the handshake and runs the handshake in its
+//! own task under `handshake_timeout`, so a client that never finishes one can neither stall the
+//! accept loop nor hold a slot for longer than that.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,13 +41,23 @@ pub struct Limits {
     pub error_counter: Option<prometheus::IntCounterVec>,
 }
 
+/// TLS for a listener: the acceptor (which presents the current certificate) and how long a
+/// client has to complete the handshake.
+#[derive(Clone)]
+pub struct TlsAccept {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
 /// Serves `listener` until `shutdown` resolves, then waits up to `grace` for open connections to
 /// finish their in-flight requests. Returns once every connection is closed or the grace ran out.
-/// `make_service` builds the service for one connection from the peer address.
+/// `make_service` builds the service for one connection from the peer address. With `tls`, every
+/// connection is served over TLS (a client speaking plain HTTP fails the handshake).
 pub async fn serve<M, S, F>(
     listener: TcpListener,
     make_service: M,
     limits: Limits,
+    tls: Option<TlsAccept>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -84,24 +98,38 @@ pub async fn serve<M, S, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), make_service(peer));
-        let conn = graceful.watch(conn);
+        let service = make_service(peer);
+        // Taken now, so that `graceful.shutdown()` also waits for a connection still in its
+        // handshake; it then stops after its first request.
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let tls = tls.clone();
         let gauge = limits.open_gauge.clone();
         let errors = limits.error_counter.clone();
         tokio::spawn(async move {
             if let Some(g) = &gauge {
                 g.inc();
             }
-            if let Err(e) = conn.await {
-                let kind = if e.is_timeout() {
-                    "header_timeout"
-                } else if e.is_parse_too_large() {
-                    "headers_too_large"
-                } else if e.is_incomplete_message() {
-                    "incomplete"
-                } else {
-                    "other"
-                };
+            let result = match tls {
+                None => watcher
+                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                    .await
+                    .map_err(ConnError::Http),
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                        .await
+                    {
+                        Err(_) => Err(ConnError::HandshakeTimeout),
+                        Ok(Err(e)) => Err(ConnError::Handshake(e)),
+                        Ok(Ok(stream)) => watcher
+                            .watch(http.serve_connection(TokioIo::new(stream), service))
+                            .await
+                            .map_err(ConnError::Http),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                let kind = e.kind();
                 if let Some(c) = &errors {
                     c.with_label_values(&[kind]).inc();
                 }
@@ -122,6 +150,31 @@ pub async fn serve<M, S, F>(
             ?grace,
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// Why a connection ended early; [`ConnError::kind`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Http(hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake not completed in time")]
+    HandshakeTimeout,
+}
+
+impl ConnError {
+    /// The `kind` label of `hookbridge_http_connection_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            ConnError::Http(e) if e.is_timeout() => "header_timeout",
+            ConnError::Http(e) if e.is_parse_too_large() => "headers_too_large",
+            ConnError::Http(e) if e.is_incomplete_message() => "incomplete",
+            ConnError::Http(_) => "other",
+            ConnError::Handshake(_) => "tls_handshake",
+            ConnError::HandshakeTimeout => "tls_handshake_timeout",
+        }
     }
 }
 

@@ -669,7 +669,7 @@ fn describe(sel: &Selection) -> String {
 fn requeue(mut config: Config, sel: &Selection, out: &mut dyn Write) -> Result<u8, Error> {
     // Appending needs the spool settings `run` would use; check them like `run` does.
     let dir = config.spool.dir.clone();
-    config = config.validate()?.raw;
+    config = crate::app::Settings::new(config)?.raw;
     let cfg = crate::app::spool_config(&config);
     // `Spool::open` would create a missing directory: a typo must not make an empty spool.
     if !dir.is_dir() {

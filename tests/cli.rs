@@ -16,7 +16,7 @@ fn check_config_prints_effective_config_with_secrets_redacted() {
     let file = dir.path().join("hb.toml");
     std::fs::write(
         &file,
-        "[auth]\nheader_name = \"x-hookbridge-token\"\nheader_values = [\"very-secret-token-1\"]\n[http]\nlisten = \"0.0.0.0:8080\"\n",
+        "[auth]\nheader_name = \"x-hookbridge-token\"\nheader_values = [\"very-secret-token-1\"]\n[http]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n",
     )
     .unwrap();
     let out = hookbridge()
@@ -57,6 +57,22 @@ fn unknown_keys_and_bad_values_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("http.listen") && err.contains("allow_unauthenticated"),
+        "{err}"
+    );
+
+    // With authentication settled, a public listener still needs TLS or the explicit opt-out.
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_HTTP__LISTEN", "0.0.0.0:8080")
+        .env("HOOKBRIDGE_AUTH__ALLOW_UNAUTHENTICATED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen")
+            && err.contains("http.tls.cert_file")
+            && err.contains("http.allow_plaintext = true"),
         "{err}"
     );
 

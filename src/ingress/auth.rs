@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::signature::{self, Key, SigError};
-use crate::config::TokenAuth;
+use crate::config::{self, invalid, AuthConfig, Config};
 
 /// A request body that passed the gate, with the delivery headers the gate looked at.
 #[derive(Debug)]
@@ -84,6 +84,24 @@ impl Denied {
     }
 }
 
+/// The shared-token check. Prints the header name and how many tokens, never the digests.
+#[derive(Clone)]
+pub struct TokenAuth {
+    pub header: http::HeaderName,
+    /// SHA-256 of each accepted value: compared in constant time, and equal length whatever the
+    /// configured tokens are, so neither content nor length leaks through timing.
+    pub digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("header", &self.header)
+            .field("tokens", &self.digests.len())
+            .finish()
+    }
+}
+
 /// Signature settings.
 #[derive(Debug, Clone)]
 pub struct SignatureAuth {
@@ -123,6 +141,45 @@ pub fn digest(value: &[u8]) -> [u8; 32] {
 }
 
 impl Gate {
+    /// The gate a validated configuration asks for: `auth.header_name`/`auth.header_values`,
+    /// the secrets in `auth.secrets` and `auth.secret_files` (read here), `auth.allow_cidrs` and
+    /// `http.trusted_proxies`. Errors name the key (and the file and line), never a secret.
+    pub fn from_config(c: &Config) -> Result<Gate, config::Error> {
+        let auth = &c.auth;
+        let token = match &auth.header_name {
+            None => None,
+            Some(name) => Some(TokenAuth {
+                header: http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid("auth.header_name", "is not a valid header name"))?,
+                digests: auth
+                    .header_values
+                    .iter()
+                    .map(|v| digest(v.as_bytes()))
+                    .collect(),
+            }),
+        };
+        let keys = load_keys(auth)?;
+        if keys.is_empty() && !auth.secret_files.is_empty() && auth.secrets.is_empty() {
+            // Listing secret files that hold nothing would silently turn signature checks off.
+            return Err(invalid(
+                "auth.secret_files",
+                "the files hold no secret (every line is empty or a comment)",
+            ));
+        }
+        Ok(Gate {
+            token,
+            signatures: (!keys.is_empty()).then_some(SignatureAuth {
+                keys,
+                tolerance: auth.tolerance,
+            }),
+            source: SourceAuth {
+                allow: auth.allow_cidrs.clone(),
+                trusted_proxies: c.http.trusted_proxies.clone(),
+            },
+            clock: system_clock,
+        })
+    }
+
     /// No checks at all (only allowed on loopback unless the operator opted out; see config).
     pub fn open() -> Gate {
         Gate {
@@ -211,6 +268,35 @@ impl Gate {
             authentic: self.token.is_some() || self.signatures.is_some(),
         })
     }
+}
+
+/// Parses `auth.secrets` and the secrets in `auth.secret_files`. Errors name the key and the
+/// position, never the secret.
+fn load_keys(auth: &AuthConfig) -> Result<Vec<Key>, config::Error> {
+    let mut keys = Vec::new();
+    for (i, s) in auth.secrets.iter().enumerate() {
+        keys.push(Key::parse(s).map_err(|e| config::Error::Invalid {
+            key: "auth.secrets",
+            reason: format!("entry {i}: {e}"),
+        })?);
+    }
+    for path in &auth.secret_files {
+        let text = std::fs::read_to_string(path).map_err(|e| config::Error::Invalid {
+            key: "auth.secret_files",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            keys.push(Key::parse(line).map_err(|e| config::Error::Invalid {
+                key: "auth.secret_files",
+                reason: format!("{} line {}: {e}", path.display(), n + 1),
+            })?);
+        }
+    }
+    Ok(keys)
 }
 
 /// `webhook-signature` or `svix-signature`; several copies are joined (each may carry entries).
@@ -373,5 +459,54 @@ mod tests {
             g.check_source(ip("10.1.1.1"), &xff("203.0.113.5, garbage")),
             Err(Denied::ForbiddenSource)
         );
+    }
+
+    fn gate_from(toml: &str) -> Result<Gate, config::Error> {
+        Gate::from_config(&crate::config::tests::load_str(toml)?)
+    }
+
+    #[test]
+    fn from_config_builds_what_auth_asks_for() {
+        let g = gate_from("").unwrap();
+        assert!(g.token.is_none() && g.signatures.is_none());
+        let g = gate_from(
+            "[auth]\nheader_name = \"X-Token\"\nheader_values = [\"0123456789abcdef\", \"fedcba9876543210\"]\n",
+        )
+        .unwrap();
+        assert_eq!(g.token.unwrap().digests.len(), 2);
+        let g =
+            gate_from("[auth]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n").unwrap();
+        assert_eq!(g.signatures.unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn secrets_from_files_and_errors_that_do_not_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secrets");
+        std::fs::write(
+            &f,
+            "# rotation: old then new\nwhsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.auth.secret_files = vec![f.clone()];
+        let g = Gate::from_config(&c).unwrap();
+        assert_eq!(g.signatures.unwrap().keys.len(), 2);
+        let mut c = Config::default();
+        c.auth.secrets = vec!["nothex-supersecret".into()];
+        let err = Gate::from_config(&c).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.secrets") && !err.contains("supersecret"),
+            "{err}"
+        );
+        std::fs::write(&f, "whsec_ok\n").unwrap();
+        let mut c = Config::default();
+        c.auth.secret_files = vec![f.clone()];
+        let err = Gate::from_config(&c).unwrap_err().to_string();
+        assert!(err.contains("line 1") && !err.contains("whsec_ok"), "{err}");
+        // Secret files that hold nothing would turn the signature check off without a word.
+        std::fs::write(&f, "# nothing yet\n\n").unwrap();
+        let err = Gate::from_config(&c).unwrap_err().to_string();
+        assert!(err.contains("auth.secret_files"), "{err}");
     }
 }

@@ -15,8 +15,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use hookbridge::app::App;
+use hookbridge::app::{App, Settings};
 use hookbridge::config::Config;
+
+pub mod tls;
 
 /// NATS with JetStream the tests use: `HOOKBRIDGE_TEST_NATS_URL` or the machine's local server.
 pub fn nats_url() -> String {
@@ -135,7 +137,7 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(config: Config) -> TestApp {
-        let settings = config.validate().expect("test config is valid");
+        let settings = Settings::new(config).expect("test config is valid");
         let app = App::bind(settings).await.expect("app binds");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let http = app.http_addr();

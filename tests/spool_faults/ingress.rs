@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookbridge::app::App;
+use hookbridge::app::{App, Settings};
 use hookbridge::config::Config;
 use hookbridge::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +36,7 @@ impl Bridge {
         c.sink.nats.url = "nats://127.0.0.1:1".into();
         c.auth.dedup_wait = dedup_wait;
         c.shutdown.grace = Duration::from_secs(2);
-        let app = App::bind_with_fs(c.validate().unwrap(), Arc::new(fs.clone()))
+        let app = App::bind_with_fs(Settings::new(c).unwrap(), Arc::new(fs.clone()))
             .await
             .expect("app binds");
         let http = app.http_addr();
