@@ -30,12 +30,16 @@ enum Command {
     /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
     /// dead-letter list/requeue). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
     Spool(hookbridge::spoolctl::SpoolArgs),
+    /// Health check against the running bridge's admin listener (`/readyz` or `/livez`), for a
+    /// container HEALTHCHECK or a Kubernetes exec probe. Exit 0 on 200, 1 otherwise.
+    Probe(hookbridge::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Spool(args) => return spool_main(cli.config, args),
+        Command::Probe(args) => return probe_main(cli.config, args),
         Command::CheckConfig => check_config(cli.config),
         Command::Run => run(cli.config),
     };
@@ -58,6 +62,23 @@ fn spool_main(config: Option<PathBuf>, args: hookbridge::spoolctl::SpoolArgs) ->
         Err(e) => {
             eprintln!("hookbridge: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `hookbridge probe …`: one line on stdout when healthy, one on stderr when not; exit 0 or 1.
+fn probe_main(config: Option<PathBuf>, args: hookbridge::probe::ProbeArgs) -> ExitCode {
+    let result = Config::load(config.as_deref())
+        .map_err(hookbridge::probe::Error::from)
+        .and_then(|c| hookbridge::probe::run(&args, &c));
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookbridge probe: {e}");
+            ExitCode::FAILURE
         }
     }
 }
