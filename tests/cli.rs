@@ -188,3 +188,40 @@ async fn probe_asks_the_running_bridge_and_fails_on_a_closed_port() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The image's config (deploy/container.toml) listens on 0.0.0.0, so it must not start without
+/// authentication, and must with a secret given the way deploy/compose.yaml gives it.
+#[test]
+fn the_container_config_needs_authentication() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/container.toml");
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_CONFIG", config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen") && err.contains("allow_unauthenticated"),
+        "{err}"
+    );
+
+    let secret = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-signing-secret");
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_CONFIG", config)
+        .env("HOOKBRIDGE_AUTH__SECRET_FILES", format!("[\"{secret}\"]"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("listen = \"0.0.0.0:9090\""), "{stdout}");
+    assert!(
+        stdout.contains("dir = \"/var/lib/hookbridge/spool\""),
+        "{stdout}"
+    );
+}
