@@ -160,7 +160,7 @@ for _ in $(seq 1 60); do
   if api 'query?query=hookbridge_published_total' 2>/dev/null | python3 -c '
 import json, sys
 r = json.load(sys.stdin)["data"]["result"]
-sys.exit(0 if any(float(x["value"][1]) >= 1 for x in r) else 1)'; then
+sys.exit(0 if any(float(x["value"][1]) >= 1 for x in r) else 1)' 2>/dev/null; then
     ok=1
     break
   fi
