@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;
+pub mod probe;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

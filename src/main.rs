@@ -35,6 +35,9 @@ enum Command {
     /// backlog against the quota, rates, dead letters, errors. Exit codes: 0 ready, 1 not
     /// ready, 2 unreachable.
     Status(hookbridge::status::StatusArgs),
+    /// Health check against the running bridge's admin listener (`/readyz` or `/livez`), for a
+    /// container HEALTHCHECK or a Kubernetes exec probe. Exit 0 on 200, 1 otherwise.
+    Probe(hookbridge::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Spool(args) => return spool_main(cli.config, args),
         Command::Status(args) => return status_main(cli.config, args),
+        Command::Probe(args) => return probe_main(cli.config, args),
         Command::CheckConfig => check_config(cli.config),
         Command::Run => run(cli.config),
     };
@@ -75,6 +79,23 @@ fn status_main(config: Option<PathBuf>, args: hookbridge::status::StatusArgs) ->
         Err(e) => {
             eprintln!("hookbridge: {e}");
             ExitCode::from(hookbridge::status::UNREACHABLE)
+        }
+    }
+}
+
+/// `hookbridge probe …`: one line on stdout when healthy, one on stderr when not; exit 0 or 1.
+fn probe_main(config: Option<PathBuf>, args: hookbridge::probe::ProbeArgs) -> ExitCode {
+    let result = Config::load(config.as_deref())
+        .map_err(hookbridge::probe::Error::from)
+        .and_then(|c| hookbridge::probe::run(&args, &c));
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookbridge probe: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The binary's command line: `check-config` validates and redacts; bad configuration is a clear
-//! startup error that names the key.
+//! startup error that names the key; `probe` asks a running bridge whether it is ready or alive.
+
+mod common;
 
 use std::process::Command;
 
@@ -116,4 +118,126 @@ fn the_shipped_example_config_is_valid_and_hookbridge_config_env_names_the_file(
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("x-hookbridge-token"));
     assert!(!stdout.contains("change-me-to-a-long-random-token"));
+}
+
+/// `hookbridge probe` against a bridge running in this process: 0 and one line on stdout when the
+/// admin listener answers 200, 1 and one line on stderr when nothing listens. The admin listener
+/// is bound to 0.0.0.0, as in the container image, so the probe has to reach it over loopback.
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_asks_the_running_bridge_and_fails_on_a_closed_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path(), "probe");
+    config.admin.listen = "0.0.0.0:0".parse().unwrap();
+    // Nothing is published; core NATS leaves no stream behind on the shared server.
+    config.sink.nats.mode = hookbridge::config::NatsMode::Core;
+    let app = common::TestApp::start(config).await;
+    let admin_listen = format!("0.0.0.0:{}", app.admin.port());
+
+    for (check, path) in [("ready", "/readyz"), ("live", "/livez")] {
+        let listen = admin_listen.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            hookbridge()
+                .args(["probe", check, "--timeout", "5s"])
+                .env("HOOKBRIDGE_ADMIN__LISTEN", listen)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{check}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(
+            stdout.starts_with(&format!(
+                "GET http://127.0.0.1:{}{path}: 200 ",
+                app.admin.port()
+            )),
+            "{stdout}"
+        );
+    }
+    // The same through a config file, the way the image's HEALTHCHECK runs it.
+    let file = dir.path().join("hb.toml");
+    std::fs::write(&file, format!("[admin]\nlisten = \"{admin_listen}\"\n")).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        hookbridge()
+            .args(["probe", "ready", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = app.admin.port();
+    app.stop().await;
+
+    // Nothing listens there any more.
+    let out = hookbridge()
+        .args(["probe", "ready", "--timeout", "5s"])
+        .env("HOOKBRIDGE_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "hookbridge probe: GET http://127.0.0.1:{port}/readyz: "
+        )),
+        "{err}"
+    );
+
+    // A configuration that cannot be loaded is unhealthy too, not a crash with another code.
+    let out = hookbridge()
+        .args(["probe", "live"])
+        .env("HOOKBRIDGE_ADMIN__LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// The image's config (deploy/container.toml) listens on 0.0.0.0, so it must not start without
+/// authentication, and must with a secret given the way deploy/compose.yaml gives it.
+#[test]
+fn the_container_config_needs_authentication() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/container.toml");
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_CONFIG", config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen") && err.contains("allow_unauthenticated"),
+        "{err}"
+    );
+
+    let secret = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-signing-secret");
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_CONFIG", config)
+        .env("HOOKBRIDGE_AUTH__SECRET_FILES", format!("[\"{secret}\"]"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("listen = \"0.0.0.0:9090\""), "{stdout}");
+    assert!(
+        stdout.contains("dir = \"/var/lib/hookbridge/spool\""),
+        "{stdout}"
+    );
 }
