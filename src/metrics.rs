@@ -272,8 +272,26 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let r = &self.registry;
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        for c in self.collectors() {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// The name of every metric family registered, whether or not it has a sample yet (a `*Vec`
+    /// without label values is left out of `/metrics`). `tests/deploy_files.rs` checks the alert
+    /// rules and the dashboard against this list.
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
             Box::new(self.http_requests.clone()),
             Box::new(self.deliveries_accepted.clone()),
             Box::new(self.deliveries_unroutable.clone()),
@@ -306,10 +324,7 @@ impl Metrics {
             Box::new(self.dead_lettered.clone()),
             Box::new(self.dead_letter_records.clone()),
             Box::new(self.kafka_queue_messages.clone()),
-        ];
-        for c in collectors {
-            r.register(c).expect("metric names are unique");
-        }
+        ]
     }
 
     /// Prometheus text exposition of everything registered.
