@@ -152,7 +152,7 @@ async fn svix_signed_deliveries_over_https_reach_nats() {
         .expect("python3 runs");
     assert!(
         probe.status.success(),
-        "this test needs the Svix Python library: python3 -m pip install svix requests ({})",
+        "this test needs the Svix Python library: run scripts/test, which installs it ({})",
         String::from_utf8_lossy(&probe.stderr).trim()
     );
     let dir = tempfile::tempdir().unwrap();

@@ -286,9 +286,12 @@ impl Received {
 }
 
 pub async fn jetstream(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url)
-        .await
-        .expect("test connects to NATS");
+    let client = async_nats::connect(url).await.unwrap_or_else(|e| {
+        panic!(
+            "no NATS with JetStream at {url} ({e}): run scripts/test, which starts one \
+             (or set HOOKBRIDGE_TEST_NATS_URL)"
+        )
+    });
     jetstream::new(client)
 }
 
@@ -363,7 +366,7 @@ pub fn nats_server_bin() -> PathBuf {
             return p.into();
         }
     }
-    panic!("nats-server not found; set NATS_SERVER_BIN")
+    panic!("nats-server not found: run scripts/test, which installs it (or set NATS_SERVER_BIN)")
 }
 
 /// A private NATS server (JetStream on, own storage) the test can stop and restart on one port.
@@ -621,7 +624,7 @@ pub fn tansu_bin() -> PathBuf {
     let p = Path::new(&home).join(".cargo/bin/tansu");
     assert!(
         p.exists(),
-        "tansu not found; install it (see .ci/run) or set TANSU_BIN"
+        "tansu not found: run scripts/test, which installs it (or set TANSU_BIN)"
     );
     p
 }
@@ -777,7 +780,7 @@ pub async fn kafka_python_consume(
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "kafka-python consumer failed: {}",
+        "kafka-python consumer failed (missing kafka-python? run scripts/test, which installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
