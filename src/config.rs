@@ -25,6 +25,9 @@ const REDACTED: &str = "<redacted>";
 /// large, with its record overhead, still fits the spool format's `MAX_RECORD_BYTES`.
 pub const MAX_BODY_BYTES: u32 = 64 * 1024 * 1024;
 
+/// Upper bound on `spool.retain_confirmed`.
+const MAX_RETAIN_CONFIRMED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
@@ -187,6 +190,13 @@ pub struct SpoolSection {
     /// on a segment write, which fails the spool until restart. It also leaves room for the
     /// dead-letter store in the same directory. 0 disables the check. Default 256 MiB.
     pub min_free_bytes: u64,
+    /// How long confirmed records stay on disk after the broker confirmed them, so that
+    /// `hookbridge spool replay` can put back what a broker acknowledged but lost before syncing
+    /// it (JetStream syncs every 2 minutes by default). Counted in `max_bytes`, but evicted
+    /// first, oldest segment first, whenever new deliveries need the room: retention never
+    /// causes a 503. `0s` deletes confirmed segments at once. At most 7 days. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub retain_confirmed: Duration,
 }
 
 impl Default for SpoolSection {
@@ -198,6 +208,7 @@ impl Default for SpoolSection {
             max_batch_bytes: 4 * 1024 * 1024,
             confirm_interval: Duration::from_millis(100),
             min_free_bytes: 256 * 1024 * 1024,
+            retain_confirmed: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -624,6 +635,13 @@ impl Config {
         if c.spool.max_batch_bytes == 0 {
             return Err(invalid("spool.max_batch_bytes", "must be positive"));
         }
+        if c.spool.retain_confirmed > MAX_RETAIN_CONFIRMED {
+            // Retention is for a broker's unsynced tail (minutes), not an archive.
+            return Err(invalid(
+                "spool.retain_confirmed",
+                "must be at most 7 days (0s disables retention)",
+            ));
+        }
         if c.forward.max_in_flight == 0 {
             return Err(invalid("forward.max_in_flight", "must be positive"));
         }
@@ -811,6 +829,17 @@ mod tests {
         assert_eq!(s.raw.http.listen.to_string(), "127.0.0.1:8080");
         assert!(s.gate.token.is_none() && s.gate.signatures.is_none());
         assert_eq!(s.raw.spool.min_free_bytes, 256 << 20);
+        assert_eq!(s.raw.spool.retain_confirmed, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn retain_confirmed_is_a_duration_with_a_bound() {
+        let c = load_str("[spool]\nretain_confirmed = \"0s\"\n").unwrap();
+        assert!(c.raw.spool.retain_confirmed.is_zero());
+        let c = load_str("[spool]\nretain_confirmed = \"10m\"\n").unwrap();
+        assert_eq!(c.raw.spool.retain_confirmed, Duration::from_secs(600));
+        let err = load_str("[spool]\nretain_confirmed = \"8days\"\n").unwrap_err();
+        assert!(err.to_string().contains("spool.retain_confirmed"), "{err}");
     }
 
     #[test]

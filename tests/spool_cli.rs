@@ -28,6 +28,7 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
         max_batch_bytes: 1024 * 1024,
         confirm_interval: Duration::from_millis(10),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     }
 }
 

@@ -273,6 +273,11 @@ pub struct SpoolConfig {
     /// Appends fail with `Error::Full` while the filesystem holding `dir` has less free space
     /// than this (sampled, see the module docs). 0 disables the check.
     pub min_free_bytes: u64,
+    /// How long a segment whose records are all confirmed is kept, counted from when the writer
+    /// first saw it fully covered by the persisted confirmed position (see "Retention"). Such
+    /// segments are evicted earlier, oldest first, when an append needs the room. Zero deletes
+    /// them as soon as the position covering them is persisted.
+    pub retain_confirmed: Duration,
 }
 
 /// One record as read back from the spool.
@@ -317,6 +322,14 @@ pub struct Stats {
     pub next_seq: u64,
     /// Age of the oldest unconfirmed record, if any.
     pub oldest_unconfirmed_age: Option<Duration>,
+    /// Confirmed records still on disk (kept for `retain_confirmed`, or sharing a segment with
+    /// unconfirmed ones).
+    pub retained_records: u64,
+    /// Bytes of segment files holding only confirmed records: included in `bytes`, and what
+    /// eviction can free at once.
+    pub retained_bytes: u64,
+    /// Age since append of the oldest confirmed record still on disk, if any.
+    pub oldest_retained_age: Option<Duration>,
 }
 
 /// Whether the spool accepts appends.
@@ -516,20 +529,29 @@ impl Spool {
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
         let confirmed = shared.confirmed();
-        let (records, oldest_ms, segments) = {
+        let (records, oldest_ms, retained_records, oldest_retained_ms, segments) = {
             let table = lock(&shared.segments);
             let (records, oldest) = table.unconfirmed(confirmed);
-            (records, oldest, table.segs.len())
+            let (retained, oldest_retained) = table.retained(confirmed);
+            (records, oldest, retained, oldest_retained, table.segs.len())
         };
-        let bytes = lock(&shared.quota).disk;
+        let (bytes, retained_bytes) = {
+            let q = lock(&shared.quota);
+            (q.disk, q.retained)
+        };
+        let now = now_ms();
         Stats {
+            retained_records,
+            retained_bytes,
+            oldest_retained_age: oldest_retained_ms
+                .map(|at| Duration::from_millis(now.saturating_sub(at))),
             records,
             bytes,
             segments,
             confirmed,
             next_seq: shared.next_seq.load(Ordering::Acquire),
             oldest_unconfirmed_age: oldest_ms
-                .map(|at| Duration::from_millis(now_ms().saturating_sub(at))),
+                .map(|at| Duration::from_millis(now.saturating_sub(at))),
         }
     }
 

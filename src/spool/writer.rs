@@ -118,6 +118,8 @@ impl Writer {
     /// and the queue is drained; the result is what `close` reports.
     pub(crate) fn run(mut self) -> Result<(), Error> {
         let _guard = PanicGuard(self.shared.clone());
+        // Segments recovery found fully confirmed start their retention clock now.
+        self.refresh_retained();
         let interval = self.shared.cfg.confirm_interval.max(MIN_CONFIRM_INTERVAL);
         let max_batch = self.shared.cfg.max_batch_bytes as u64;
         // A request drained from the queue that did not fit the previous batch.
@@ -163,7 +165,10 @@ impl Writer {
         let reserved: u64 = batch.iter().map(|r| r.reserved).sum();
         let result = match self.shared.poison_reason() {
             Some(reason) => Err(reason.to_owned()),
-            None => self.write_batch(&batch),
+            None => {
+                self.make_room(reserved);
+                self.write_batch(&batch)
+            }
         };
         lock(&self.shared.quota).release(reserved);
         match result {
@@ -286,17 +291,20 @@ impl Writer {
         let offset = a.len;
         a.len += run.len() as u64;
         a.next_seq = first_seq + frames;
-        {
-            let mut table = lock(&self.shared.segments);
-            let meta = table
-                .get_mut(a.base)
-                .expect("the active segment is in the table");
-            meta.len = a.len;
-            // One checkpoint candidate per run (its first frame) keeps the index sparse.
-            meta.note_frame(first_seq, offset, at_ms);
-            meta.last_seq = Some(first_seq + frames - 1);
-        }
-        lock(&self.shared.quota).wrote(run.len() as u64);
+        let mut table = lock(&self.shared.segments);
+        let meta = table
+            .get_mut(a.base)
+            .expect("the active segment is in the table");
+        meta.len = a.len;
+        // One checkpoint candidate per run (its first frame) keeps the index sparse.
+        meta.note_frame(first_seq, offset, at_ms);
+        meta.last_seq = Some(first_seq + frames - 1);
+        // The active segment may just have stopped being fully confirmed: `disk` and
+        // `retained` change under one quota lock, so no append sees one without the other.
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let mut quota = lock(&self.shared.quota);
+        quota.wrote(run.len() as u64);
+        quota.retained = retained;
         Ok(())
     }
 
@@ -329,10 +337,14 @@ impl Writer {
             len: SEGMENT_HEADER_LEN,
             next_seq: base,
         });
-        lock(&self.shared.segments)
+        let mut table = lock(&self.shared.segments);
+        table
             .segs
             .push_back(SegmentMeta::new(base, self.dir.join(&name)));
-        lock(&self.shared.quota).wrote(SEGMENT_HEADER_LEN);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let mut quota = lock(&self.shared.quota);
+        quota.wrote(SEGMENT_HEADER_LEN);
+        quota.retained = retained;
         Ok(())
     }
 
@@ -344,6 +356,8 @@ impl Writer {
         }
         if self.last_free_sample.elapsed() >= FREE_SPACE_SAMPLE_EVERY {
             self.resample_free_space();
+            // Retained segments expire with time alone; once a second is accuracy enough.
+            self.deletions_due |= !self.shared.cfg.retain_confirmed.is_zero();
         }
         let confirmed = self.shared.confirmed();
         if confirmed > self.persisted && self.last_persist.elapsed() >= interval {
@@ -375,31 +389,45 @@ impl Writer {
             &encode_confirmed(confirmed),
         )?;
         self.persisted = confirmed;
+        self.refresh_retained();
         self.delete_confirmed_segments();
         Ok(())
     }
 
-    /// Deletes every segment all of whose records are <= the persisted position, oldest first.
-    /// A segment's records all lie below the next segment's base; the newest segment is kept
-    /// (appends continue it) unless the quota is so tight that a maximum-size record no longer
-    /// fits: then, being fully confirmed, it is retired too and the next append starts a new
-    /// segment. That is safe because the durable `confirmed` file keeps the seq high-water mark.
+    /// Deletes, oldest first, every segment whose retention ran out: all of its records are <=
+    /// the persisted position, and it was first seen so at least `retain_confirmed` ago (with
+    /// `0s`, at once). The newest segment is kept (appends continue it) unless the quota is so
+    /// tight that a maximum-size record no longer fits: then, fully confirmed and expired, it is
+    /// retired too and the next append starts a new segment. That is safe because the durable
+    /// `confirmed` file keeps the seq high-water mark. Fully confirmed segments still inside
+    /// their retention go only by eviction ([`Self::make_room`]).
     fn delete_confirmed_segments(&mut self) {
         self.deletions_due = false;
         let persisted = self.persisted;
+        let retain_ms = self.shared.cfg.retain_confirmed.as_millis() as u64;
+        let now = now_ms();
         let victims: Vec<(u64, PathBuf, u64)> = {
-            let table = lock(&self.shared.segments);
+            let mut table = lock(&self.shared.segments);
+            table.stamp_retained(persisted, now);
+            let n = table.expired(retain_ms, now);
             let mut v: Vec<_> = table
                 .segs
                 .iter()
-                .zip(table.segs.iter().skip(1))
-                .take_while(|(_, next)| next.base <= persisted.saturating_add(1))
-                .map(|(s, _)| (s.base, s.path.clone(), s.len))
+                .take(n)
+                .map(|s| (s.base, s.path.clone(), s.len))
                 .collect();
             if let Some(newest) = table.segs.back() {
-                // Fully confirmed implies every older segment is already in `v`.
-                let fully_confirmed = newest.last_seq.is_some_and(|l| l <= persisted);
-                if fully_confirmed && self.quota_pressed(&v) {
+                // Fully confirmed implies every older segment is fully confirmed too; expired
+                // ones among them are already in `v`.
+                let i = table.segs.len() - 1;
+                let expired = newest
+                    .confirmed_at_ms
+                    .is_some_and(|at| now.saturating_sub(at) >= retain_ms);
+                if n == i
+                    && table.fully_confirmed(i, persisted)
+                    && expired
+                    && self.quota_pressed(&v)
+                {
                     v.push((newest.base, newest.path.clone(), newest.len));
                 }
             }
@@ -419,13 +447,7 @@ impl Writer {
                 tracing::error!(segment = %path.display(), error = %e, "deleting a confirmed segment failed; will retry after the next persist");
                 break;
             }
-            let mut table = lock(&self.shared.segments);
-            table.segs.retain(|s| s.base != base);
-            drop(table);
-            lock(&self.shared.quota).freed(len);
-            if self.active.as_ref().is_some_and(|a| a.base == base) {
-                self.active = None;
-            }
+            self.forget_segment(base, len);
             removed += 1;
         }
         if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
@@ -445,6 +467,102 @@ impl Writer {
         );
         // Deleting is what frees space: look at once rather than refuse for up to a period.
         self.resample_free_space();
+    }
+
+    /// Rule 6: before a batch is written, evicts fully confirmed segments, oldest first, while
+    /// the batch (`reserved` bytes) would not fit the quota or would eat into `min_free_bytes`.
+    /// Appends were admitted counting retained bytes as free, so this is what keeps the segment
+    /// files within `max_bytes`. Only segments covered by the persisted position are ever
+    /// candidates (invariant 3): an unconfirmed record is never evicted.
+    fn make_room(&mut self, reserved: u64) {
+        let cfg = &self.shared.cfg;
+        let (max_bytes, min_free) = (cfg.max_bytes, cfg.min_free_bytes);
+        let mut evicted = 0u64;
+        loop {
+            let pressed = {
+                let q = lock(&self.shared.quota);
+                q.retained > 0
+                    && (q.disk + reserved > max_bytes
+                        || (min_free > 0 && q.fs_free.saturating_sub(reserved) < min_free))
+            };
+            if !pressed {
+                break;
+            }
+            let victim = {
+                let table = lock(&self.shared.segments);
+                // Invariant 3: only a segment every record of which the persisted position covers.
+                match table.segs.front() {
+                    Some(s) if table.fully_confirmed(0, self.persisted) => {
+                        let records = match table.segs.get(1) {
+                            Some(next) => next.base - s.base,
+                            None => s.last_seq.map_or(0, |l| l + 1 - s.base),
+                        };
+                        Some((s.base, s.path.clone(), s.len, records))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((base, path, len, records)) = victim else {
+                break;
+            };
+            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(segment = %path.display(), error = %e, "evicting a retained segment failed");
+                break;
+            }
+            self.forget_segment(base, len);
+            // The estimate until the resample below.
+            let mut q = lock(&self.shared.quota);
+            q.fs_free = q.fs_free.saturating_add(len);
+            drop(q);
+            self.shared.metrics.spool_evicted_segments.inc();
+            self.shared.metrics.spool_evicted_records.inc_by(records);
+            evicted += 1;
+        }
+        if evicted > 0 {
+            if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
+                // As after any deletion of confirmed segments: a lost unlink only brings back
+                // confirmed records, which are evicted again when needed.
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(error = %e, "fsync of the spool directory after evicting segments failed");
+            }
+            tracing::info!(
+                segments = evicted,
+                "evicted retained confirmed segments to make room for new deliveries"
+            );
+            self.resample_free_space();
+        }
+    }
+
+    /// Drops a deleted segment from the table and the quota (with the retained bytes it held).
+    fn forget_segment(&mut self, base: u64, len: u64) {
+        let mut table = lock(&self.shared.segments);
+        table.segs.retain(|s| s.base != base);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let mut quota = lock(&self.shared.quota);
+        quota.freed(len);
+        quota.retained = retained;
+        drop(quota);
+        drop(table);
+        if self.active.as_ref().is_some_and(|a| a.base == base) {
+            self.active = None;
+        }
+    }
+
+    /// Recomputes the retained bytes (and starts the retention clock of newly fully confirmed
+    /// segments) after the persisted position moved.
+    fn refresh_retained(&mut self) {
+        let mut table = lock(&self.shared.segments);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        lock(&self.shared.quota).retained = retained;
     }
 
     fn resample_free_space(&mut self) {

@@ -37,6 +37,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     }
 }
 
@@ -285,6 +286,7 @@ async fn low_free_space_refuses_appends_with_full() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SpoolConfig {
         min_free_bytes: MIN_FREE,
+        retain_confirmed: Duration::ZERO,
         ..config(dir.path())
     };
     let fs = FaultFs::new(Arc::new(RealFs));
