@@ -99,7 +99,7 @@ impl Writer {
         persisted: u64,
     ) -> Writer {
         let dir = shared.cfg.dir.clone();
-        Writer {
+        let mut writer = Writer {
             shared,
             rx,
             dir,
@@ -111,15 +111,17 @@ impl Writer {
             deletions_due: true,
             buf: Vec::new(),
             _lock: lock,
-        }
+        };
+        // Before `open` returns, so no append is judged without them: segments recovery found
+        // fully confirmed count as retained, and their retention clock starts now.
+        writer.refresh_retained();
+        writer
     }
 
     /// The thread body. Returns once every sender is gone (close, or the last handle dropped)
     /// and the queue is drained; the result is what `close` reports.
     pub(crate) fn run(mut self) -> Result<(), Error> {
         let _guard = PanicGuard(self.shared.clone());
-        // Segments recovery found fully confirmed start their retention clock now.
-        self.refresh_retained();
         let interval = self.shared.cfg.confirm_interval.max(MIN_CONFIRM_INTERVAL);
         let max_batch = self.shared.cfg.max_batch_bytes as u64;
         // A request drained from the queue that did not fit the previous batch.
