@@ -1,15 +1,16 @@
 //! `hookbridge spool …`: operator tools for the spool and the dead-letter store.
 //!
 //! Two kinds of command, and the line between them is the spool lock:
-//! * **read-only** (`stats`, `verify`, `inspect`, `dead-letter list`) never take the lock and
-//!   never create, truncate, move or delete a file, so they are safe next to a running bridge.
-//!   They read through [`crate::spool::inspect`].
-//! * **changing** (`dead-letter requeue`) opens the [`Spool`], which takes the lock: while a
-//!   bridge runs it is refused before anything is touched.
+//! * **read-only** (`stats`, `verify`, `inspect`, `dead-letter list`, `replay --dry-run`) never
+//!   take the lock and never create, truncate, move or delete a file, so they are safe next to a
+//!   running bridge. They read through [`crate::spool::inspect`].
+//! * **changing** (`dead-letter requeue`, `replay`) opens the [`Spool`], which takes the lock:
+//!   while a bridge runs it is refused before anything is touched.
 //!
 //! Exit codes, for every `spool` command: 0 done (for `verify`: no damage); 1 `verify` found
 //! damage, or a changing command was refused (lock held, nothing selected, a record it could not
-//! requeue); 2 could not run (configuration, no such directory, I/O error, bad arguments).
+//! requeue, the spool full part-way through a replay); 2 could not run (configuration, no such
+//! directory, I/O error, bad arguments).
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;

@@ -74,6 +74,11 @@
 //! 4. `confirmed.tmp` is fsync'd before it is renamed, and the directory is fsync'd before any
 //!    segment the new position covers is deleted.
 //! 5. A torn tail is truncated, and the truncation fsync'd, before new frames follow it.
+//! 6. A segment is deleted — when its retention runs out, or evicted early for room — only if
+//!    every record in it is at or below the *persisted* confirmed position (invariant 3), and only
+//!    by the writer thread. Eviction happens only right before a batch is written that would
+//!    otherwise exceed `max_bytes` or eat into `min_free_bytes`, oldest segment first and no more
+//!    than that batch needs; so retained bytes can be counted as free when an append is admitted.
 //!
 //! # Sequence numbers
 //!
@@ -123,13 +128,47 @@
 //! # Confirming and deleting
 //!
 //! [`Spool::confirm`] only raises an in-memory atomic. The writer persists it (as above) at most
-//! once per `confirm_interval` while it moves, and on `close`. After persisting it deletes, oldest
-//! first, every segment whose records are all <= the *persisted* position (a segment is fully
-//! confirmed when the next segment's base is <= persisted + 1), then fsyncs the directory. The
-//! newest segment is kept — appends continue it — except when it is fully confirmed and the
-//! quota is too tight to accept a maximum-size record: then it is deleted too (the `confirmed`
-//! file keeps the seq high-water mark) and the next append starts a new one. A segment holding
-//! an unconfirmed record is never deleted.
+//! once per `confirm_interval` while it moves, and on `close`. A segment is *fully confirmed*
+//! when all its records are <= the *persisted* position (the next segment's base is <=
+//! persisted + 1; for the newest, its last record is <= persisted). A segment holding an
+//! unconfirmed record is never deleted (rule 6).
+//!
+//! ## Retention
+//!
+//! A broker's confirmation is not always a disk write (JetStream acknowledges from the page
+//! cache and syncs every two minutes by default; Kafka's `acks=all` means the replicas' page
+//! caches), so the spool keeps fully confirmed segments for [`SpoolConfig::retain_confirmed`]
+//! and the operator can put their records back (`hookbridge spool replay`).
+//!
+//! * **The clock** of a segment starts when the writer first sees it fully confirmed, right
+//!   after persisting the position (`SegmentMeta::confirmed_at_ms`): the broker's unsynced window
+//!   starts at its acknowledgement, not at our append, and a record appended during a long
+//!   outage is as exposed when it is finally confirmed as a fresh one — an append-time clock
+//!   would delete it at once. The time lives in memory only: the `confirmed` file has none, and
+//!   adding one would be a format change for a figure that only has to err on the long side.
+//!   Recovery therefore knows just that the confirmation came after the segment's last
+//!   `appended_at_ms` and before the open; it takes the open (the longer retention), so a
+//!   restart starts a new window for what is retained. Eviction bounds the cost.
+//! * **Expiry.** At each persist, and about once a second while retention is on, the writer
+//!   deletes, oldest first, the fully confirmed segments whose clock is at least
+//!   `retain_confirmed` old (with `0s`: every fully confirmed one, at once), then fsyncs the
+//!   directory. The newest segment is kept — appends continue it — except when it is fully
+//!   confirmed, expired and the quota is too tight to accept a maximum-size record: then it is
+//!   deleted too (the `confirmed` file keeps the seq high-water mark) and the next append starts
+//!   a new one. Granularity is the segment: a record is kept until the *last* record of its
+//!   segment has been confirmed for `retain_confirmed`.
+//! * **Eviction.** Retained bytes (`Quota::retained`, the sum of the fully confirmed segments,
+//!   kept by the writer under the quota lock together with `disk`) count as free when an
+//!   append is admitted, both for `max_bytes` and for `min_free_bytes`: retention never causes
+//!   [`Error::Full`] or [`Health::Full`]. The writer keeps that promise before it writes a
+//!   batch: while the batch would not fit the quota or would eat into the free-space margin, it
+//!   deletes the oldest fully confirmed segment (the newest too, if it is fully confirmed; it
+//!   then starts a new one), counting `spool_evicted_segments` / `spool_evicted_records`. Only
+//!   fully confirmed segments are candidates, so an unconfirmed record is never evicted.
+//!
+//! [`Stats`] reports the confirmed records still on disk (`retained_records`, whatever segment
+//! they are in), the bytes eviction could free at once (`retained_bytes`) and the append age of
+//! the oldest one.
 //!
 //! # Recovery (inside `open`)
 //!
@@ -147,7 +186,10 @@
 //!    after their header is fsync'd, so it never held a record of ours). A short or bad header,
 //!    or one disagreeing with the file name, moves the file into `damaged/` (never deleted); it is
 //!    listed in [`RecoveryReport::segments_moved_aside`] and its records are not replayed.
-//! 5. Delete segments fully covered by the confirmed position (left by a crash before deletion).
+//! 5. Without retention (`retain_confirmed` = 0), delete segments fully covered by the confirmed
+//!    position (left by a crash before deletion). With retention they are kept and scanned like
+//!    the rest; before `open` returns, the writer counts them as retained (so appends may evict
+//!    them at once) and starts their clock at the open time (see "Retention").
 //! 6. Scan every frame of the remaining segments:
 //!    * A bad frame (incomplete, `len` above `MAX_RECORD_BYTES`, CRC mismatch, or a seq that does
 //!      not continue the segment) followed by valid data is corruption: logged as an error with segment and
@@ -174,10 +216,11 @@
 //!
 //! # Quota and health
 //!
-//! `append` fails with [`Error::Full`], before queueing, when bytes of segment files + bytes
-//! reserved by queued appends + this record's reservation would exceed `max_bytes`. A
-//! reservation is the frame plus one segment header (the record may open a new segment), so the
-//! segment files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
+//! `append` fails with [`Error::Full`], before queueing, when bytes of segment files − retained
+//! bytes + bytes reserved by queued appends + this record's reservation would exceed
+//! `max_bytes`. A reservation is the frame plus one segment header (the record may open a new
+//! segment), and the writer evicts retained segments before writing (rule 6), so the segment
+//! files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
 //! maximum-size record could not be accepted right now (free room < `max_append_bytes` + frame
 //! header + segment header), which includes every state in which the last append was refused
 //! for quota; it clears as soon as deletion frees room.
@@ -185,11 +228,11 @@
 //! `min_free_bytes` (0: off) guards the filesystem as a whole, which the spool shares with the
 //! dead-letter store and usually with other programs: `append` also fails with
 //! [`Error::Full`] (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as
-//! `full`) when the estimated free space, less queued reservations and this record's, would drop
-//! below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
+//! `full`) when the estimated free space plus retained bytes (eviction frees them), less queued
+//! reservations and this record's, would drop below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
 //! that reason. The estimate is cheap: the writer thread samples statvfs (`f_bavail * f_frsize`)
 //! at open, at most once a second (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after
-//! deleting segments; between samples it subtracts every byte it writes, so the spool cannot
+//! deleting or evicting segments; between samples it subtracts every byte it writes, so the spool cannot
 //! eat into the margin by itself, and space used or freed by other processes is seen within
 //! about a second. No syscall on the append path. A failing statvfs is logged and counted
 //! (`spool_errors{op="statvfs"}`) and disables the guard until a sample succeeds; it does not

@@ -411,6 +411,7 @@ impl Writer {
         let victims: Vec<(u64, PathBuf, u64)> = {
             let mut table = lock(&self.shared.segments);
             table.stamp_retained(persisted, now);
+            // Invariant 3: `expired` only counts segments stamped fully confirmed.
             let n = table.expired(retain_ms, now);
             let mut v: Vec<_> = table
                 .segs
