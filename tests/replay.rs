@@ -33,6 +33,34 @@ fn spool_cmd(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// [`spool_cmd`] for a command that takes the spool lock right after this process let go of it
+/// (the in-process bridge stopped): between the fork and the exec of a child another test here
+/// spawns, that child holds a copy of the `LOCK` descriptor, so retry briefly on "locked".
+fn spool_cmd_after_close(dir: &Path, args: &[&str]) -> Output {
+    for _ in 0..50 {
+        let o = spool_cmd(dir, args);
+        if !(o.status.code() == Some(1) && text(&o).contains("is locked")) {
+            return o;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("spool stayed locked")
+}
+
+/// `Spool::open`, retrying briefly on `Locked` for the same reason.
+fn open_spool(
+    cfg: SpoolConfig,
+    metrics: Arc<Metrics>,
+) -> (Spool, hookbridge::spool::RecoveryReport) {
+    for _ in 0..100 {
+        match Spool::open(cfg.clone(), metrics.clone()) {
+            Err(Error::Locked) => std::thread::sleep(Duration::from_millis(10)),
+            r => return r.unwrap(),
+        }
+    }
+    panic!("spool stayed locked")
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -180,7 +208,7 @@ async fn jetstream_that_lost_acknowledged_messages_gets_them_back_by_replay() {
     // stream (the bridge recreates it).
     delete_stream(&js, &stream).await;
 
-    let o = spool_cmd(dir.path(), &["replay", "--since", &started]);
+    let o = spool_cmd_after_close(dir.path(), &["replay", "--since", &started]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains(&format!("replayed {} record(s)", sent.len())),
@@ -230,7 +258,7 @@ async fn kafka_broker_restarted_empty_gets_everything_back_by_replay() {
     // In-memory storage: a restart is a broker that lost everything, topics included.
     tansu.stop();
     tansu.start().await;
-    let o = spool_cmd(dir.path(), &["replay", "--since", "1"]);
+    let o = spool_cmd_after_close(dir.path(), &["replay", "--since", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     let app = TestApp::start(cfg).await;
@@ -271,7 +299,7 @@ async fn retained_records_are_evicted_before_any_append_is_refused() {
         retain_confirmed: Duration::from_secs(3600),
     };
     let metrics = Arc::new(Metrics::new());
-    let (spool, _) = Spool::open(cfg.clone(), metrics.clone()).unwrap();
+    let (spool, _) = open_spool(cfg.clone(), metrics.clone());
     let payload = |i: u64| Bytes::from(format!("{i:0>1000}"));
     let frame = 24 + 1000u64;
     // Phase 1: confirmed records up to well past what health alone would call full.
@@ -402,7 +430,7 @@ async fn retained_segments_expire_and_survive_a_restart() {
         retain_confirmed: retain,
     };
     let retain = Duration::from_millis(1500);
-    let (spool, _) = Spool::open(cfg(retain), Arc::new(Metrics::new())).unwrap();
+    let (spool, _) = open_spool(cfg(retain), Arc::new(Metrics::new()));
     let mut seq = 0;
     for i in 0..20u64 {
         seq = spool
@@ -424,7 +452,7 @@ async fn retained_segments_expire_and_survive_a_restart() {
     assert!(s.oldest_retained_age.unwrap() >= Duration::from_millis(300));
     spool.close().await.unwrap();
 
-    let (spool, report) = Spool::open(cfg(retain), Arc::new(Metrics::new())).unwrap();
+    let (spool, report) = open_spool(cfg(retain), Arc::new(Metrics::new()));
     let reopened = Instant::now();
     assert_eq!(
         (report.segments, report.records),
@@ -449,7 +477,7 @@ async fn retained_segments_expire_and_survive_a_restart() {
     spool.close().await.unwrap();
 
     // The newest stays (appends continue it) until a restart without retention.
-    let (spool, report) = Spool::open(cfg(Duration::ZERO), Arc::new(Metrics::new())).unwrap();
+    let (spool, report) = open_spool(cfg(Duration::ZERO), Arc::new(Metrics::new()));
     assert_eq!(report.segments, 1);
     assert_eq!(
         spool.append(Bytes::from_static(b"x")).await.unwrap(),

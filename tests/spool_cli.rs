@@ -32,10 +32,18 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
     }
 }
 
+/// Opens the spool, retrying briefly while it is `Locked`: another test in this process may be
+/// spawning a `hookbridge` child, and between its fork and exec the child holds a copy of every
+/// descriptor, our just-closed spool's flock'd `LOCK` included (close-on-exec lets go only at
+/// the exec).
 fn open(dir: &Path) -> Spool {
-    Spool::open(spool_cfg(dir), Arc::new(Metrics::new()))
-        .unwrap()
-        .0
+    for _ in 0..100 {
+        match Spool::open(spool_cfg(dir), Arc::new(Metrics::new())) {
+            Err(hookbridge::spool::Error::Locked) => std::thread::sleep(Duration::from_millis(10)),
+            r => return r.unwrap().0,
+        }
+    }
+    panic!("spool stayed locked for a second")
 }
 
 fn delivery(i: u64, action: &str) -> Delivery {

@@ -171,11 +171,6 @@ pub(crate) struct SegmentTable {
 }
 
 impl SegmentTable {
-    pub(crate) fn get_mut(&mut self, base: u64) -> Option<&mut SegmentMeta> {
-        let i = self.segs.binary_search_by_key(&base, |s| s.base).ok()?;
-        self.segs.get_mut(i)
-    }
-
     /// The segment that would hold `seq`: the last one whose base is <= seq, else the first.
     pub(crate) fn index_for_seq(&self, seq: u64) -> Option<usize> {
         if self.segs.is_empty() {

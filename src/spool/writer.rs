@@ -294,19 +294,26 @@ impl Writer {
         a.len += run.len() as u64;
         a.next_seq = first_seq + frames;
         let mut table = lock(&self.shared.segments);
-        let meta = table
-            .get_mut(a.base)
-            .expect("the active segment is in the table");
+        let newest = table.segs.len() - 1;
+        // The active segment is the newest. If it was fully confirmed it counted as retained;
+        // with this unconfirmed record it no longer does. O(1), unlike a recount: this runs for
+        // every batch.
+        let was_retained = table.fully_confirmed(newest, self.persisted);
+        let meta = &mut table.segs[newest];
+        debug_assert_eq!(meta.base, a.base, "the active segment is the newest");
+        let old_len = meta.len;
         meta.len = a.len;
         // One checkpoint candidate per run (its first frame) keeps the index sparse.
         meta.note_frame(first_seq, offset, at_ms);
         meta.last_seq = Some(first_seq + frames - 1);
-        // The active segment may just have stopped being fully confirmed: `disk` and
-        // `retained` change under one quota lock, so no append sees one without the other.
-        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        meta.confirmed_at_ms = None;
+        // `disk` and `retained` change under one quota lock, so no append sees one without the
+        // other.
         let mut quota = lock(&self.shared.quota);
         quota.wrote(run.len() as u64);
-        quota.retained = retained;
+        if was_retained {
+            quota.retained = quota.retained.saturating_sub(old_len);
+        }
         Ok(())
     }
 
