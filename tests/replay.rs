@@ -448,7 +448,10 @@ async fn retained_segments_expire_and_survive_a_restart() {
         (s.segments, s.records, s.retained_records),
         (segments, 0, 20)
     );
-    assert_eq!(s.retained_bytes, s.bytes, "all of it is evictable");
+    assert!(
+        s.bytes - s.retained_bytes <= 4096,
+        "all but the newest segment is evictable: {s:?}"
+    );
     assert!(s.oldest_retained_age.unwrap() >= Duration::from_millis(300));
     spool.close().await.unwrap();
 

@@ -152,23 +152,28 @@
 //! * **Expiry.** At each persist, and about once a second while retention is on, the writer
 //!   deletes, oldest first, the fully confirmed segments whose clock is at least
 //!   `retain_confirmed` old (with `0s`: every fully confirmed one, at once), then fsyncs the
-//!   directory. The newest segment is kept — appends continue it — except when it is fully
-//!   confirmed, expired and the quota is too tight to accept a maximum-size record: then it is
-//!   deleted too (the `confirmed` file keeps the seq high-water mark) and the next append starts
-//!   a new one. Granularity is the segment: a record is kept until the *last* record of its
-//!   segment has been confirmed for `retain_confirmed`.
-//! * **Eviction.** Retained bytes (`Quota::retained`, the sum of the fully confirmed segments,
+//!   directory. Granularity is the segment: a record is kept until the *last* record of its
+//!   segment has been confirmed for `retain_confirmed`. The newest segment never expires —
+//!   appends continue it.
+//! * **Eviction.** Retained bytes (`Quota::retained`: the *sealed* fully confirmed segments,
 //!   kept by the writer under the quota lock together with `disk`) count as free when an
 //!   append is admitted, both for `max_bytes` and for `min_free_bytes`: retention never causes
 //!   [`Error::Full`] or [`Health::Full`]. The writer keeps that promise before it writes a
 //!   batch: while the batch would not fit the quota or would eat into the free-space margin, it
-//!   deletes the oldest fully confirmed segment (the newest too, if it is fully confirmed; it
-//!   then starts a new one), counting `spool_evicted_segments` / `spool_evicted_records`. Only
-//!   fully confirmed segments are candidates, so an unconfirmed record is never evicted.
+//!   deletes the oldest sealed fully confirmed segment, counting `spool_evicted_segments` /
+//!   `spool_evicted_records`. Only fully confirmed segments are candidates, so an unconfirmed
+//!   record is never evicted. The newest segment is not counted, even when fully confirmed:
+//!   the next append may continue it, after which it could not be evicted, and appends
+//!   admitted on its room would overrun the quota. Instead, as without retention, when it is
+//!   fully confirmed and the quota could not take a maximum-size record even with every sealed
+//!   retained segment gone, the deletion pass (at each persist, rotation, and once a second)
+//!   deletes it with every older segment (the `confirmed` file keeps the seq high-water mark)
+//!   and the next append starts a new one. Its confirmed records would be on disk without
+//!   retention too, so that refusal is not retention's doing.
 //!
 //! [`Stats`] reports the confirmed records still on disk (`retained_records`, whatever segment
-//! they are in), the bytes eviction could free at once (`retained_bytes`) and the append age of
-//! the oldest one.
+//! they are in), the bytes eviction could free at once (`retained_bytes`, sealed segments) and
+//! the append age of the oldest one.
 //!
 //! # Recovery (inside `open`)
 //!

@@ -51,10 +51,10 @@ pub(crate) struct Quota {
     /// Estimated bytes free on the filesystem holding the spool: the last statvfs sample minus
     /// what the writer wrote since (`u64::MAX` when `min_free_bytes` is 0 or sampling failed).
     pub fs_free: u64,
-    /// Bytes of the segment files that hold only records covered by the persisted confirmed
-    /// position: kept for `retain_confirmed`, but evicted by the writer when an append needs
-    /// the room, so an append counts them as free (rule 6 of the module docs). Maintained by
-    /// the writer together with `disk`, under this same lock.
+    /// Bytes of the sealed segment files that hold only records covered by the persisted
+    /// confirmed position: kept for `retain_confirmed`, but evicted by the writer when an append
+    /// needs the room, so an append counts them as free (rule 6 of the module docs). Maintained
+    /// by the writer together with `disk`, under this same lock.
     pub retained: u64,
 }
 
@@ -202,14 +202,21 @@ impl SegmentTable {
     /// The fully confirmed prefix under the persisted position `persisted`: stamps each of its
     /// segments not stamped yet with `now_ms` (the retention clock starts), clears the stamp of
     /// the first segment past it (the newest segment can gain an unconfirmed record after it was
-    /// stamped), and returns how many segments and bytes the prefix holds.
+    /// stamped), and returns how many segments the prefix holds and the bytes of those that are
+    /// sealed: what eviction may take to make room (`Quota::retained`). The newest segment is
+    /// left out even when fully confirmed: the next append may continue it, after which it is no
+    /// longer evictable, so counting it would let appends be admitted on room that then is not
+    /// there. It goes by the writer's quota-pressure rule instead (module docs, "Retention").
     pub(crate) fn stamp_retained(&mut self, persisted: u64, now_ms: u64) -> (usize, u64) {
         let mut n = 0;
         let mut bytes = 0;
         while n < self.segs.len() && self.fully_confirmed(n, persisted) {
+            let sealed = n + 1 < self.segs.len();
             let seg = &mut self.segs[n];
             seg.confirmed_at_ms.get_or_insert(now_ms);
-            bytes += seg.len;
+            if sealed {
+                bytes += seg.len;
+            }
             n += 1;
         }
         if let Some(seg) = self.segs.get_mut(n) {
@@ -434,7 +441,12 @@ mod tests {
         assert_eq!(t.segs[1].confirmed_at_ms, Some(200_000));
         // The newest counts once its last record is confirmed, and stops counting (its stamp
         // cleared) when an append gives it an unconfirmed record.
-        assert_eq!(t.stamp_retained(70, 300_000).0, 3);
+        let sealed = t.segs[0].len + t.segs[1].len;
+        assert_eq!(
+            t.stamp_retained(70, 300_000),
+            (3, sealed),
+            "the newest is stamped but not counted as evictable"
+        );
         assert_eq!(t.segs[2].confirmed_at_ms, Some(300_000));
         t.segs[2].note_frame(71, 9_999, 400_000);
         assert_eq!(t.stamp_retained(70, 400_000).0, 2);

@@ -294,26 +294,20 @@ impl Writer {
         a.len += run.len() as u64;
         a.next_seq = first_seq + frames;
         let mut table = lock(&self.shared.segments);
-        let newest = table.segs.len() - 1;
-        // The active segment is the newest. If it was fully confirmed it counted as retained;
-        // with this unconfirmed record it no longer does. O(1), unlike a recount: this runs for
-        // every batch.
-        let was_retained = table.fully_confirmed(newest, self.persisted);
-        let meta = &mut table.segs[newest];
+        let meta = table
+            .segs
+            .back_mut()
+            .expect("the active segment is in the table");
         debug_assert_eq!(meta.base, a.base, "the active segment is the newest");
-        let old_len = meta.len;
         meta.len = a.len;
         // One checkpoint candidate per run (its first frame) keeps the index sparse.
         meta.note_frame(first_seq, offset, at_ms);
         meta.last_seq = Some(first_seq + frames - 1);
+        // Holds an unconfirmed record now: its retention clock, if it had one, is void. (The
+        // newest segment never counts in `Quota::retained`, so that needs no change.)
         meta.confirmed_at_ms = None;
-        // `disk` and `retained` change under one quota lock, so no append sees one without the
-        // other.
-        let mut quota = lock(&self.shared.quota);
-        quota.wrote(run.len() as u64);
-        if was_retained {
-            quota.retained = quota.retained.saturating_sub(old_len);
-        }
+        drop(table);
+        lock(&self.shared.quota).wrote(run.len() as u64);
         Ok(())
     }
 
@@ -405,17 +399,19 @@ impl Writer {
 
     /// Deletes, oldest first, every segment whose retention ran out: all of its records are <=
     /// the persisted position, and it was first seen so at least `retain_confirmed` ago (with
-    /// `0s`, at once). The newest segment is kept (appends continue it) unless the quota is so
-    /// tight that a maximum-size record no longer fits: then, fully confirmed and expired, it is
-    /// retired too and the next append starts a new segment. That is safe because the durable
-    /// `confirmed` file keeps the seq high-water mark. Fully confirmed segments still inside
-    /// their retention go only by eviction ([`Self::make_room`]).
+    /// `0s`, at once). The newest segment is kept (appends continue it) unless it is fully
+    /// confirmed and the quota is so tight that a maximum-size record would not fit even with
+    /// every other retained segment evicted: then it goes too, with all older ones (an
+    /// eviction, if their retention had not run out), and the next append starts a new segment.
+    /// That is safe because the durable `confirmed` file keeps the seq high-water mark. Sealed
+    /// segments still inside their retention otherwise go only by [`Self::make_room`].
     fn delete_confirmed_segments(&mut self) {
         self.deletions_due = false;
         let persisted = self.persisted;
         let retain_ms = self.shared.cfg.retain_confirmed.as_millis() as u64;
         let now = now_ms();
-        let victims: Vec<(u64, PathBuf, u64)> = {
+        // (base, path, len, records if deleted before its retention ran out)
+        let victims: Vec<(u64, PathBuf, u64, Option<u64>)> = {
             let mut table = lock(&self.shared.segments);
             table.stamp_retained(persisted, now);
             // Invariant 3: `expired` only counts segments stamped fully confirmed.
@@ -424,21 +420,23 @@ impl Writer {
                 .segs
                 .iter()
                 .take(n)
-                .map(|s| (s.base, s.path.clone(), s.len))
+                .map(|s| (s.base, s.path.clone(), s.len, None))
                 .collect();
-            if let Some(newest) = table.segs.back() {
-                // Fully confirmed implies every older segment is fully confirmed too; expired
-                // ones among them are already in `v`.
-                let i = table.segs.len() - 1;
-                let expired = newest
-                    .confirmed_at_ms
-                    .is_some_and(|at| now.saturating_sub(at) >= retain_ms);
-                if n == i
-                    && table.fully_confirmed(i, persisted)
-                    && expired
-                    && self.quota_pressed(&v)
-                {
-                    v.push((newest.base, newest.path.clone(), newest.len));
+            // Fully confirmed newest implies every older segment is fully confirmed too. The
+            // retained ones count as free for appends already; the newest does not (see
+            // `SegmentTable::stamp_retained`), so under quota pressure it goes here.
+            let newest = table.segs.len().checked_sub(1);
+            if newest.is_some_and(|i| table.fully_confirmed(i, persisted)) && self.quota_pressed() {
+                let bases: Vec<u64> = table.segs.iter().map(|s| s.base).collect();
+                for (i, s) in table.segs.iter().enumerate().skip(n) {
+                    let records = match bases.get(i + 1) {
+                        Some(next) => next - s.base,
+                        None => s.last_seq.map_or(0, |l| l + 1 - s.base),
+                    };
+                    let expired = s
+                        .confirmed_at_ms
+                        .is_some_and(|at| now.saturating_sub(at) >= retain_ms);
+                    v.push((s.base, s.path.clone(), s.len, (!expired).then_some(records)));
                 }
             }
             v
@@ -447,7 +445,7 @@ impl Writer {
             return;
         }
         let mut removed = 0;
-        for (base, path, len) in victims {
+        for (base, path, len, evicted) in victims {
             if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
                 self.shared
                     .metrics
@@ -458,6 +456,10 @@ impl Writer {
                 break;
             }
             self.forget_segment(base, len);
+            if let Some(records) = evicted {
+                self.shared.metrics.spool_evicted_segments.inc();
+                self.shared.metrics.spool_evicted_records.inc_by(records);
+            }
             removed += 1;
         }
         if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
@@ -500,14 +502,11 @@ impl Writer {
             }
             let victim = {
                 let table = lock(&self.shared.segments);
-                // Invariant 3: only a segment every record of which the persisted position covers.
-                match table.segs.front() {
-                    Some(s) if table.fully_confirmed(0, self.persisted) => {
-                        let records = match table.segs.get(1) {
-                            Some(next) => next.base - s.base,
-                            None => s.last_seq.map_or(0, |l| l + 1 - s.base),
-                        };
-                        Some((s.base, s.path.clone(), s.len, records))
+                // Invariant 3: only a segment every record of which the persisted position covers;
+                // and a sealed one, as counted in `Quota::retained`.
+                match (table.segs.front(), table.segs.get(1)) {
+                    (Some(s), Some(next)) if table.fully_confirmed(0, self.persisted) => {
+                        Some((s.base, s.path.clone(), s.len, next.base - s.base))
                     }
                     _ => None,
                 }
@@ -585,11 +584,12 @@ impl Writer {
         lock(&self.shared.quota).fs_free = free;
     }
 
-    /// Whether, after deleting `victims`, a maximum-size append would still be refused.
-    fn quota_pressed(&self, victims: &[(u64, PathBuf, u64)]) -> bool {
-        let freed: u64 = victims.iter().map(|v| v.2).sum();
+    /// Whether a maximum-size append would be refused for quota even counting every retained
+    /// (sealed, fully confirmed) segment as free: then only deleting the newest segment, if it
+    /// is fully confirmed, can make room.
+    fn quota_pressed(&self) -> bool {
         let q = lock(&self.shared.quota);
-        let used = q.disk.saturating_sub(freed) + q.queued;
+        let used = q.disk.saturating_sub(q.retained) + q.queued;
         self.shared.cfg.max_bytes.saturating_sub(used) < self.shared.max_reservation()
     }
 
