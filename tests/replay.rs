@@ -150,6 +150,12 @@ async fn jetstream_that_lost_acknowledged_messages_gets_them_back_by_replay() {
     );
     wait_retained(&client, app.admin, sent.len() as f64).await;
     assert!(metric(&client, app.admin, "hookbridge_spool_segments", "").await > 2.0);
+    let (status, _, ready) = request(&client, "GET", &app.admin_url("/readyz"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready["retained_bytes"].as_u64().unwrap() > 0, "{ready}");
+    assert_eq!(ready["backlog_records"], 0, "{ready}");
 
     // While the bridge runs, replay refuses (and says why); a dry run is fine.
     let o = spool_cmd(dir.path(), &["replay", "--since", &started]);
