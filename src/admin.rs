@@ -94,7 +94,8 @@ impl Admin {
                 "spool": spool,
                 "broker": broker,
                 "backlog_records": stats.records,
-                "backlog_bytes": stats.bytes,
+                "backlog_bytes": stats.bytes.saturating_sub(stats.retained_bytes),
+                "retained_bytes": stats.retained_bytes,
                 "dead_letters": self.dead_letters.len(),
             }),
         )
@@ -109,5 +110,9 @@ impl Admin {
         m.spool_confirmed_seq.set(s.confirmed as i64);
         m.spool_oldest_record_age
             .set(s.oldest_unconfirmed_age.map_or(0.0, |d| d.as_secs_f64()));
+        m.spool_retained_records.set(s.retained_records as i64);
+        m.spool_retained_bytes.set(s.retained_bytes as i64);
+        m.spool_oldest_retained_age
+            .set(s.oldest_retained_age.map_or(0.0, |d| d.as_secs_f64()));
     }
 }

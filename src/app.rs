@@ -83,6 +83,7 @@ pub fn spool_config(c: &Config) -> SpoolConfig {
         max_batch_bytes: c.spool.max_batch_bytes,
         confirm_interval: c.spool.confirm_interval,
         min_free_bytes: c.spool.min_free_bytes,
+        retain_confirmed: c.spool.retain_confirmed,
     }
 }
 

@@ -786,6 +786,7 @@ mod tests {
                     max_batch_bytes: 1 << 20,
                     confirm_interval: Duration::from_millis(5),
                     min_free_bytes: 0,
+                    retain_confirmed: Duration::ZERO,
                 };
                 let (spool, _) = Spool::open(cfg, metrics.clone()).unwrap();
                 let mut records = BTreeMap::new();

@@ -29,7 +29,7 @@ enum Command {
     /// Validate the configuration and print the effective values, secrets redacted.
     CheckConfig,
     /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
-    /// dead-letter list/requeue). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
+    /// dead-letter list/requeue, replay). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
     Spool(hookbridge::spoolctl::SpoolArgs),
     /// One-screen summary of a running bridge from its admin listener: readiness, broker,
     /// backlog against the quota, rates, dead letters, errors. Exit codes: 0 ready, 1 not

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub spool_errors: IntCounterVec,
     pub spool_corrupt_records: IntCounter,
     pub spool_rejected: IntCounterVec,
+    pub spool_retained_records: IntGauge,
+    pub spool_retained_bytes: IntGauge,
+    pub spool_oldest_retained_age: prometheus::Gauge,
+    pub spool_evicted_segments: IntCounter,
+    pub spool_evicted_records: IntCounter,
 
     pub published: IntCounterVec,
     pub publish_errors: IntCounterVec,
@@ -201,6 +206,31 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            spool_retained_records: IntGauge::new(
+                "hookbridge_spool_retained_records",
+                "Confirmed records still on disk (kept for spool.retain_confirmed, for `hookbridge spool replay`).",
+            )
+            .unwrap(),
+            spool_retained_bytes: IntGauge::new(
+                "hookbridge_spool_retained_bytes",
+                "Bytes of segment files holding only confirmed records: counted in hookbridge_spool_bytes, evicted first when space is needed.",
+            )
+            .unwrap(),
+            spool_oldest_retained_age: prometheus::Gauge::new(
+                "hookbridge_spool_oldest_retained_age_seconds",
+                "Age (since append) of the oldest confirmed record still on disk (0 when none): how far back `spool replay` can reach.",
+            )
+            .unwrap(),
+            spool_evicted_segments: IntCounter::new(
+                "hookbridge_spool_evicted_segments_total",
+                "Segments of confirmed records deleted before spool.retain_confirmed ran out, because new deliveries needed the space.",
+            )
+            .unwrap(),
+            spool_evicted_records: IntCounter::new(
+                "hookbridge_spool_evicted_records_total",
+                "Confirmed records in the segments counted by hookbridge_spool_evicted_segments_total.",
+            )
+            .unwrap(),
             published: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_published_total",
@@ -315,6 +345,11 @@ impl Metrics {
             Box::new(self.spool_errors.clone()),
             Box::new(self.spool_corrupt_records.clone()),
             Box::new(self.spool_rejected.clone()),
+            Box::new(self.spool_retained_records.clone()),
+            Box::new(self.spool_retained_bytes.clone()),
+            Box::new(self.spool_oldest_retained_age.clone()),
+            Box::new(self.spool_evicted_segments.clone()),
+            Box::new(self.spool_evicted_records.clone()),
             Box::new(self.published.clone()),
             Box::new(self.publish_errors.clone()),
             Box::new(self.publish_latency.clone()),

@@ -1107,6 +1107,7 @@ async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside()
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(50),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     };
     let (spool, _) = Spool::open(cfg, Arc::new(hookbridge::metrics::Metrics::new())).unwrap();
     for n in 0..60u64 {

@@ -25,6 +25,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     }
 }
 

@@ -16,15 +16,24 @@ use hookbridge::metrics::Metrics;
 use hookbridge::spool::{Error, Reader, Spool, SpoolConfig, StoredRecord};
 use proptest::prelude::*;
 
-fn config(dir: &Path) -> SpoolConfig {
+/// Quota of the retention variant: tight enough that retained segments are evicted all the time
+/// and appends are refused when unconfirmed records fill it.
+const RETAIN_MAX_BYTES: u64 = 96 << 10;
+
+fn config(dir: &Path, retain: bool) -> SpoolConfig {
     SpoolConfig {
         dir: dir.to_path_buf(),
         segment_bytes: 4096,
-        max_bytes: 1 << 30,
+        max_bytes: if retain { RETAIN_MAX_BYTES } else { 1 << 30 },
         max_append_bytes: 16 << 10,
         max_batch_bytes: 64 << 10,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
+        retain_confirmed: if retain {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        },
     }
 }
 
@@ -89,13 +98,16 @@ struct Harness {
     reader: Reader,
     metrics: Arc<Metrics>,
     model: Model,
+    /// Confirmed segments are retained (for an hour) under a tight quota: they must be evicted
+    /// before any append is refused, and no unconfirmed record may go with them.
+    retain: bool,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    fn new(retain: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let (spool, report) = Spool::open(config(dir.path()), metrics.clone()).unwrap();
+        let (spool, report) = Spool::open(config(dir.path(), retain), metrics.clone()).unwrap();
         assert_eq!(
             (report.segments, report.records, report.confirmed),
             (0, 0, 0)
@@ -107,15 +119,80 @@ impl Harness {
             reader,
             metrics,
             model: Model::default(),
+            retain,
         }
+    }
+
+    /// Appends; with retention, a refusal is retried once after the confirmed position the
+    /// model has reached is persisted: confirmed records become evictable only then (like
+    /// deletable without retention), up to `confirm_interval` after `confirm`.
+    async fn append_or_refuse(&mut self, p: Bytes, pending: u64) -> Result<u64, Error> {
+        match self.spool.append(p.clone()).await {
+            Err(Error::Full) if self.retain && !self.refusal_justified(pending) => {
+                let file = self.dir.path().join("confirmed");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let persisted = std::fs::read(&file)
+                        .ok()
+                        .filter(|b| b.len() >= 20)
+                        .map_or(0, |b| u64::from_le_bytes(b[12..20].try_into().unwrap()));
+                    if persisted >= self.model.confirmed {
+                        break;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "never persisted");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                // The writer recounts retained bytes right after the rename; give it a moment
+                // (a loaded machine may deschedule it), then the refusal stands.
+                for _ in 0..50 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    match self.spool.append(p.clone()).await {
+                        Err(Error::Full) => {}
+                        r => return r,
+                    }
+                }
+                Err(Error::Full)
+            }
+            r => r,
+        }
+    }
+
+    /// An append refused for quota with retention on: only fair if the unconfirmed records
+    /// alone (frames, a segment header each at most), one partly confirmed segment (up to a
+    /// segment or one record larger than that) and what this op appends (`pending`) would not
+    /// fit. A refusal while evictable retained bytes could make room fails here.
+    fn check_refusal(&self, e: &Error, pending: u64) {
+        assert!(self.retain, "append refused without retention: {e}");
+        assert!(matches!(e, Error::Full), "{e}");
+        assert!(
+            self.refusal_justified(pending),
+            "refused with only {} unconfirmed bytes (+{pending} pending): {:?}",
+            self.unconfirmed_bytes(),
+            self.spool.stats()
+        );
+    }
+
+    fn unconfirmed_bytes(&self) -> u64 {
+        self.model
+            .unconfirmed
+            .iter()
+            .map(|(_, p)| 48 + p.len() as u64)
+            .sum()
+    }
+
+    fn refusal_justified(&self, pending: u64) -> bool {
+        let partly_confirmed = 24 + (16 << 10) + 24;
+        self.unconfirmed_bytes() + partly_confirmed + pending > RETAIN_MAX_BYTES
     }
 
     async fn apply(&mut self, op: &Op) {
         match op {
             Op::Append { len, fill } => {
                 let p = payload(*len, *fill);
-                let seq = self.spool.append(p.clone()).await.expect("append");
-                self.model.appended(seq, p);
+                match self.append_or_refuse(p.clone(), 48 + *len as u64).await {
+                    Ok(seq) => self.model.appended(seq, p),
+                    Err(e) => self.check_refusal(&e, 48 + *len as u64),
+                }
             }
             Op::Burst(items) => {
                 let payloads: Vec<Bytes> = items
@@ -123,11 +200,18 @@ impl Harness {
                     .map(|(len, fill)| payload(*len, *fill))
                     .collect();
                 let seqs = join_all(payloads.iter().map(|p| self.spool.append(p.clone()))).await;
-                let mut done: Vec<(u64, Bytes)> = seqs
-                    .into_iter()
-                    .map(|s| s.expect("append"))
-                    .zip(payloads)
-                    .collect();
+                let pending: u64 = payloads.iter().map(|p| 48 + p.len() as u64).sum();
+                let mut done = Vec::new();
+                for (r, p) in seqs.into_iter().zip(payloads) {
+                    let r = match r {
+                        Err(Error::Full) => self.append_or_refuse(p.clone(), pending).await,
+                        r => r,
+                    };
+                    match r {
+                        Ok(seq) => done.push((seq, p)),
+                        Err(e) => self.check_refusal(&e, pending),
+                    }
+                }
                 done.sort_by_key(|(seq, _)| *seq);
                 for (seq, p) in done {
                     self.model.appended(seq, p);
@@ -174,7 +258,8 @@ impl Harness {
     async fn reopen(&mut self) {
         self.spool.close().await.expect("close");
         let (spool, report) =
-            Spool::open(config(self.dir.path()), self.metrics.clone()).expect("reopen");
+            Spool::open(config(self.dir.path(), self.retain), self.metrics.clone())
+                .expect("reopen");
         assert_eq!(
             report.confirmed, self.model.confirmed,
             "close persists the confirmed position"
@@ -203,6 +288,14 @@ impl Harness {
             })
             .collect();
         segs.sort();
+        let stats = self.spool.stats();
+        assert_eq!(stats.segments, segs.len());
+        assert_eq!(stats.bytes, segs.iter().map(|s| s.1).sum::<u64>());
+        if self.retain {
+            // Fully confirmed segments stay (retained), within the quota.
+            assert!(stats.bytes <= RETAIN_MAX_BYTES, "{stats:?}");
+            return;
+        }
         for pair in segs.windows(2) {
             assert!(
                 pair[1].0 > self.model.confirmed + 1,
@@ -212,9 +305,6 @@ impl Harness {
                 self.model.confirmed
             );
         }
-        let stats = self.spool.stats();
-        assert_eq!(stats.segments, segs.len());
-        assert_eq!(stats.bytes, segs.iter().map(|s| s.1).sum::<u64>());
     }
 
     fn check_stats(&self) {
@@ -230,6 +320,10 @@ impl Harness {
             stats.oldest_unconfirmed_age.is_some(),
             !self.model.unconfirmed.is_empty()
         );
+        if self.retain {
+            assert!(stats.bytes <= RETAIN_MAX_BYTES, "over quota: {stats:?}");
+            assert!(stats.retained_bytes <= stats.bytes, "{stats:?}");
+        }
     }
 
     /// Reads and confirms everything, checks the timer-driven persist deletes every segment but
@@ -240,7 +334,7 @@ impl Harness {
         self.apply(&Op::Confirm(usize::MAX)).await;
         self.check_stats();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.spool.stats().segments > 1 {
+        while !self.retain && self.spool.stats().segments > 1 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "confirmed segments never deleted: {:?}",
@@ -288,16 +382,36 @@ proptest! {
 
     #[test]
     fn spool_behaves_like_a_queue(ops in prop::collection::vec(op(), 1..60)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let mut h = Harness::new();
-            for op in &ops {
-                h.apply(op).await;
-                h.check_stats();
-            }
-            h.finish().await;
-        });
+        run_model(false, &ops);
     }
+
+    /// The same with confirmed segments retained under a tight quota: eviction never takes an
+    /// unconfirmed record (every read and every reopen still returns exactly the model's), never
+    /// lets the files exceed the quota, and an append is refused only when unconfirmed records
+    /// fill it.
+    #[test]
+    fn spool_with_retention_behaves_like_a_queue(ops in prop::collection::vec(op(), 1..120)) {
+        run_model(true, &ops);
+    }
+}
+
+fn run_model(retain: bool, ops: &[Op]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut h = Harness::new(retain);
+        for op in ops {
+            h.apply(op).await;
+            h.check_stats();
+        }
+        let evicted = h.metrics.spool_evicted_segments.get();
+        h.finish().await;
+        if retain && ops.len() > 100 {
+            eprintln!("retention model: {evicted} segment(s) evicted");
+        }
+    });
 }
 
 /// Many concurrent appends on a multi-threaded runtime: all succeed with distinct seqs, are
@@ -314,7 +428,7 @@ fn concurrent_appends_are_group_committed() {
         let metrics = Arc::new(Metrics::new());
         let cfg = SpoolConfig {
             segment_bytes: 64 << 10,
-            ..config(dir.path())
+            ..config(dir.path(), false)
         };
         let (spool, _) = Spool::open(cfg, metrics.clone()).unwrap();
         let n = 2000u64;
@@ -367,7 +481,7 @@ fn concurrent_appends_are_group_committed() {
 #[tokio::test]
 async fn reader_waits_for_new_records_and_sees_close() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+    let (spool, _) = Spool::open(config(dir.path(), false), Arc::new(Metrics::new())).unwrap();
     let mut reader = spool.reader();
     let pending = tokio::spawn(async move {
         let first = reader.next_batch(10).await;
@@ -403,7 +517,7 @@ async fn reader_waits_for_new_records_and_sees_close() {
 #[tokio::test]
 async fn dropping_every_handle_without_close_releases_the_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+    let (spool, _) = Spool::open(config(dir.path(), false), Arc::new(Metrics::new())).unwrap();
     let seq = spool.append(Bytes::from_static(b"kept")).await.unwrap();
     spool.confirm(seq);
     let reader = spool.reader();
@@ -412,7 +526,7 @@ async fn dropping_every_handle_without_close_releases_the_directory() {
     // a reader still holds the shared state.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (spool, report) = loop {
-        match Spool::open(config(dir.path()), Arc::new(Metrics::new())) {
+        match Spool::open(config(dir.path(), false), Arc::new(Metrics::new())) {
             Ok(opened) => break opened,
             Err(Error::Locked) => assert!(
                 tokio::time::Instant::now() < deadline,
@@ -430,7 +544,7 @@ async fn dropping_every_handle_without_close_releases_the_directory() {
 #[tokio::test]
 async fn reader_survives_deletion_of_the_segments_it_is_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(dir.path()), Arc::new(Metrics::new())).unwrap();
+    let (spool, _) = Spool::open(config(dir.path(), false), Arc::new(Metrics::new())).unwrap();
     let mut seqs = Vec::new();
     for i in 0..20 {
         seqs.push(spool.append(payload(1500, i)).await.unwrap());

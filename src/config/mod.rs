@@ -177,6 +177,7 @@ impl Config {
 pub(crate) mod tests {
     use super::*;
     use figment::Jail;
+    use std::time::Duration;
 
     pub(crate) fn load_str(toml: &str) -> Result<Config, Error> {
         let c: Config = Figment::from(Serialized::defaults(Config::default()))
@@ -194,6 +195,17 @@ pub(crate) mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
         assert!(!c.auth.is_configured());
         assert_eq!(c.spool.min_free_bytes, 256 << 20);
+        assert_eq!(c.spool.retain_confirmed, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn retain_confirmed_is_a_duration_with_a_bound() {
+        let c = load_str("[spool]\nretain_confirmed = \"0s\"\n").unwrap();
+        assert!(c.spool.retain_confirmed.is_zero());
+        let c = load_str("[spool]\nretain_confirmed = \"10m\"\n").unwrap();
+        assert_eq!(c.spool.retain_confirmed, Duration::from_secs(600));
+        let err = load_str("[spool]\nretain_confirmed = \"8days\"\n").unwrap_err();
+        assert!(err.to_string().contains("spool.retain_confirmed"), "{err}");
     }
 
     #[test]

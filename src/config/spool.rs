@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{invalid, Error};
 
+/// Upper bound on `spool.retain_confirmed`.
+const MAX_RETAIN_CONFIRMED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSection {
@@ -26,6 +29,13 @@ pub struct SpoolSection {
     /// on a segment write, which fails the spool until restart. It also leaves room for the
     /// dead-letter store in the same directory. 0 disables the check. Default 256 MiB.
     pub min_free_bytes: u64,
+    /// How long confirmed records stay on disk after the broker confirmed them, so that
+    /// `hookbridge spool replay` can put back what a broker acknowledged but lost before syncing
+    /// it (JetStream syncs every 2 minutes by default). Counted in `max_bytes`, but evicted
+    /// first, oldest segment first, whenever new deliveries need the room: retention never
+    /// causes a 503. `0s` deletes confirmed segments at once. At most 7 days. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub retain_confirmed: Duration,
 }
 
 impl Default for SpoolSection {
@@ -37,6 +47,7 @@ impl Default for SpoolSection {
             max_batch_bytes: 4 * 1024 * 1024,
             confirm_interval: Duration::from_millis(100),
             min_free_bytes: 256 * 1024 * 1024,
+            retain_confirmed: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -61,6 +72,13 @@ impl SpoolSection {
         }
         if self.max_batch_bytes == 0 {
             return Err(invalid("spool.max_batch_bytes", "must be positive"));
+        }
+        if self.retain_confirmed > MAX_RETAIN_CONFIRMED {
+            // Retention is for a broker's unsynced tail (minutes), not an archive.
+            return Err(invalid(
+                "spool.retain_confirmed",
+                "must be at most 7 days (0s disables retention)",
+            ));
         }
         Ok(())
     }

@@ -74,6 +74,11 @@
 //! 4. `confirmed.tmp` is fsync'd before it is renamed, and the directory is fsync'd before any
 //!    segment the new position covers is deleted.
 //! 5. A torn tail is truncated, and the truncation fsync'd, before new frames follow it.
+//! 6. A segment is deleted — when its retention runs out, or evicted early for room — only if
+//!    every record in it is at or below the *persisted* confirmed position (invariant 3), and only
+//!    by the writer thread. Eviction happens only right before a batch is written that would
+//!    otherwise exceed `max_bytes` or eat into `min_free_bytes`, oldest segment first and no more
+//!    than that batch needs; so retained bytes can be counted as free when an append is admitted.
 //!
 //! # Sequence numbers
 //!
@@ -123,13 +128,52 @@
 //! # Confirming and deleting
 //!
 //! [`Spool::confirm`] only raises an in-memory atomic. The writer persists it (as above) at most
-//! once per `confirm_interval` while it moves, and on `close`. After persisting it deletes, oldest
-//! first, every segment whose records are all <= the *persisted* position (a segment is fully
-//! confirmed when the next segment's base is <= persisted + 1), then fsyncs the directory. The
-//! newest segment is kept — appends continue it — except when it is fully confirmed and the
-//! quota is too tight to accept a maximum-size record: then it is deleted too (the `confirmed`
-//! file keeps the seq high-water mark) and the next append starts a new one. A segment holding
-//! an unconfirmed record is never deleted.
+//! once per `confirm_interval` while it moves, and on `close`. A segment is *fully confirmed*
+//! when all its records are <= the *persisted* position (the next segment's base is <=
+//! persisted + 1; for the newest, its last record is <= persisted). A segment holding an
+//! unconfirmed record is never deleted (rule 6).
+//!
+//! ## Retention
+//!
+//! A broker's confirmation is not always a disk write (JetStream acknowledges from the page
+//! cache and syncs every two minutes by default; Kafka's `acks=all` means the replicas' page
+//! caches), so the spool keeps fully confirmed segments for [`SpoolConfig::retain_confirmed`]
+//! and the operator can put their records back (`hookbridge spool replay`).
+//!
+//! * **The clock** of a segment starts when the writer first sees it fully confirmed, right
+//!   after persisting the position (`SegmentMeta::confirmed_at_ms`): the broker's unsynced window
+//!   starts at its acknowledgement, not at our append, and a record appended during a long
+//!   outage is as exposed when it is finally confirmed as a fresh one — an append-time clock
+//!   would delete it at once. The time lives in memory only: the `confirmed` file has none, and
+//!   adding one would be a format change for a figure that only has to err on the long side.
+//!   Recovery therefore knows just that the confirmation came after the segment's last
+//!   `appended_at_ms` and before the open; it takes the open (the longer retention), so a
+//!   restart starts a new window for what is retained. Eviction bounds the cost.
+//! * **Expiry.** At each persist, and about once a second while retention is on, the writer
+//!   deletes, oldest first, the fully confirmed segments whose clock is at least
+//!   `retain_confirmed` old (with `0s`: every fully confirmed one, at once), then fsyncs the
+//!   directory. Granularity is the segment: a record is kept until the *last* record of its
+//!   segment has been confirmed for `retain_confirmed`. The newest segment never expires —
+//!   appends continue it.
+//! * **Eviction.** Retained bytes (`Quota::retained`: the *sealed* fully confirmed segments,
+//!   kept by the writer under the quota lock together with `disk`) count as free when an
+//!   append is admitted, both for `max_bytes` and for `min_free_bytes`: retention never causes
+//!   [`Error::Full`] or [`Health::Full`]. The writer keeps that promise before it writes a
+//!   batch: while the batch would not fit the quota or would eat into the free-space margin, it
+//!   deletes the oldest sealed fully confirmed segment, counting `spool_evicted_segments` /
+//!   `spool_evicted_records`. Only fully confirmed segments are candidates, so an unconfirmed
+//!   record is never evicted. The newest segment is not counted, even when fully confirmed:
+//!   the next append may continue it, after which it could not be evicted, and appends
+//!   admitted on its room would overrun the quota. Instead, as without retention, when it is
+//!   fully confirmed and the quota could not take a maximum-size record even with every sealed
+//!   retained segment gone, the deletion pass (at each persist, rotation, and once a second)
+//!   deletes it with every older segment (the `confirmed` file keeps the seq high-water mark)
+//!   and the next append starts a new one. Its confirmed records would be on disk without
+//!   retention too, so that refusal is not retention's doing.
+//!
+//! [`Stats`] reports the confirmed records still on disk (`retained_records`, whatever segment
+//! they are in), the bytes eviction could free at once (`retained_bytes`, sealed segments) and
+//! the append age of the oldest one.
 //!
 //! # Recovery (inside `open`)
 //!
@@ -147,7 +191,10 @@
 //!    after their header is fsync'd, so it never held a record of ours). A short or bad header,
 //!    or one disagreeing with the file name, moves the file into `damaged/` (never deleted); it is
 //!    listed in [`RecoveryReport::segments_moved_aside`] and its records are not replayed.
-//! 5. Delete segments fully covered by the confirmed position (left by a crash before deletion).
+//! 5. Without retention (`retain_confirmed` = 0), delete segments fully covered by the confirmed
+//!    position (left by a crash before deletion). With retention they are kept and scanned like
+//!    the rest; before `open` returns, the writer counts them as retained (so appends may evict
+//!    them at once) and starts their clock at the open time (see "Retention").
 //! 6. Scan every frame of the remaining segments:
 //!    * A bad frame (incomplete, `len` above `MAX_RECORD_BYTES`, CRC mismatch, or a seq that does
 //!      not continue the segment) followed by valid data is corruption: logged as an error with segment and
@@ -174,10 +221,11 @@
 //!
 //! # Quota and health
 //!
-//! `append` fails with [`Error::Full`], before queueing, when bytes of segment files + bytes
-//! reserved by queued appends + this record's reservation would exceed `max_bytes`. A
-//! reservation is the frame plus one segment header (the record may open a new segment), so the
-//! segment files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
+//! `append` fails with [`Error::Full`], before queueing, when bytes of segment files − retained
+//! bytes + bytes reserved by queued appends + this record's reservation would exceed
+//! `max_bytes`. A reservation is the frame plus one segment header (the record may open a new
+//! segment), and the writer evicts retained segments before writing (rule 6), so the segment
+//! files never exceed `max_bytes`. [`Spool::health`] reports [`Health::Full`] whenever a
 //! maximum-size record could not be accepted right now (free room < `max_append_bytes` + frame
 //! header + segment header), which includes every state in which the last append was refused
 //! for quota; it clears as soon as deletion frees room.
@@ -185,11 +233,11 @@
 //! `min_free_bytes` (0: off) guards the filesystem as a whole, which the spool shares with the
 //! dead-letter store and usually with other programs: `append` also fails with
 //! [`Error::Full`] (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as
-//! `full`) when the estimated free space, less queued reservations and this record's, would drop
-//! below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
+//! `full`) when the estimated free space plus retained bytes (eviction frees them), less queued
+//! reservations and this record's, would drop below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
 //! that reason. The estimate is cheap: the writer thread samples statvfs (`f_bavail * f_frsize`)
 //! at open, at most once a second (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after
-//! deleting segments; between samples it subtracts every byte it writes, so the spool cannot
+//! deleting or evicting segments; between samples it subtracts every byte it writes, so the spool cannot
 //! eat into the margin by itself, and space used or freed by other processes is seen within
 //! about a second. No syscall on the append path. A failing statvfs is logged and counted
 //! (`spool_errors{op="statvfs"}`) and disables the guard until a sample succeeds; it does not
@@ -273,6 +321,11 @@ pub struct SpoolConfig {
     /// Appends fail with `Error::Full` while the filesystem holding `dir` has less free space
     /// than this (sampled, see the module docs). 0 disables the check.
     pub min_free_bytes: u64,
+    /// How long a segment whose records are all confirmed is kept, counted from when the writer
+    /// first saw it fully covered by the persisted confirmed position (see "Retention"). Such
+    /// segments are evicted earlier, oldest first, when an append needs the room. Zero deletes
+    /// them as soon as the position covering them is persisted.
+    pub retain_confirmed: Duration,
 }
 
 /// One record as read back from the spool.
@@ -317,6 +370,14 @@ pub struct Stats {
     pub next_seq: u64,
     /// Age of the oldest unconfirmed record, if any.
     pub oldest_unconfirmed_age: Option<Duration>,
+    /// Confirmed records still on disk (kept for `retain_confirmed`, or sharing a segment with
+    /// unconfirmed ones).
+    pub retained_records: u64,
+    /// Bytes of segment files holding only confirmed records: included in `bytes`, and what
+    /// eviction can free at once.
+    pub retained_bytes: u64,
+    /// Age since append of the oldest confirmed record still on disk, if any.
+    pub oldest_retained_age: Option<Duration>,
 }
 
 /// Whether the spool accepts appends.
@@ -516,20 +577,29 @@ impl Spool {
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
         let confirmed = shared.confirmed();
-        let (records, oldest_ms, segments) = {
+        let (records, oldest_ms, retained_records, oldest_retained_ms, segments) = {
             let table = lock(&shared.segments);
             let (records, oldest) = table.unconfirmed(confirmed);
-            (records, oldest, table.segs.len())
+            let (retained, oldest_retained) = table.retained(confirmed);
+            (records, oldest, retained, oldest_retained, table.segs.len())
         };
-        let bytes = lock(&shared.quota).disk;
+        let (bytes, retained_bytes) = {
+            let q = lock(&shared.quota);
+            (q.disk, q.retained)
+        };
+        let now = now_ms();
         Stats {
+            retained_records,
+            retained_bytes,
+            oldest_retained_age: oldest_retained_ms
+                .map(|at| Duration::from_millis(now.saturating_sub(at))),
             records,
             bytes,
             segments,
             confirmed,
             next_seq: shared.next_seq.load(Ordering::Acquire),
             oldest_unconfirmed_age: oldest_ms
-                .map(|at| Duration::from_millis(now_ms().saturating_sub(at))),
+                .map(|at| Duration::from_millis(now.saturating_sub(at))),
         }
     }
 

@@ -144,10 +144,16 @@ pub(crate) fn recover(
         }
     }
 
-    // Segments whose records are all confirmed were due for deletion before the restart. A
-    // segment's records are all below the next segment's base; the newest is always kept.
+    // Segments whose records are all confirmed were due for deletion before the restart when
+    // nothing is retained. A segment's records are all below the next segment's base; the
+    // newest is always kept. With `retain_confirmed` they are kept: when they were confirmed
+    // is not on disk, so the writer starts their retention clock at open (module docs,
+    // "Retention"); they remain the first to go when space is needed.
     let mut deleted = 0;
-    while valid.len() > 1 && valid[1].0 <= confirmed.saturating_add(1) {
+    while cfg.retain_confirmed.is_zero()
+        && valid.len() > 1
+        && valid[1].0 <= confirmed.saturating_add(1)
+    {
         let (_, path, _) = valid.remove(0);
         fs::remove_file(sfs, &path)?;
         deleted += 1;

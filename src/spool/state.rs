@@ -51,6 +51,11 @@ pub(crate) struct Quota {
     /// Estimated bytes free on the filesystem holding the spool: the last statvfs sample minus
     /// what the writer wrote since (`u64::MAX` when `min_free_bytes` is 0 or sampling failed).
     pub fs_free: u64,
+    /// Bytes of the sealed segment files that hold only records covered by the persisted
+    /// confirmed position: kept for `retain_confirmed`, but evicted by the writer when an append
+    /// needs the room, so an append counts them as free (rule 6 of the module docs). Maintained
+    /// by the writer together with `disk`, under this same lock.
+    pub retained: u64,
 }
 
 impl Quota {
@@ -108,6 +113,11 @@ pub(crate) struct SegmentMeta {
     /// Start offsets of corrupt regions recovery already reported, so a reader skipping them
     /// again does not count them twice.
     pub known_corrupt: Vec<u64>,
+    /// When the writer first saw every record of this segment covered by the persisted
+    /// confirmed position (ms since the epoch): the retention clock. In memory only; recovery
+    /// leaves it `None`, so the writer stamps a segment found fully confirmed at open with the
+    /// open time (see "Retention" in the module docs).
+    pub confirmed_at_ms: Option<u64>,
 }
 
 impl SegmentMeta {
@@ -119,6 +129,7 @@ impl SegmentMeta {
             last_seq: None,
             checkpoints: Vec::new(),
             known_corrupt: Vec::new(),
+            confirmed_at_ms: None,
         }
     }
 
@@ -160,11 +171,6 @@ pub(crate) struct SegmentTable {
 }
 
 impl SegmentTable {
-    pub(crate) fn get_mut(&mut self, base: u64) -> Option<&mut SegmentMeta> {
-        let i = self.segs.binary_search_by_key(&base, |s| s.base).ok()?;
-        self.segs.get_mut(i)
-    }
-
     /// The segment that would hold `seq`: the last one whose base is <= seq, else the first.
     pub(crate) fn index_for_seq(&self, seq: u64) -> Option<usize> {
         if self.segs.is_empty() {
@@ -181,6 +187,80 @@ impl SegmentTable {
     pub(crate) fn index_after(&self, base: u64) -> Option<usize> {
         let i = self.segs.partition_point(|s| s.base <= base);
         (i < self.segs.len()).then_some(i)
+    }
+
+    /// Whether every record of the segment at `i` is at or below `position`: for all but the
+    /// newest, its successor's base is <= position + 1 (a segment's records lie below the next
+    /// base); for the newest, its last record is <= position (an empty one is not).
+    pub(crate) fn fully_confirmed(&self, i: usize, position: u64) -> bool {
+        match self.segs.get(i + 1) {
+            Some(next) => next.base <= position.saturating_add(1),
+            None => self.segs[i].last_seq.is_some_and(|last| last <= position),
+        }
+    }
+
+    /// The fully confirmed prefix under the persisted position `persisted`: stamps each of its
+    /// segments not stamped yet with `now_ms` (the retention clock starts), clears the stamp of
+    /// the first segment past it (the newest segment can gain an unconfirmed record after it was
+    /// stamped), and returns how many segments the prefix holds and the bytes of those that are
+    /// sealed: what eviction may take to make room (`Quota::retained`). The newest segment is
+    /// left out even when fully confirmed: the next append may continue it, after which it is no
+    /// longer evictable, so counting it would let appends be admitted on room that then is not
+    /// there. It goes by the writer's quota-pressure rule instead (module docs, "Retention").
+    pub(crate) fn stamp_retained(&mut self, persisted: u64, now_ms: u64) -> (usize, u64) {
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < self.segs.len() && self.fully_confirmed(n, persisted) {
+            let sealed = n + 1 < self.segs.len();
+            let seg = &mut self.segs[n];
+            seg.confirmed_at_ms.get_or_insert(now_ms);
+            if sealed {
+                bytes += seg.len;
+            }
+            n += 1;
+        }
+        if let Some(seg) = self.segs.get_mut(n) {
+            seg.confirmed_at_ms = None;
+        }
+        (n, bytes)
+    }
+
+    /// How many leading segments' retention has run out at `now_ms`: fully confirmed (as
+    /// stamped by [`Self::stamp_retained`]) at least `retain_ms` ago, never the newest segment
+    /// (appends continue it; it goes only by eviction).
+    pub(crate) fn expired(&self, retain_ms: u64, now_ms: u64) -> usize {
+        self.segs
+            .iter()
+            .take(self.segs.len().saturating_sub(1))
+            .take_while(|s| {
+                s.confirmed_at_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) >= retain_ms)
+            })
+            .count()
+    }
+
+    /// Confirmed records still on disk (counting seq numbers, like [`Self::unconfirmed`]) and
+    /// the append time of the oldest one.
+    pub(crate) fn retained(&self, confirmed: u64) -> (u64, Option<u64>) {
+        let mut records = 0;
+        for (i, seg) in self.segs.iter().enumerate() {
+            if seg.base > confirmed {
+                break;
+            }
+            let last = match (self.segs.get(i + 1), seg.last_seq) {
+                (Some(next), _) => next.base - 1,
+                (None, Some(last)) => last,
+                (None, None) => continue,
+            };
+            records += last.min(confirmed) + 1 - seg.base;
+        }
+        let oldest = self
+            .segs
+            .front()
+            .filter(|s| s.base <= confirmed)
+            .and_then(|s| s.checkpoints.first())
+            .map(|cp| cp.at_ms);
+        (records, oldest)
     }
 
     /// Unconfirmed records (counting seq numbers, so records lost to corruption count until they
@@ -241,6 +321,7 @@ impl Shared {
                 disk,
                 queued: 0,
                 fs_free,
+                retained: 0,
             }),
             confirmed: AtomicU64::new(confirmed),
             next_seq: AtomicU64::new(next_seq),
@@ -258,12 +339,15 @@ impl Shared {
     /// Why an append reserving `reserved` bytes must be refused now, as its `spool_rejected`
     /// reason: `full` for the quota, `disk_low` for `min_free_bytes`. The caller holds `quota`.
     pub(crate) fn refusal(&self, quota: &Quota, reserved: u64) -> Option<&'static str> {
-        let wanted = quota.disk + quota.queued + reserved;
+        // Retained bytes count as free: the writer evicts them before it writes (rule 6), so
+        // retention never causes a refusal.
+        let wanted = quota.disk.saturating_sub(quota.retained) + quota.queued + reserved;
         if wanted > self.cfg.max_bytes {
             return Some("full");
         }
         let min_free = self.cfg.min_free_bytes;
-        if min_free > 0 && quota.fs_free.saturating_sub(quota.queued + reserved) < min_free {
+        let free = quota.fs_free.saturating_add(quota.retained);
+        if min_free > 0 && free.saturating_sub(quota.queued + reserved) < min_free {
             return Some("disk_low");
         }
         None
@@ -331,5 +415,118 @@ mod tests {
         assert_eq!(table.index_for_seq(31), Some(1));
         assert_eq!(table.index_after(1), Some(1));
         assert_eq!(table.index_after(31), None);
+    }
+
+    fn table(segs: Vec<SegmentMeta>) -> SegmentTable {
+        SegmentTable {
+            segs: segs.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn retention_clock_starts_when_a_segment_is_fully_confirmed() {
+        // Seqs 1..=30, 31..=60, 61..=70 (the newest).
+        let mut t = table(vec![seg(1, 30, 0), seg(31, 30, 3_000), seg(61, 10, 6_000)]);
+        let len = t.segs[0].len;
+        assert_eq!(t.stamp_retained(0, 100_000), (0, 0), "nothing confirmed");
+        assert_eq!(t.stamp_retained(29, 100_000), (0, 0), "seq 30 is not");
+        assert_eq!(t.stamp_retained(30, 100_000), (1, len));
+        assert_eq!(t.segs[0].confirmed_at_ms, Some(100_000));
+        assert_eq!(
+            t.stamp_retained(60, 200_000).0,
+            2,
+            "a later position keeps the first stamp"
+        );
+        assert_eq!(t.segs[0].confirmed_at_ms, Some(100_000));
+        assert_eq!(t.segs[1].confirmed_at_ms, Some(200_000));
+        // The newest counts once its last record is confirmed, and stops counting (its stamp
+        // cleared) when an append gives it an unconfirmed record.
+        let sealed = t.segs[0].len + t.segs[1].len;
+        assert_eq!(
+            t.stamp_retained(70, 300_000),
+            (3, sealed),
+            "the newest is stamped but not counted as evictable"
+        );
+        assert_eq!(t.segs[2].confirmed_at_ms, Some(300_000));
+        t.segs[2].note_frame(71, 9_999, 400_000);
+        assert_eq!(t.stamp_retained(70, 400_000).0, 2);
+        assert_eq!(t.segs[2].confirmed_at_ms, None);
+    }
+
+    #[test]
+    fn only_sealed_segments_expire_and_in_order() {
+        let mut t = table(vec![seg(1, 30, 0), seg(31, 30, 3_000), seg(61, 10, 6_000)]);
+        t.stamp_retained(30, 10_000);
+        t.stamp_retained(70, 20_000);
+        let five_min = 300_000;
+        assert_eq!(t.expired(five_min, 20_000), 0, "inside the window");
+        assert_eq!(t.expired(five_min, 10_000 + five_min), 1);
+        assert_eq!(
+            t.expired(five_min, 20_000 + five_min),
+            2,
+            "never the newest"
+        );
+        assert_eq!(t.expired(0, 20_000), 2, "0s: at once");
+        // An unconfirmed segment stops the run even if a later one is stamped.
+        t.segs[0].confirmed_at_ms = None;
+        assert_eq!(t.expired(0, u64::MAX), 0);
+    }
+
+    #[test]
+    fn retained_counts_confirmed_records_on_disk() {
+        let t = table(vec![seg(1, 30, 0), seg(31, 30, 3_000), seg(61, 10, 6_000)]);
+        assert_eq!(t.retained(0), (0, None));
+        assert_eq!(t.retained(14), (14, Some(0)), "part of the first segment");
+        assert_eq!(t.retained(65), (65, Some(0)));
+        assert_eq!(t.retained(70), (70, Some(0)));
+        let t = table(vec![seg(31, 30, 3_000)]);
+        assert_eq!(t.retained(40), (10, Some(3_000)));
+    }
+
+    #[test]
+    fn retained_bytes_never_cause_a_refusal() {
+        let cfg = SpoolConfig {
+            dir: PathBuf::from("/nonexistent"),
+            segment_bytes: 4096,
+            max_bytes: 10_000,
+            max_append_bytes: 1_000,
+            max_batch_bytes: 1 << 20,
+            confirm_interval: std::time::Duration::from_millis(1),
+            min_free_bytes: 2_000_000,
+            retain_confirmed: std::time::Duration::from_secs(300),
+        };
+        let shared = Shared::new(
+            cfg,
+            Arc::new(super::super::RealFs),
+            Arc::new(Metrics::new()),
+            SegmentTable::default(),
+            0,
+            0,
+            1,
+            CommitPoint::default(),
+            0,
+        );
+        let max = shared.max_reservation();
+        let mut q = Quota {
+            disk: 9_500,
+            queued: 0,
+            fs_free: 1_000_000,
+            retained: 0,
+        };
+        assert_eq!(shared.refusal(&q, max), Some("full"));
+        q.retained = 9_000;
+        assert_eq!(
+            shared.refusal(&q, max),
+            Some("disk_low"),
+            "quota room, but the disk margin is short"
+        );
+        q.fs_free = 2_000_000 - 9_000 + max;
+        assert_eq!(shared.refusal(&q, max), None, "evicting frees both");
+        q.retained = 8_000;
+        assert_eq!(
+            shared.refusal(&q, max),
+            Some("disk_low"),
+            "unconfirmed bytes are never counted as free"
+        );
     }
 }

@@ -99,7 +99,7 @@ impl Writer {
         persisted: u64,
     ) -> Writer {
         let dir = shared.cfg.dir.clone();
-        Writer {
+        let mut writer = Writer {
             shared,
             rx,
             dir,
@@ -111,7 +111,11 @@ impl Writer {
             deletions_due: true,
             buf: Vec::new(),
             _lock: lock,
-        }
+        };
+        // Before `open` returns, so no append is judged without them: segments recovery found
+        // fully confirmed count as retained, and their retention clock starts now.
+        writer.refresh_retained();
+        writer
     }
 
     /// The thread body. Returns once every sender is gone (close, or the last handle dropped)
@@ -163,7 +167,10 @@ impl Writer {
         let reserved: u64 = batch.iter().map(|r| r.reserved).sum();
         let result = match self.shared.poison_reason() {
             Some(reason) => Err(reason.to_owned()),
-            None => self.write_batch(&batch),
+            None => {
+                self.make_room(reserved);
+                self.write_batch(&batch)
+            }
         };
         lock(&self.shared.quota).release(reserved);
         match result {
@@ -286,16 +293,20 @@ impl Writer {
         let offset = a.len;
         a.len += run.len() as u64;
         a.next_seq = first_seq + frames;
-        {
-            let mut table = lock(&self.shared.segments);
-            let meta = table
-                .get_mut(a.base)
-                .expect("the active segment is in the table");
-            meta.len = a.len;
-            // One checkpoint candidate per run (its first frame) keeps the index sparse.
-            meta.note_frame(first_seq, offset, at_ms);
-            meta.last_seq = Some(first_seq + frames - 1);
-        }
+        let mut table = lock(&self.shared.segments);
+        let meta = table
+            .segs
+            .back_mut()
+            .expect("the active segment is in the table");
+        debug_assert_eq!(meta.base, a.base, "the active segment is the newest");
+        meta.len = a.len;
+        // One checkpoint candidate per run (its first frame) keeps the index sparse.
+        meta.note_frame(first_seq, offset, at_ms);
+        meta.last_seq = Some(first_seq + frames - 1);
+        // Holds an unconfirmed record now: its retention clock, if it had one, is void. (The
+        // newest segment never counts in `Quota::retained`, so that needs no change.)
+        meta.confirmed_at_ms = None;
+        drop(table);
         lock(&self.shared.quota).wrote(run.len() as u64);
         Ok(())
     }
@@ -329,10 +340,14 @@ impl Writer {
             len: SEGMENT_HEADER_LEN,
             next_seq: base,
         });
-        lock(&self.shared.segments)
+        let mut table = lock(&self.shared.segments);
+        table
             .segs
             .push_back(SegmentMeta::new(base, self.dir.join(&name)));
-        lock(&self.shared.quota).wrote(SEGMENT_HEADER_LEN);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let mut quota = lock(&self.shared.quota);
+        quota.wrote(SEGMENT_HEADER_LEN);
+        quota.retained = retained;
         Ok(())
     }
 
@@ -344,6 +359,8 @@ impl Writer {
         }
         if self.last_free_sample.elapsed() >= FREE_SPACE_SAMPLE_EVERY {
             self.resample_free_space();
+            // Retained segments expire with time alone; once a second is accuracy enough.
+            self.deletions_due |= !self.shared.cfg.retain_confirmed.is_zero();
         }
         let confirmed = self.shared.confirmed();
         if confirmed > self.persisted && self.last_persist.elapsed() >= interval {
@@ -375,32 +392,51 @@ impl Writer {
             &encode_confirmed(confirmed),
         )?;
         self.persisted = confirmed;
+        self.refresh_retained();
         self.delete_confirmed_segments();
         Ok(())
     }
 
-    /// Deletes every segment all of whose records are <= the persisted position, oldest first.
-    /// A segment's records all lie below the next segment's base; the newest segment is kept
-    /// (appends continue it) unless the quota is so tight that a maximum-size record no longer
-    /// fits: then, being fully confirmed, it is retired too and the next append starts a new
-    /// segment. That is safe because the durable `confirmed` file keeps the seq high-water mark.
+    /// Deletes, oldest first, every segment whose retention ran out: all of its records are <=
+    /// the persisted position, and it was first seen so at least `retain_confirmed` ago (with
+    /// `0s`, at once). The newest segment is kept (appends continue it) unless it is fully
+    /// confirmed and the quota is so tight that a maximum-size record would not fit even with
+    /// every other retained segment evicted: then it goes too, with all older ones (an
+    /// eviction, if their retention had not run out), and the next append starts a new segment.
+    /// That is safe because the durable `confirmed` file keeps the seq high-water mark. Sealed
+    /// segments still inside their retention otherwise go only by [`Self::make_room`].
     fn delete_confirmed_segments(&mut self) {
         self.deletions_due = false;
         let persisted = self.persisted;
-        let victims: Vec<(u64, PathBuf, u64)> = {
-            let table = lock(&self.shared.segments);
+        let retain_ms = self.shared.cfg.retain_confirmed.as_millis() as u64;
+        let now = now_ms();
+        // (base, path, len, records if deleted before its retention ran out)
+        let victims: Vec<(u64, PathBuf, u64, Option<u64>)> = {
+            let mut table = lock(&self.shared.segments);
+            table.stamp_retained(persisted, now);
+            // Invariant 3: `expired` only counts segments stamped fully confirmed.
+            let n = table.expired(retain_ms, now);
             let mut v: Vec<_> = table
                 .segs
                 .iter()
-                .zip(table.segs.iter().skip(1))
-                .take_while(|(_, next)| next.base <= persisted.saturating_add(1))
-                .map(|(s, _)| (s.base, s.path.clone(), s.len))
+                .take(n)
+                .map(|s| (s.base, s.path.clone(), s.len, None))
                 .collect();
-            if let Some(newest) = table.segs.back() {
-                // Fully confirmed implies every older segment is already in `v`.
-                let fully_confirmed = newest.last_seq.is_some_and(|l| l <= persisted);
-                if fully_confirmed && self.quota_pressed(&v) {
-                    v.push((newest.base, newest.path.clone(), newest.len));
+            // Fully confirmed newest implies every older segment is fully confirmed too. The
+            // retained ones count as free for appends already; the newest does not (see
+            // `SegmentTable::stamp_retained`), so under quota pressure it goes here.
+            let newest = table.segs.len().checked_sub(1);
+            if newest.is_some_and(|i| table.fully_confirmed(i, persisted)) && self.quota_pressed() {
+                let bases: Vec<u64> = table.segs.iter().map(|s| s.base).collect();
+                for (i, s) in table.segs.iter().enumerate().skip(n) {
+                    let records = match bases.get(i + 1) {
+                        Some(next) => next - s.base,
+                        None => s.last_seq.map_or(0, |l| l + 1 - s.base),
+                    };
+                    let expired = s
+                        .confirmed_at_ms
+                        .is_some_and(|at| now.saturating_sub(at) >= retain_ms);
+                    v.push((s.base, s.path.clone(), s.len, (!expired).then_some(records)));
                 }
             }
             v
@@ -409,7 +445,7 @@ impl Writer {
             return;
         }
         let mut removed = 0;
-        for (base, path, len) in victims {
+        for (base, path, len, evicted) in victims {
             if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
                 self.shared
                     .metrics
@@ -419,12 +455,10 @@ impl Writer {
                 tracing::error!(segment = %path.display(), error = %e, "deleting a confirmed segment failed; will retry after the next persist");
                 break;
             }
-            let mut table = lock(&self.shared.segments);
-            table.segs.retain(|s| s.base != base);
-            drop(table);
-            lock(&self.shared.quota).freed(len);
-            if self.active.as_ref().is_some_and(|a| a.base == base) {
-                self.active = None;
+            self.forget_segment(base, len);
+            if let Some(records) = evicted {
+                self.shared.metrics.spool_evicted_segments.inc();
+                self.shared.metrics.spool_evicted_records.inc_by(records);
             }
             removed += 1;
         }
@@ -447,6 +481,99 @@ impl Writer {
         self.resample_free_space();
     }
 
+    /// Rule 6: before a batch is written, evicts fully confirmed segments, oldest first, while
+    /// the batch (`reserved` bytes) would not fit the quota or would eat into `min_free_bytes`.
+    /// Appends were admitted counting retained bytes as free, so this is what keeps the segment
+    /// files within `max_bytes`. Only segments covered by the persisted position are ever
+    /// candidates (invariant 3): an unconfirmed record is never evicted.
+    fn make_room(&mut self, reserved: u64) {
+        let cfg = &self.shared.cfg;
+        let (max_bytes, min_free) = (cfg.max_bytes, cfg.min_free_bytes);
+        let mut evicted = 0u64;
+        loop {
+            let pressed = {
+                let q = lock(&self.shared.quota);
+                q.retained > 0
+                    && (q.disk + reserved > max_bytes
+                        || (min_free > 0 && q.fs_free.saturating_sub(reserved) < min_free))
+            };
+            if !pressed {
+                break;
+            }
+            let victim = {
+                let table = lock(&self.shared.segments);
+                // Invariant 3: only a segment every record of which the persisted position covers;
+                // and a sealed one, as counted in `Quota::retained`.
+                match (table.segs.front(), table.segs.get(1)) {
+                    (Some(s), Some(next)) if table.fully_confirmed(0, self.persisted) => {
+                        Some((s.base, s.path.clone(), s.len, next.base - s.base))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((base, path, len, records)) = victim else {
+                break;
+            };
+            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(segment = %path.display(), error = %e, "evicting a retained segment failed");
+                break;
+            }
+            self.forget_segment(base, len);
+            // The estimate until the resample below.
+            let mut q = lock(&self.shared.quota);
+            q.fs_free = q.fs_free.saturating_add(len);
+            drop(q);
+            self.shared.metrics.spool_evicted_segments.inc();
+            self.shared.metrics.spool_evicted_records.inc_by(records);
+            evicted += 1;
+        }
+        if evicted > 0 {
+            if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
+                // As after any deletion of confirmed segments: a lost unlink only brings back
+                // confirmed records, which are evicted again when needed.
+                self.shared
+                    .metrics
+                    .spool_errors
+                    .with_label_values(&["confirm"])
+                    .inc();
+                tracing::error!(error = %e, "fsync of the spool directory after evicting segments failed");
+            }
+            tracing::info!(
+                segments = evicted,
+                "evicted retained confirmed segments to make room for new deliveries"
+            );
+            self.resample_free_space();
+        }
+    }
+
+    /// Drops a deleted segment from the table and the quota (with the retained bytes it held).
+    fn forget_segment(&mut self, base: u64, len: u64) {
+        let mut table = lock(&self.shared.segments);
+        table.segs.retain(|s| s.base != base);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let mut quota = lock(&self.shared.quota);
+        quota.freed(len);
+        quota.retained = retained;
+        drop(quota);
+        drop(table);
+        if self.active.as_ref().is_some_and(|a| a.base == base) {
+            self.active = None;
+        }
+    }
+
+    /// Recomputes the retained bytes (and starts the retention clock of newly fully confirmed
+    /// segments) after the persisted position moved.
+    fn refresh_retained(&mut self) {
+        let mut table = lock(&self.shared.segments);
+        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        lock(&self.shared.quota).retained = retained;
+    }
+
     fn resample_free_space(&mut self) {
         self.last_free_sample = Instant::now();
         let free = sample_free_space(
@@ -457,11 +584,12 @@ impl Writer {
         lock(&self.shared.quota).fs_free = free;
     }
 
-    /// Whether, after deleting `victims`, a maximum-size append would still be refused.
-    fn quota_pressed(&self, victims: &[(u64, PathBuf, u64)]) -> bool {
-        let freed: u64 = victims.iter().map(|v| v.2).sum();
+    /// Whether a maximum-size append would be refused for quota even counting every retained
+    /// (sealed, fully confirmed) segment as free: then only deleting the newest segment, if it
+    /// is fully confirmed, can make room.
+    fn quota_pressed(&self) -> bool {
         let q = lock(&self.shared.quota);
-        let used = q.disk.saturating_sub(freed) + q.queued;
+        let used = q.disk.saturating_sub(q.retained) + q.queued;
         self.shared.cfg.max_bytes.saturating_sub(used) < self.shared.max_reservation()
     }
 

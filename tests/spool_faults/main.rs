@@ -37,6 +37,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_batch_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     }
 }
 
@@ -285,6 +286,7 @@ async fn low_free_space_refuses_appends_with_full() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SpoolConfig {
         min_free_bytes: MIN_FREE,
+        retain_confirmed: Duration::ZERO,
         ..config(dir.path())
     };
     let fs = FaultFs::new(Arc::new(RealFs));
@@ -325,6 +327,65 @@ async fn low_free_space_refuses_appends_with_full() {
     assert!(written <= room, "wrote {written} into a {room}-byte room");
     assert!(rejected(&metrics, "disk_low") >= 2);
     assert_ne!(spool.health(), Health::Failed);
+    spool.close().await.expect("close");
+}
+
+/// Retained confirmed segments count as free space for `min_free_bytes` too: a disk below the
+/// margin evicts them instead of answering 503, and only when none are left is it refused.
+#[tokio::test]
+async fn low_free_space_evicts_retained_segments_before_refusing() {
+    const MIN_FREE: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        min_free_bytes: MIN_FREE,
+        segment_bytes: 4096,
+        retain_confirmed: Duration::from_secs(3600),
+        ..config(dir.path())
+    };
+    let fs = FaultFs::new(Arc::new(RealFs));
+    fs.set_free(1 << 30);
+    let (spool, metrics) = open(&cfg, &fs);
+    let mut last = 0;
+    for i in 0..30 {
+        last = spool.append(payload(i, 1000)).await.expect("append");
+    }
+    spool.confirm(last);
+    wait_until(|| spool.stats().retained_bytes > 20_000).await;
+
+    // The disk fills up from elsewhere: not even this record fits above the margin.
+    fs.set_free(MIN_FREE + 500);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the next statvfs sample
+    assert_eq!(spool.health(), Health::Ok, "retained bytes count as free");
+    spool
+        .append(payload(100, 1000))
+        .await
+        .expect("evicts instead of 503");
+    assert!(metrics.spool_evicted_segments.get() > 0);
+    assert_eq!(rejected(&metrics, "disk_low"), 0);
+
+    // The fake disk never shows the freed space, so each append evicts more until nothing
+    // retained is left; only then is it refused.
+    let mut refused = false;
+    for i in 0..40 {
+        match spool.append(payload(200 + i, 1000)).await {
+            Ok(_) => {}
+            Err(Error::Full) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "never refused");
+    // The writer's estimate also subtracts what it wrote since the last sample, so the last
+    // retained segment may not have been enough; everything before it was evicted first.
+    assert!(
+        spool.stats().retained_bytes <= 4096,
+        "refused while retained segments could have made room: {:?}",
+        spool.stats()
+    );
+    assert!(metrics.spool_evicted_segments.get() >= 6);
+    assert_eq!(spool.stats().records, spool.stats().next_seq - last - 1);
     spool.close().await.expect("close");
 }
 

@@ -41,6 +41,7 @@ fn config(seed: u64) -> SpoolConfig {
         max_batch_bytes: 32 << 10,
         confirm_interval: Duration::from_millis(1),
         min_free_bytes: 0,
+        retain_confirmed: Duration::ZERO,
     }
 }
 
