@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminService};
+use crate::cloudevents::CloudEvents;
 use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
@@ -289,6 +290,7 @@ impl App {
             spool: spool.clone(),
             sink: sink.clone(),
             router: settings.router.clone(),
+            cloudevents: Arc::new(CloudEvents::from_config(c)),
             cfg: c.forward.clone(),
             metrics: metrics.clone(),
             status: broker.clone(),

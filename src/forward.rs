@@ -26,6 +26,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use rand::Rng;
 
+use crate::cloudevents::CloudEvents;
 use crate::config::ForwardConfig;
 use crate::deadletter::{self, DeadLetters};
 use crate::delivery::Delivery;
@@ -41,6 +42,8 @@ pub struct Forwarder {
     pub spool: Spool,
     pub sink: Arc<dyn Sink>,
     pub router: Router,
+    /// `sink.cloudevents`: how the message carries CloudEvents attributes, if at all.
+    pub cloudevents: Arc<CloudEvents>,
     pub cfg: ForwardConfig,
     pub metrics: Arc<Metrics>,
     pub status: Arc<BrokerStatus>,
@@ -91,8 +94,9 @@ pub fn backoff(cfg: &ForwardConfig, attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
-/// Builds the broker message for a stored delivery.
-pub fn message(router: &Router, seq: u64, d: Delivery) -> Message {
+/// Builds the broker message for a stored delivery. CloudEvents only adds headers or wraps the
+/// body: destination and key come from routing alone, in every mode.
+pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Message {
     let route = router.route(&d.action);
     let mut headers = vec![
         ("webhook-id", d.id.clone()),
@@ -110,13 +114,14 @@ pub fn message(router: &Router, seq: u64, d: Delivery) -> Message {
             headers.push((name, v.to_owned()));
         }
     }
+    let payload = ce.apply(&d, &mut headers);
     Message {
         seq,
         id: d.id,
         destination: route.destination,
         key: d.resource_id,
         headers,
-        payload: d.body,
+        payload,
     }
 }
 
@@ -228,7 +233,7 @@ impl Forwarder {
             .reject_reason
             .as_deref()
             .map(crate::delivery::reject_label);
-        let msg = message(&self.router, seq, delivery);
+        let msg = message(&self.router, &self.cloudevents, seq, delivery);
         let queue = by_key.entry(msg.key.clone()).or_default();
         queue.push_back(seq);
         let send_now = queue.len() == 1;
@@ -528,7 +533,7 @@ mod tests {
             reject_reason: None,
             body: bytes::Bytes::from_static(b"{}"),
         };
-        let m = message(&router, 7, d);
+        let m = message(&router, &CloudEvents::off(), 7, d);
         assert_eq!(m.destination, "sb.session.updated");
         assert_eq!(m.key, "r-1");
         let names: Vec<_> = m.headers.iter().map(|(n, _)| *n).collect();
@@ -839,6 +844,7 @@ mod tests {
                     spool: self.spool.clone(),
                     sink: Arc::new(self.sink.clone()),
                     router: Router::new("sb.", "unroutable", &Default::default()).unwrap(),
+                    cloudevents: Arc::new(crate::cloudevents::CloudEvents::off()),
                     cfg,
                     metrics: self.metrics.clone(),
                     status: Arc::new(BrokerStatus::default()),

@@ -103,9 +103,17 @@ fn probe_main(config: Option<PathBuf>, args: hookbridge::probe::ProbeArgs) -> Ex
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(file.as_deref())?;
     let redacted = config.redacted_toml();
+    let sink = config.sink.clone();
     Settings::new(config)?;
     print!("{redacted}");
-    eprintln!("configuration is valid");
+    eprintln!(
+        "configuration is valid; publishing to {} with CloudEvents {}",
+        match sink.kind {
+            hookbridge::config::SinkKind::Nats => "NATS",
+            hookbridge::config::SinkKind::Kafka => "Kafka",
+        },
+        sink.cloudevents.as_str()
+    );
     Ok(())
 }
 

@@ -43,7 +43,8 @@ pub use forward::ForwardConfig;
 pub use http::{AdminConfig, HttpConfig, TlsConfig};
 pub use log::{LogConfig, LogFormat, ShutdownConfig};
 pub use sink::{
-    Compression, KafkaConfig, NatsConfig, NatsMode, SinkConfig, SinkKind, KAFKA_RESERVED_OPTIONS,
+    CloudEventsMode, Compression, KafkaConfig, NatsConfig, NatsMode, SinkConfig, SinkKind,
+    KAFKA_RESERVED_OPTIONS, ORG_ID_PLACEHOLDER,
 };
 pub use spool::SpoolSection;
 
@@ -253,6 +254,19 @@ pub(crate) mod tests {
                 "sink.kafka.options",
             ),
             ("[sink.kafka]\npartitions = 0\n", "sink.kafka.partitions"),
+            ("[sink]\ncloudevents = \"json\"\n", "cloudevents"),
+            (
+                "[sink]\ncloudevents_source = \"/a b\"\n",
+                "sink.cloudevents_source",
+            ),
+            (
+                "[sink]\ncloudevents_source_fallback = \"\"\n",
+                "sink.cloudevents_source_fallback",
+            ),
+            (
+                "[sink]\ncloudevents_type_prefix = \"a b\"\n",
+                "sink.cloudevents_type_prefix",
+            ),
             ("[sink.kafka]\ncompression = \"brotli\"\n", "compression"),
             ("[auth]\ndedup_wait = \"0s\"\n", "auth.dedup_wait"),
             ("[auth]\ndedup_wait = \"2m\"\n", "auth.dedup_wait"),

@@ -16,11 +16,46 @@ pub enum SinkKind {
     Kafka,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How a message carries CloudEvents attributes (`sink.cloudevents`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudEventsMode {
+    /// No CloudEvents attributes: the body and the `webhook-*` / `sessionboard-*` headers only.
+    #[default]
+    Off,
+    /// Binary content mode: the body stays the sender's bytes, attributes travel as `ce-`
+    /// (NATS) or `ce_` (Kafka) headers.
+    Binary,
+    /// Structured content mode: the message is one `application/cloudevents+json` event whose
+    /// `data` is the sender's body, embedded byte for byte.
+    Structured,
+}
+
+impl CloudEventsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudEventsMode::Off => "off",
+            CloudEventsMode::Binary => "binary",
+            CloudEventsMode::Structured => "structured",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     /// `nats` or `kafka`. Default `nats`.
     pub kind: SinkKind,
+    /// CloudEvents on the wire: `off`, `binary` or `structured`. Default `off`.
+    pub cloudevents: CloudEventsMode,
+    /// The CloudEvents `source` (a URI-reference); `{org_id}` is replaced by `metadata.org_id`,
+    /// percent-encoded. Default `/sessionboard/orgs/{org_id}`.
+    pub cloudevents_source: String,
+    /// The `source` of a delivery without `metadata.org_id` (a URI-reference, no placeholder).
+    /// Default `/sessionboard`.
+    pub cloudevents_source_fallback: String,
+    /// Prepended to `metadata.action` to form the CloudEvents `type`. Default `com.sessionboard.`.
+    pub cloudevents_type_prefix: String,
     /// `[sink.nats]`, used when `kind = "nats"`. Default: each key's own.
     pub nats: NatsConfig,
     /// `[sink.kafka]`, used when `kind = "kafka"`. Default: each key's own.
@@ -199,10 +234,58 @@ fn is_secret_option(key: &str) -> bool {
 
 redacted_debug!(NatsConfig, KafkaConfig);
 
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Nats,
+            cloudevents: CloudEventsMode::Off,
+            cloudevents_source: "/sessionboard/orgs/{org_id}".into(),
+            cloudevents_source_fallback: "/sessionboard".into(),
+            cloudevents_type_prefix: "com.sessionboard.".into(),
+            nats: NatsConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+/// The `{org_id}` placeholder of `sink.cloudevents_source`.
+pub const ORG_ID_PLACEHOLDER: &str = "{org_id}";
+
+/// Characters RFC 3986 allows in a URI-reference (unreserved, reserved, `%` of an escape).
+fn is_uri_reference(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b))
+}
+
 impl SinkConfig {
     /// Both sinks are checked whichever is selected, so switching `kind` cannot surface an old
     /// mistake at the worst moment.
     pub(super) fn validate(&self) -> Result<(), Error> {
+        // Checked in every mode, so turning CloudEvents on cannot surface an old mistake.
+        if !is_uri_reference(&self.cloudevents_source.replace(ORG_ID_PLACEHOLDER, "x")) {
+            return Err(invalid(
+                "sink.cloudevents_source",
+                "must be a URI-reference (RFC 3986 characters only), optionally with {org_id}",
+            ));
+        }
+        if !is_uri_reference(&self.cloudevents_source_fallback) {
+            return Err(invalid(
+                "sink.cloudevents_source_fallback",
+                "must be a URI-reference (RFC 3986 characters only)",
+            ));
+        }
+        if self.cloudevents_type_prefix.len() > 200
+            || !self
+                .cloudevents_type_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "sink.cloudevents_type_prefix",
+                "must be at most 200 visible ASCII characters",
+            ));
+        }
         self.kafka.validate()?;
         self.nats.validate()
     }

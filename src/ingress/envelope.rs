@@ -159,6 +159,30 @@ pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     })
 }
 
+/// `metadata.datetime` when it is a JSON string, else `None`. Read at publish time (for the
+/// CloudEvents `time` attribute) from the stored body, so the spool record format needs no new
+/// field and records written before CloudEvents existed get the same answer.
+pub fn metadata_datetime(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow, default)]
+        metadata: Option<Meta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default)]
+        datetime: Option<Scalar<'a>>,
+    }
+    match serde_json::from_slice::<Body<'_>>(body)
+        .ok()?
+        .metadata?
+        .datetime?
+    {
+        Scalar::Str(s) => Some(s.into_owned()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +197,18 @@ mod tests {
         assert_eq!(e.resource_id, "abc");
         assert_eq!(e.org_id.as_deref(), Some("o-1"));
         assert_eq!(e.event_id.as_deref(), Some("4001"));
+    }
+
+    #[test]
+    fn metadata_datetime_is_read_only_as_a_string() {
+        let b = br#"{"metadata":{"action":"a","datetime":"2026-04-28T16:00:00Z"},"data":{"id":1}}"#;
+        assert_eq!(
+            metadata_datetime(b).as_deref(),
+            Some("2026-04-28T16:00:00Z")
+        );
+        assert_eq!(metadata_datetime(br#"{"metadata":{"datetime":5}}"#), None);
+        assert_eq!(metadata_datetime(br#"{"metadata":{}}"#), None);
+        assert_eq!(metadata_datetime(b"not json"), None);
     }
 
     #[test]
