@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod asyncapi;
 pub mod cloudevents;
 pub mod config;
 pub mod deadletter;

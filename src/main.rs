@@ -38,6 +38,20 @@ enum Command {
     /// Health check against the running bridge's admin listener (`/readyz` or `/livez`), for a
     /// container HEALTHCHECK or a Kubernetes exec probe. Exit 0 on 200, 1 otherwise.
     Probe(hookbridge::probe::ProbeArgs),
+    /// Print the AsyncAPI 3.0 document of what this configuration publishes (servers without
+    /// secrets, one channel per action, headers, payload schemas), or the README's tables.
+    Asyncapi {
+        /// `yaml`, `json`, or `markdown` (the README "Consume" tables).
+        #[arg(long, value_enum, default_value_t = AsyncapiFormat::Yaml)]
+        format: AsyncapiFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AsyncapiFormat {
+    Yaml,
+    Json,
+    Markdown,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status(args) => return status_main(cli.config, args),
         Command::Probe(args) => return probe_main(cli.config, args),
         Command::CheckConfig => check_config(cli.config),
+        Command::Asyncapi { format } => asyncapi(cli.config, format),
         Command::Run => run(cli.config),
     };
     match result {
@@ -114,6 +129,25 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
         },
         sink.cloudevents.as_str()
     );
+    Ok(())
+}
+
+/// Reads no secret file and no certificate: the document needs the routing and the sink only.
+fn asyncapi(file: Option<PathBuf>, format: AsyncapiFormat) -> anyhow::Result<()> {
+    let config = Config::load(file.as_deref())?;
+    config.validate()?;
+    let router = hookbridge::routing::Router::from_config(&config.routing)?;
+    let out = match format {
+        AsyncapiFormat::Markdown => hookbridge::asyncapi::markdown(&router),
+        AsyncapiFormat::Json => {
+            let doc = hookbridge::asyncapi::document(&config, &router);
+            serde_json::to_string_pretty(&doc)? + "\n"
+        }
+        AsyncapiFormat::Yaml => {
+            hookbridge::asyncapi::to_yaml(&hookbridge::asyncapi::document(&config, &router))
+        }
+    };
+    print!("{out}");
     Ok(())
 }
 
