@@ -37,6 +37,28 @@ fn check_config_prints_effective_config_with_secrets_redacted() {
     assert!(!stdout.contains("very-secret-token-1"));
     assert!(stdout.contains("stream = \"FROMENV\""));
     assert!(stdout.contains("listen = \"0.0.0.0:8080\""));
+    assert!(stdout.contains("cloudevents = \"off\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("with CloudEvents off"),
+        "check-config reports the CloudEvents mode"
+    );
+}
+
+#[test]
+fn check_config_reports_the_cloudevents_mode() {
+    let out = hookbridge()
+        .arg("check-config")
+        .env("HOOKBRIDGE_SINK__KIND", "kafka")
+        .env("HOOKBRIDGE_SINK__CLOUDEVENTS", "structured")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("publishing to Kafka with CloudEvents structured"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cloudevents = \"structured\""));
 }
 
 #[test]
