@@ -114,7 +114,12 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
             headers.push((name, v.to_owned()));
         }
     }
-    let payload = ce.apply(&d, &mut headers);
+    // An unusable body is never published (it goes to the dead-letter store as the spool
+    // record), and may not even be JSON: it is not wrapped.
+    let payload = match d.reject_reason {
+        None => ce.apply(&d, &mut headers),
+        Some(_) => d.body.clone(),
+    };
     Message {
         seq,
         id: d.id,
@@ -543,6 +548,39 @@ mod tests {
             "unsafe value must be dropped"
         );
         assert_eq!(m.payload, bytes::Bytes::from_static(b"{}"));
+    }
+
+    #[test]
+    fn cloudevents_never_change_destination_or_key() {
+        let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
+        let d = Delivery {
+            id: "msg_1".into(),
+            timestamp: None,
+            action: "session.updated".into(),
+            resource_id: "r-1".into(),
+            org_id: None,
+            event_id: None,
+            received_at_ms: 0,
+            reject_reason: None,
+            body: bytes::Bytes::from_static(br#"{"data":{"id":"r-1"}}"#),
+        };
+        let off = message(&router, &CloudEvents::off(), 1, d.clone());
+        for mode in ["binary", "structured"] {
+            let toml = format!("[sink]\ncloudevents = \"{mode}\"\n");
+            let ce = CloudEvents::from_config(&crate::config::tests::load_str(&toml).unwrap());
+            let m = message(&router, &ce, 1, d.clone());
+            assert_eq!(
+                (&m.destination, &m.key, &m.id),
+                (&off.destination, &off.key, &off.id)
+            );
+            let rejected = Delivery {
+                reject_reason: Some("invalid_json".into()),
+                body: bytes::Bytes::from_static(b"not json"),
+                ..d.clone()
+            };
+            let m = message(&router, &ce, 1, rejected);
+            assert_eq!(m.payload, bytes::Bytes::from_static(b"not json"), "{mode}");
+        }
     }
 
     /// The real forwarder over a real spool and dead-letter store (tempdir), publishing to a
