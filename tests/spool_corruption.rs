@@ -400,9 +400,11 @@ async fn quota_refuses_then_recovers_after_confirm() {
     assert_eq!(got.len() as u64, accepted);
     spool.confirm(got.last().unwrap().seq);
 
-    // The writer persists the position within a few confirm intervals and deletes segments.
+    // The writer persists the position within a few confirm intervals and deletes segments
+    // (retention is off here). Health turns Ok as soon as the persisted position makes those
+    // segments evictable, a moment before the writer deletes them: wait for both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while spool.health() != Health::Ok {
+    while spool.health() != Health::Ok || spool.stats().segments >= stats.segments {
         assert!(
             tokio::time::Instant::now() < deadline,
             "space never freed: {:?}",
