@@ -714,21 +714,7 @@ fn requeue(mut config: Config, sel: &Selection, out: &mut dyn Write) -> Result<u
     }
     drop(dl);
 
-    let (spool, _report) =
-        Spool::open(cfg, Arc::new(Metrics::new())).map_err(|source| match source {
-            spool::Error::Locked => Error::Locked(dir.clone()),
-            source => Error::Spool {
-                dir: dir.clone(),
-                source,
-            },
-        })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Spool {
-            dir: dir.clone(),
-            source: spool::Error::Io(e),
-        })?;
+    let (spool, rt) = open_for_writing(cfg, &dir)?;
     let result = requeue_locked(&rt, &spool, &dir, sel, out);
     let closed = rt.block_on(spool.close());
     let (done, skipped) = result?;
@@ -955,6 +941,30 @@ fn print_plan(picks: &[Pick], unconfirmed: u64, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
+/// Opens the spool for appending (taking its lock, running recovery) with a runtime to drive it;
+/// a running bridge holds the lock, which is reported as [`Error::Locked`].
+fn open_for_writing(
+    cfg: spool::SpoolConfig,
+    dir: &std::path::Path,
+) -> Result<(Spool, tokio::runtime::Runtime), Error> {
+    let (spool, _report) =
+        Spool::open(cfg, Arc::new(Metrics::new())).map_err(|source| match source {
+            spool::Error::Locked => Error::Locked(dir.to_owned()),
+            source => Error::Spool {
+                dir: dir.to_owned(),
+                source,
+            },
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Spool {
+            dir: dir.to_owned(),
+            source: spool::Error::Io(e),
+        })?;
+    Ok((spool, rt))
+}
+
 /// Replay re-appends copies: each selected record becomes a new record (new seq, same payload,
 /// so the same delivery id), fsync'd, in the original order, and the bridge forwards it through
 /// the normal path when it starts. Nothing is deleted, so a crash part-way leaves duplicates at
@@ -976,21 +986,7 @@ fn replay(config: Config, args: &ReplayArgs, out: &mut dyn Write) -> Result<u8, 
     }
     config.validate()?;
     let cfg = crate::app::spool_config(&config);
-    let (spool, _report) =
-        Spool::open(cfg, Arc::new(Metrics::new())).map_err(|source| match source {
-            spool::Error::Locked => Error::Locked(dir.clone()),
-            source => Error::Spool {
-                dir: dir.clone(),
-                source,
-            },
-        })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Spool {
-            dir: dir.clone(),
-            source: spool::Error::Io(e),
-        })?;
+    let (spool, rt) = open_for_writing(cfg, &dir)?;
     let result = rt.block_on(append_in_order(&spool, &picks));
     let closed = rt.block_on(spool.close());
     let (done, range) = match result {

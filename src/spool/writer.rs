@@ -462,16 +462,7 @@ impl Writer {
             }
             removed += 1;
         }
-        if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
-            // Harmless if the unlinks are lost: the files only hold confirmed records, which
-            // recovery deletes again. So this is not treated as fatal.
-            self.shared
-                .metrics
-                .spool_errors
-                .with_label_values(&["confirm"])
-                .inc();
-            tracing::error!(error = %e, "fsync of the spool directory after deleting segments failed");
-        }
+        self.sync_dir_after_deleting("deleting");
         tracing::debug!(
             segments = removed,
             confirmed = persisted,
@@ -479,6 +470,20 @@ impl Writer {
         );
         // Deleting is what frees space: look at once rather than refuse for up to a period.
         self.resample_free_space();
+    }
+
+    /// Makes the unlinks of confirmed segments durable. A failure is counted and logged but not
+    /// fatal: a lost unlink only brings back confirmed records, which recovery deletes (or
+    /// eviction evicts) again.
+    fn sync_dir_after_deleting(&self, what: &str) {
+        if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
+            self.shared
+                .metrics
+                .spool_errors
+                .with_label_values(&["confirm"])
+                .inc();
+            tracing::error!(error = %e, "fsync of the spool directory after {what} segments failed");
+        }
     }
 
     /// Rule 6: before a batch is written, evicts fully confirmed segments, oldest first, while
@@ -533,16 +538,7 @@ impl Writer {
             evicted += 1;
         }
         if evicted > 0 {
-            if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
-                // As after any deletion of confirmed segments: a lost unlink only brings back
-                // confirmed records, which are evicted again when needed.
-                self.shared
-                    .metrics
-                    .spool_errors
-                    .with_label_values(&["confirm"])
-                    .inc();
-                tracing::error!(error = %e, "fsync of the spool directory after evicting segments failed");
-            }
+            self.sync_dir_after_deleting("evicting");
             tracing::info!(
                 segments = evicted,
                 "evicted retained confirmed segments to make room for new deliveries"
