@@ -123,16 +123,21 @@ impl ClaimGuard {
     /// The delivery's append returned success (it is fsync'd): remember it from `now_ms` on,
     /// and journal it.
     pub fn commit(mut self, now_ms: u64) {
+        self.committed = true;
+        let id = std::mem::take(&mut self.id);
         let mut s = self.dedup.lock();
-        s.pending.remove(&self.id);
-        s.seen.insert(self.id.clone(), now_ms);
-        s.order.push_back((now_ms, self.id.clone()));
+        // The pending entry's key becomes the stored entry's key: one allocation, not three.
+        let key = match s.pending.remove_entry(&id) {
+            Some((key, _)) => key,
+            None => id.clone(),
+        };
+        s.order.push_back((now_ms, id.clone()));
+        s.seen.insert(key, now_ms);
         if let Some(journal) = &s.journal {
             // Fails only once the journal thread is gone (after `close`): de-duplication then
             // degrades to the broker's after a restart; deliveries are unaffected.
-            let _ = journal.send((now_ms, self.id.clone()));
+            let _ = journal.send((now_ms, id));
         }
-        self.committed = true;
     }
 }
 
@@ -415,12 +420,12 @@ fn now_ms() -> u64 {
 
 /// Appends the line `<ms> <id> <crc32c of "<ms> <id>", 8 hex digits>\n`.
 fn push_line(buf: &mut Vec<u8>, ts: u64, id: &str) {
+    use std::io::Write as _;
     let start = buf.len();
-    buf.extend_from_slice(ts.to_string().as_bytes());
-    buf.push(b' ');
-    buf.extend_from_slice(id.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(buf, "{ts} {id}");
     let crc = crc32c::crc32c(&buf[start..]);
-    buf.extend_from_slice(format!(" {crc:08x}\n").as_bytes());
+    let _ = writeln!(buf, " {crc:08x}");
 }
 
 /// A journal line, if it is one: `<ms> <id> <crc>` with an id of visible ASCII and a matching

@@ -228,19 +228,27 @@ impl Ingress {
         // The append and the claim's outcome run in a task of their own: if this request is
         // dropped mid-append (the sender timed out and closed the connection), the append still
         // finishes and its real outcome is what a retry of the same id finds.
-        let spool = self.spool.clone();
+        // Without a claim there is nothing to record, and dropping the append future is harmless
+        // (a queued append is written anyway), so no task is needed.
         let payload = delivery.encode();
-        let result = tokio::spawn(async move {
-            let result = spool.append(payload).await;
-            if let (Ok(_), Some(guard)) = (&result, claim) {
-                // Invariant 1: an id is remembered as stored only after its fsync returned.
-                guard.commit(now_ms);
+        let result = match claim {
+            None => self.spool.append(payload).await,
+            Some(guard) => {
+                let spool = self.spool.clone();
+                tokio::spawn(async move {
+                    let result = spool.append(payload).await;
+                    if result.is_ok() {
+                        // Invariant 1: an id is remembered as stored only after its fsync
+                        // returned.
+                        guard.commit(now_ms);
+                    }
+                    // Any other way out drops the guard, which releases the id.
+                    result
+                })
+                .await
+                .unwrap_or_else(|e| Err(spool::Error::Failed(format!("append task ended: {e}"))))
             }
-            // Any other way out drops the guard, which releases the id.
-            result
-        })
-        .await
-        .unwrap_or_else(|e| Err(spool::Error::Failed(format!("append task ended: {e}"))));
+        };
         match result {
             Ok(seq) => {
                 self.metrics
@@ -307,9 +315,10 @@ impl Ingress {
         id: &str,
         now_ms: u64,
     ) -> Result<Option<ClaimGuard>, Reject> {
-        let deadline = tokio::time::Instant::now() + self.dedup_wait;
-        let mut waited = false;
+        // Set when the first wait starts: a request that does not wait never reads the clock.
+        let mut deadline = None;
         loop {
+            let waited = deadline.is_some();
             match dedup.claim(id, now_ms) {
                 Claim::New(guard) => {
                     if waited {
@@ -332,7 +341,8 @@ impl Ingress {
                 // Invariant 1: a copy still being stored is not on disk yet, so this request
                 // cannot be acknowledged on its strength.
                 Claim::InProgress(first) => {
-                    waited = true;
+                    let deadline = *deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.dedup_wait);
                     if tokio::time::timeout_at(deadline, first.wait())
                         .await
                         .is_err()
