@@ -446,16 +446,14 @@ impl Writer {
         }
         let mut removed = 0;
         for (base, path, len, evicted) in victims {
-            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
-                self.shared
-                    .metrics
-                    .spool_errors
-                    .with_label_values(&["confirm"])
-                    .inc();
-                tracing::error!(segment = %path.display(), error = %e, "deleting a confirmed segment failed; will retry after the next persist");
+            if !self.remove_segment(
+                base,
+                &path,
+                len,
+                "deleting a confirmed segment failed; will retry after the next persist",
+            ) {
                 break;
             }
-            self.forget_segment(base, len);
             if let Some(records) = evicted {
                 self.shared.metrics.spool_evicted_segments.inc();
                 self.shared.metrics.spool_evicted_records.inc_by(records);
@@ -470,6 +468,28 @@ impl Writer {
         );
         // Deleting is what frees space: look at once rather than refuse for up to a period.
         self.resample_free_space();
+    }
+
+    /// Unlinks a fully confirmed segment and forgets it; on failure counts and logs `failed`
+    /// and returns false (the caller stops: it is retried after the next persist or batch).
+    fn remove_segment(
+        &mut self,
+        base: u64,
+        path: &std::path::Path,
+        len: u64,
+        failed: &str,
+    ) -> bool {
+        if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), path) {
+            self.shared
+                .metrics
+                .spool_errors
+                .with_label_values(&["confirm"])
+                .inc();
+            tracing::error!(segment = %path.display(), error = %e, "{failed}");
+            return false;
+        }
+        self.forget_segment(base, len);
+        true
     }
 
     /// Makes the unlinks of confirmed segments durable. A failure is counted and logged but not
@@ -519,16 +539,9 @@ impl Writer {
             let Some((base, path, len, records)) = victim else {
                 break;
             };
-            if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), &path) {
-                self.shared
-                    .metrics
-                    .spool_errors
-                    .with_label_values(&["confirm"])
-                    .inc();
-                tracing::error!(segment = %path.display(), error = %e, "evicting a retained segment failed");
+            if !self.remove_segment(base, &path, len, "evicting a retained segment failed") {
                 break;
             }
-            self.forget_segment(base, len);
             // The estimate until the resample below.
             let mut q = lock(&self.shared.quota);
             q.fs_free = q.fs_free.saturating_add(len);
