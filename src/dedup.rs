@@ -24,8 +24,8 @@
 //!
 //! At most `auth.dedup_max_entries` stored ids, the oldest forgotten first. Stored ids survive a
 //! restart through a journal beside the spool (`<spool.dir>/dedup.journal`: a header line, then
-//! one `<ms> <id> <crc32c>` line per stored delivery). Lines are written by a thread of their own (never on the async
-//! runtime), after the delivery's fsync and without one of their own: a power cut loses at most
+//! one `<ms> <id> <crc32c>` line per stored delivery). Lines are written by a thread of their own every 10 ms (never on the
+//! async runtime; no syscall or wake-up per delivery), after the delivery's fsync and without one of their own: a power cut loses at most
 //! the last few seconds of ids, which only means a retry of those is stored and published twice —
 //! still within the at-least-once promise (and JetStream's own de-duplication window). A line is
 //! trusted only if it is complete and its CRC matches, so a torn or garbage line after a power
@@ -35,7 +35,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,11 +55,16 @@ const MAX_ID_LEN: usize = 256;
 const COMPACT_SLACK: usize = 10_000;
 /// Bytes read from the journal at a time.
 const READ_CHUNK: usize = 1 << 20;
+/// How often the journal thread writes the lines committed since its last write. A crash loses
+/// at most this much of the journal's tail (which the page cache would not have kept from a
+/// power cut anyway): a retry of those ids is stored and published again, at-least-once.
+const JOURNAL_FLUSH: Duration = Duration::from_millis(10);
 
 pub struct Dedup {
     window_ms: u64,
     max_entries: usize,
     state: Mutex<State>,
+    journal: Arc<Mutex<Pending>>,
     journal_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -72,8 +77,17 @@ struct State {
     /// Ids whose first append is in progress. The sender lives in the [`ClaimGuard`]; waiters
     /// clone the receiver and wake when the guard is gone.
     pending: HashMap<String, watch::Receiver<()>>,
-    /// Lines for the journal thread; `None` after [`Dedup::close`].
-    journal: Option<mpsc::Sender<(u64, String)>>,
+}
+
+/// Journal lines waiting for the journal thread, which writes them every [`JOURNAL_FLUSH`]: a
+/// commit appends to a buffer instead of waking a thread or making a syscall per delivery.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    count: usize,
+    /// Set by [`Dedup::close`]: the thread writes what is left and exits; later commits are
+    /// remembered in memory only.
+    closed: bool,
 }
 
 /// What [`Dedup::claim`] found.
@@ -133,10 +147,11 @@ impl ClaimGuard {
         };
         s.order.push_back((now_ms, id.clone()));
         s.seen.insert(key, now_ms);
-        if let Some(journal) = &s.journal {
-            // Fails only once the journal thread is gone (after `close`): de-duplication then
-            // degrades to the broker's after a restart; deliveries are unaffected.
-            let _ = journal.send((now_ms, id));
+        drop(s);
+        let mut j = lock(&self.dedup.journal);
+        if !j.closed {
+            push_line(&mut j.lines, now_ms, &id);
+            j.count += 1;
         }
     }
 }
@@ -179,7 +194,6 @@ impl Dedup {
             seen,
             order,
             pending: HashMap::new(),
-            journal: None,
         };
         state.evict(now_ms, window_ms, max_entries);
         let live = state.seen.len();
@@ -215,22 +229,22 @@ impl Dedup {
             max_entries,
             failing: false,
         };
-        let (tx, rx) = mpsc::channel();
-        state.journal = Some(tx);
+        let journal = Arc::new(Mutex::new(Pending::default()));
+        let queue = journal.clone();
         let thread = std::thread::Builder::new()
             .name("dedup-journal".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(&queue))?;
         Ok(Dedup {
             window_ms,
             max_entries,
             state: Mutex::new(state),
+            journal,
             journal_thread: Mutex::new(Some(thread)),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent at every unlock: a panic elsewhere cannot leave it torn.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Ids currently remembered as stored.
@@ -282,13 +296,10 @@ impl Dedup {
     /// Writes what is queued for the journal and stops its thread. Blocking. Commits after this
     /// are remembered in memory only.
     pub fn close(&self) {
-        drop(self.lock().journal.take());
-        let thread = self
-            .journal_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        lock(&self.journal).closed = true;
+        let thread = lock(&self.journal_thread).take();
         if let Some(thread) = thread {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -329,41 +340,51 @@ struct JournalWriter {
 }
 
 impl JournalWriter {
-    fn run(mut self, rx: mpsc::Receiver<(u64, String)>) {
+    fn run(mut self, queue: &Mutex<Pending>) {
         let mut buf = Vec::new();
-        while let Ok((ts, id)) = rx.recv() {
-            buf.clear();
-            push_line(&mut buf, ts, &id);
-            let mut n = 1;
-            while buf.len() < READ_CHUNK {
-                let Ok((ts, id)) = rx.try_recv() else { break };
-                push_line(&mut buf, ts, &id);
-                n += 1;
+        loop {
+            let (n, closed) = {
+                let mut q = lock(queue);
+                // Swapped, not copied: the two buffers take turns.
+                std::mem::swap(&mut q.lines, &mut buf);
+                (std::mem::take(&mut q.count), q.closed)
+            };
+            if n > 0 {
+                self.append(&buf, n);
+                buf.clear();
             }
-            match self.file.write_all_at(&buf, self.len) {
-                Ok(()) => {
-                    self.len += buf.len() as u64;
-                    self.lines += n;
-                    if self.failing {
-                        self.failing = false;
-                        tracing::info!("writing the de-duplication journal works again");
-                    }
-                }
-                Err(e) => {
-                    if !self.failing {
-                        self.failing = true;
-                        // De-duplication across a restart degrades to the broker's; deliveries
-                        // are unaffected.
-                        tracing::warn!(error = %e, "writing the de-duplication journal failed");
-                    }
+            if closed {
+                return;
+            }
+            std::thread::park_timeout(JOURNAL_FLUSH);
+        }
+    }
+
+    /// Writes `n` lines (`buf`) at the end of the journal; compacts it when it has grown.
+    fn append(&mut self, buf: &[u8], n: usize) {
+        match self.file.write_all_at(buf, self.len) {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                self.lines += n;
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("writing the de-duplication journal works again");
                 }
             }
-            if self.lines > 2 * self.live + COMPACT_SLACK {
-                if let Err(e) = self.compact(now_ms()) {
-                    tracing::warn!(error = %e, "compacting the de-duplication journal failed");
-                    // Try again after as many lines again.
-                    self.live = self.lines;
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    // De-duplication across a restart degrades to the broker's; deliveries
+                    // are unaffected.
+                    tracing::warn!(error = %e, "writing the de-duplication journal failed");
                 }
+            }
+        }
+        if self.lines > 2 * self.live + COMPACT_SLACK {
+            if let Err(e) = self.compact(now_ms()) {
+                tracing::warn!(error = %e, "compacting the de-duplication journal failed");
+                // Try again after as many lines again.
+                self.live = self.lines;
             }
         }
     }
@@ -409,6 +430,12 @@ impl JournalWriter {
         self.live = kept;
         Ok(())
     }
+}
+
+/// The state behind these locks stays consistent at every unlock: a panic elsewhere cannot leave
+/// it torn.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_ms() -> u64 {
