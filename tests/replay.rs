@@ -150,10 +150,19 @@ async fn jetstream_that_lost_acknowledged_messages_gets_them_back_by_replay() {
     );
     wait_retained(&client, app.admin, sent.len() as f64).await;
     assert!(metric(&client, app.admin, "hookbridge_spool_segments", "").await > 2.0);
-    let (status, _, ready) = request(&client, "GET", &app.admin_url("/readyz"), &[], "")
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{ready}");
+    // Retained bytes follow the *persisted* confirmed position (only segments it covers may be
+    // evicted), which trails the live one by up to `confirm_interval`: poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (status, _, ready) = request(&client, "GET", &app.admin_url("/readyz"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{ready}");
+        if ready["retained_bytes"].as_u64().unwrap() > 0 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(ready["retained_bytes"].as_u64().unwrap() > 0, "{ready}");
     assert_eq!(ready["backlog_records"], 0, "{ready}");
 
