@@ -319,6 +319,9 @@ impl App {
             max_headers: c.http.max_headers,
             max_header_bytes: c.http.max_header_bytes,
             error_counter: Some(metrics.http_connection_errors.clone()),
+            linger_timeout: c.http.linger_timeout,
+            linger_bytes: c.http.linger_bytes,
+            linger_counter: Some(metrics.http_lingering_closes.clone()),
         };
         let tls_accept = settings.tls.as_ref().map(|tls| TlsAccept {
             acceptor: tls.acceptor(),
@@ -355,6 +358,9 @@ impl App {
                 max_headers: 64,
                 max_header_bytes: 16 * 1024,
                 error_counter: None,
+                linger_timeout: c.http.linger_timeout,
+                linger_bytes: c.http.linger_bytes,
+                linger_counter: None,
             },
             None,
             stopped(admin_stop_rx),

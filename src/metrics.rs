@@ -29,6 +29,7 @@ pub struct Metrics {
     pub dedup_waits: IntCounterVec,
     pub deliveries_invalid: IntCounterVec,
     pub http_connection_errors: IntCounterVec,
+    pub http_lingering_closes: IntCounterVec,
     pub ack_latency: Histogram,
     pub http_connections: IntGauge,
     pub http_rejected_connections: IntCounter,
@@ -112,6 +113,14 @@ impl Metrics {
                     "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, tls_handshake, tls_handshake_timeout, other).",
                 ),
                 &["kind"],
+            )
+            .unwrap(),
+            http_lingering_closes: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_http_lingering_closes_total",
+                    "Ingress connections that kept reading (and discarding) after the answer before closing, by how that ended (closed: the client closed; byte_limit: http.linger_bytes read; timeout: http.linger_timeout passed; error).",
+                ),
+                &["ended"],
             )
             .unwrap(),
             tls_reloads: IntCounterVec::new(
@@ -330,6 +339,7 @@ impl Metrics {
             Box::new(self.dedup_waits.clone()),
             Box::new(self.deliveries_invalid.clone()),
             Box::new(self.http_connection_errors.clone()),
+            Box::new(self.http_lingering_closes.clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_rejected_connections.clone()),
             Box::new(self.tls_reloads.clone()),

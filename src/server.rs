@@ -5,10 +5,24 @@
 //! A TLS connection takes its connection slot before the handshake and runs the handshake in its
 //! own task under `handshake_timeout`, so a client that never finishes one can neither stall the
 //! accept loop nor hold a slot for longer than that.
+//!
+//! # Lingering close
+//!
+//! Many clients (Python's `http.client`, most webhook senders) write the whole request before
+//! they read the answer. When the bridge answers early (413 on the `Content-Length`, 401 on a
+//! token, 400, 408) and closes with part of the body still unread, the kernel resets the
+//! connection, and the reset can destroy the answer before the client reads it: the client sees
+//! a broken pipe instead of a 413. So hyper is lent the stream ([`Lent`]) and hands it back when
+//! it is done; the connection task then half-closes it and reads and discards what the client
+//! still sends, until the client closes, `linger_bytes` were read or `linger_timeout` passed
+//! (RFC 9112 §9.6). Only then is the socket closed. The slot stays taken meanwhile, so lingering
+//! is bounded like every other connection state.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,9 +31,10 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -39,6 +54,13 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Counts connections ended by an error, by kind.
     pub error_counter: Option<prometheus::IntCounterVec>,
+    /// Longest a closing connection reads and discards what the client still sends (see
+    /// "Lingering close"); zero closes at once.
+    pub linger_timeout: Duration,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes: u64,
+    /// Counts lingering closes that read something or waited, by how they ended.
+    pub linger_counter: Option<prometheus::IntCounterVec>,
 }
 
 /// TLS for a listener: the acceptor (which presents the current certificate) and how long a
@@ -67,6 +89,7 @@ pub async fn serve<M, S, F>(
     F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
     M: Fn(std::net::SocketAddr) -> S,
 {
+    let limits = Arc::new(limits);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -104,38 +127,33 @@ pub async fn serve<M, S, F>(
         let watcher = graceful.watcher();
         let http = http.clone();
         let tls = tls.clone();
-        let gauge = limits.open_gauge.clone();
-        let errors = limits.error_counter.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            if let Some(g) = &gauge {
+            if let Some(g) = &limits.open_gauge {
                 g.inc();
             }
             let result = match tls {
-                None => watcher
-                    .watch(http.serve_connection(TokioIo::new(stream), service))
-                    .await
-                    .map_err(ConnError::Http),
+                None => serve_lingering(stream, &http, service, watcher, &limits).await,
                 Some(tls) => {
                     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
                         .await
                     {
                         Err(_) => Err(ConnError::HandshakeTimeout),
                         Ok(Err(e)) => Err(ConnError::Handshake(e)),
-                        Ok(Ok(stream)) => watcher
-                            .watch(http.serve_connection(TokioIo::new(stream), service))
-                            .await
-                            .map_err(ConnError::Http),
+                        Ok(Ok(stream)) => {
+                            serve_lingering(stream, &http, service, watcher, &limits).await
+                        }
                     }
                 }
             };
             if let Err(e) = result {
                 let kind = e.kind();
-                if let Some(c) = &errors {
+                if let Some(c) = &limits.error_counter {
                     c.with_label_values(&[kind]).inc();
                 }
                 tracing::debug!(%peer, error = %e, kind, "connection ended with error");
             }
-            if let Some(g) = &gauge {
+            if let Some(g) = &limits.open_gauge {
                 g.dec();
             }
             drop(permit);
@@ -150,6 +168,143 @@ pub async fn serve<M, S, F>(
             ?grace,
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// Serves one connection over `io`, then closes it lingering (see "Lingering close").
+async fn serve_lingering<T, S, F>(
+    io: T,
+    http: &hyper::server::conn::http1::Builder,
+    service: S,
+    watcher: Watcher,
+    limits: &Limits,
+) -> Result<(), ConnError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = HttpResponse, Error = Infallible, Future = F>
+        + Send
+        + 'static,
+    F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
+{
+    let (back, mut returned) = oneshot::channel();
+    let lent = Lent {
+        io: Some(io),
+        back: Some(back),
+    };
+    let result = watcher
+        .watch(http.serve_connection(TokioIo::new(lent), service))
+        .await
+        .map_err(ConnError::Http);
+    // The connection (and the stream lent to it) was dropped with the finished future.
+    if let Ok(io) = returned.try_recv() {
+        let ended = linger(io, limits.linger_timeout, limits.linger_bytes).await;
+        if let (Some(ended), Some(c)) = (ended, &limits.linger_counter) {
+            c.with_label_values(&[ended]).inc();
+        }
+    }
+    result
+}
+
+/// Half-closes `io`, then reads and discards until the client closes, `max_bytes` were read or
+/// `timeout` passed. Returns how it ended (the metric label), or `None` when the client had
+/// already closed and sent nothing more: the ordinary end of a connection, not worth counting.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    timeout: Duration,
+    max_bytes: u64,
+) -> Option<&'static str> {
+    if timeout.is_zero() {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    // hyper shuts the write side down after a clean close, not always after an error; a second
+    // shutdown is harmless.
+    if tokio::time::timeout_at(deadline, io.shutdown())
+        .await
+        .is_err()
+    {
+        return Some("timeout");
+    }
+    let mut buf = vec![0; 8192];
+    let mut discarded = 0u64;
+    loop {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Err(_) => return Some("timeout"),
+            Ok(Ok(0)) => return (discarded > 0).then_some("closed"),
+            Ok(Ok(n)) => {
+                discarded += n as u64;
+                if discarded >= max_bytes {
+                    return Some("byte_limit");
+                }
+            }
+            Ok(Err(_)) => return (discarded > 0).then_some("error"),
+        }
+    }
+}
+
+/// A connection's stream lent to hyper: when hyper drops it, it goes back through `back` to the
+/// connection task, which closes it lingering.
+struct Lent<T> {
+    /// `Some` until dropped.
+    io: Option<T>,
+    back: Option<oneshot::Sender<T>>,
+}
+
+impl<T> Lent<T> {
+    fn io(&mut self) -> Pin<&mut T>
+    where
+        T: Unpin,
+    {
+        Pin::new(self.io.as_mut().expect("the stream is lent until dropped"))
+    }
+}
+
+impl<T> Drop for Lent<T> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            // The receiver is gone only if the connection task is, which then closes it.
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Lent<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Lent<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_shutdown(cx)
     }
 }
 

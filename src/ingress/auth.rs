@@ -221,21 +221,23 @@ impl Gate {
         client
     }
 
-    /// Checks the source address before anything is read.
-    pub fn check_source(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
-        if self.source.allow.is_empty() {
-            return Ok(());
+    /// Checks what the request head decides — the source address, then the token — before a
+    /// byte of the body is read: an unauthenticated client is refused without being read.
+    pub fn check_head(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
+        if !self.source.allow.is_empty() {
+            let ip = self.client_ip(peer, headers);
+            if !self.source.allow.iter().any(|n| n.contains(&ip)) {
+                return Err(Denied::ForbiddenSource);
+            }
         }
-        let ip = self.client_ip(peer, headers);
-        if self.source.allow.iter().any(|n| n.contains(&ip)) {
-            Ok(())
-        } else {
-            Err(Denied::ForbiddenSource)
+        match &self.token {
+            Some(auth) => check_token(auth, headers),
+            None => Ok(()),
         }
     }
 
-    /// Checks token and signature; `id` and `timestamp` are the already-validated delivery
-    /// headers (either spelling).
+    /// Checks the signature, after [`Gate::check_head`] passed; `id` and `timestamp` are the
+    /// already-validated delivery headers (either spelling).
     pub fn check(
         &self,
         headers: &HeaderMap,
@@ -243,9 +245,6 @@ impl Gate {
         timestamp: Option<&str>,
         body: Bytes,
     ) -> Result<Verified, Denied> {
-        if let Some(auth) = &self.token {
-            check_token(auth, headers)?;
-        }
         if let Some(sig) = &self.signatures {
             let header =
                 signature_header(headers).ok_or(Denied::Signature(SigError::MissingHeaders))?;
@@ -355,6 +354,10 @@ mod tests {
         }
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -378,10 +381,10 @@ mod tests {
         ];
         for (values, want) in cases {
             let h = headers(&values.iter().map(|v| ("x-token", *v)).collect::<Vec<_>>());
-            let got = g
-                .check(&h, None, None, Bytes::new())
-                .map(|v| assert!(v.authentic()));
-            assert_eq!(got, *want, "{values:?}");
+            assert_eq!(g.check_head(ip("192.0.2.1"), &h), *want, "{values:?}");
+            if want.is_ok() {
+                assert!(g.check(&h, None, None, Bytes::new()).unwrap().authentic());
+            }
         }
     }
 
@@ -420,10 +423,12 @@ mod tests {
             Denied::Signature(SigError::MissingHeaders)
         );
         let no_token = headers(&[("webhook-signature", sig)]);
+        assert!(g.check(&no_token, id, ts, body).is_ok(), "signature alone");
         assert_eq!(
-            g.check(&no_token, id, ts, body).unwrap_err(),
+            g.check_head(ip("192.0.2.1"), &no_token).unwrap_err(),
             Denied::MissingToken
         );
+        assert!(g.check_head(ip("192.0.2.1"), &good).is_ok());
     }
 
     #[test]
@@ -435,28 +440,27 @@ mod tests {
             },
             ..Gate::open()
         };
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let xff = |v: &str| headers(&[("x-forwarded-for", v)]);
         // Direct client inside the allowlist.
-        assert!(g.check_source(ip("203.0.113.5"), &HeaderMap::new()).is_ok());
+        assert!(g.check_head(ip("203.0.113.5"), &HeaderMap::new()).is_ok());
         // Forged header from an untrusted peer is ignored.
         assert_eq!(
-            g.check_source(ip("198.51.100.1"), &xff("203.0.113.5")),
+            g.check_head(ip("198.51.100.1"), &xff("203.0.113.5")),
             Err(Denied::ForbiddenSource)
         );
         // Through a trusted proxy: right-most untrusted hop counts.
-        assert!(g.check_source(ip("10.1.1.1"), &xff("203.0.113.5")).is_ok());
+        assert!(g.check_head(ip("10.1.1.1"), &xff("203.0.113.5")).is_ok());
         assert!(g
-            .check_source(ip("10.1.1.1"), &xff("198.51.100.1, 203.0.113.5, 10.2.2.2"))
+            .check_head(ip("10.1.1.1"), &xff("198.51.100.1, 203.0.113.5, 10.2.2.2"))
             .is_ok());
         // The attacker-controlled left part cannot win.
         assert_eq!(
-            g.check_source(ip("10.1.1.1"), &xff("203.0.113.5, 198.51.100.1")),
+            g.check_head(ip("10.1.1.1"), &xff("203.0.113.5, 198.51.100.1")),
             Err(Denied::ForbiddenSource)
         );
         // Garbage hop: stop at the last parsable one (the proxy itself, not allowed).
         assert_eq!(
-            g.check_source(ip("10.1.1.1"), &xff("203.0.113.5, garbage")),
+            g.check_head(ip("10.1.1.1"), &xff("203.0.113.5, garbage")),
             Err(Denied::ForbiddenSource)
         );
     }

@@ -163,7 +163,7 @@ impl Ingress {
             ));
         }
         self.gate
-            .check_source(peer, req.headers())
+            .check_head(peer, req.headers())
             .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
         let limit = self.max_body_bytes as usize;
         if let Some(len) = content_length(req.headers()) {
