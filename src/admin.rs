@@ -14,6 +14,7 @@ use hyper::{Request, Response};
 use serde_json::json;
 
 use crate::deadletter::DeadLetters;
+use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::server::{self, HttpResponse};
 use crate::sink::{BrokerState, BrokerStatus};
@@ -24,6 +25,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub broker: Arc<BrokerStatus>,
     pub dead_letters: Arc<DeadLetters>,
+    /// `None` when de-duplication is off.
+    pub dedup: Option<Arc<Dedup>>,
 }
 
 #[derive(Clone)]
@@ -114,5 +117,9 @@ impl Admin {
         m.spool_retained_bytes.set(s.retained_bytes as i64);
         m.spool_oldest_retained_age
             .set(s.oldest_retained_age.map_or(0.0, |d| d.as_secs_f64()));
+        if let Some(d) = &self.dedup {
+            m.dedup_ids.set(d.len() as i64);
+            m.dedup_journal_bytes.set(d.journal_bytes() as i64);
+        }
     }
 }

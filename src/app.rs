@@ -345,6 +345,7 @@ impl App {
             metrics: metrics.clone(),
             broker,
             dead_letters,
+            dedup: dedup.clone(),
         });
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(
@@ -417,7 +418,7 @@ impl App {
             tracing::warn!("forwarder did not stop in time");
         }
         if let Some(dedup) = dedup {
-            // The ingress is closed: write the last journal lines before the process exits.
+            // The ingress is closed: write the last journal records before the process exits.
             let _ = tokio::task::spawn_blocking(move || dedup.close()).await;
         }
         if let Err(e) = spool.close().await {

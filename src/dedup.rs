@@ -20,25 +20,83 @@
 //! runs the append and the guard in a task of their own, so a request whose connection is closed
 //! mid-append still records the append's real outcome.
 //!
-//! # Bounds and persistence
+//! # What is remembered: a keyed 128-bit fingerprint per id
 //!
-//! At most `auth.dedup_max_entries` stored ids, the oldest forgotten first. Stored ids survive a
-//! restart through a journal beside the spool (`<spool.dir>/dedup.journal`: a header line, then
-//! one `<ms> <id> <crc32c>` line per stored delivery). Lines are written by a thread of their own every 10 ms (never on the
-//! async runtime; no syscall or wake-up per delivery), after the delivery's fsync and without one of their own: a power cut loses at most
-//! the last few seconds of ids, which only means a retry of those is stored and published twice —
-//! still within the at-least-once promise (and JetStream's own de-duplication window). A line is
-//! trusted only if it is complete and its CRC matches, so a torn or garbage line after a power
-//! cut can never make an id that was not stored look stored. The journal is compacted (rewritten with only the live ids, through the
-//! spool's crash-safe replace) at start and when it holds more than twice the live ids.
+//! Pending ids are kept as themselves (exact strings; there are only as many as appends in
+//! flight). A *stored* id is kept as its fingerprint: SipHash-1-3 with a 128-bit output, keyed
+//! by 16 random bytes made when the journal is created and kept in its header (so they survive
+//! restarts and compactions; the key never leaves the spool directory). Two different ids with
+//! the same fingerprint would make the second a false `duplicate` — a 2xx for a delivery that
+//! was never stored, i.e. lost — so nothing shorter than 128 bits is ever compared: among a
+//! million remembered ids the chance that *any* two collide is about n²/2¹²⁹ ≈ 2·10⁻²⁷ (with 64
+//! bits it would be 3·10⁻⁸ per million, and every new id would be another draw). The key makes
+//! the fingerprints of any set of ids behave as random numbers, however the ids are chosen.
+//!
+//! The stored set is two compact structures ([`Remembered`]), about 26–32 bytes per id in all
+//! instead of two heap strings (~230 bytes per id before):
+//!
+//! - a **ring** of 20-byte entries `{fingerprint, seconds}` in insertion order, for expiry and
+//!   eviction, in blocks of [`BLOCK`] entries (growing never copies the ring, and the memory of
+//!   forgotten ids goes back block by block);
+//! - an **index**: a hashbrown table of 32-bit ring positions (5 bytes a bucket, at most 7/8
+//!   full), found by the fingerprint's low 64 bits and confirmed by comparing all 128.
+//!
+//! Times are kept in whole seconds, rounded *up*: a stored id may be remembered up to one second
+//! longer than the window, never shorter (both only decide between a duplicate answer and
+//! storing again; neither can acknowledge something that was not stored). The ring may hold
+//! stale entries (an id stored again after its window passed while older-looking entries
+//! stayed in front of it); the index always points at the newest, and popping a stale entry
+//! leaves it alone. Expiry and eviction (`auth.dedup_max_entries`, oldest first, stale entries
+//! counted) are what they were with strings.
+//!
+//! # The journal: `<spool.dir>/dedup.journal`
+//!
+//! Stored ids survive a restart through a binary journal of fixed-size records. Do not reorder
+//! or resize a field: a change is a new [`VERSION`] and a conversion in [`Dedup::open`].
+//!
+//! | bytes | header (32 bytes)                          |
+//! | ----- | ------------------------------------------ |
+//! | 0..8  | magic `HBDEDUPJ`                           |
+//! | 8..12 | format version, u32 LE (3)                 |
+//! | 12..28| fingerprint key (16 random bytes)          |
+//! | 28..32| CRC-32C of bytes 0..28, u32 LE             |
+//!
+//! | bytes | record (24 bytes), any number after the header                      |
+//! | ----- | ------------------------------------------------------------------- |
+//! | 0..4  | when it was stored: Unix seconds rounded up, u32 LE                   |
+//! | 4..20 | fingerprint, u128 LE                                                |
+//! | 20..24| CRC-32C of the key followed by bytes 0..20, u32 LE                  |
+//!
+//! Records are written by a thread of their own every 10 ms (never on the async runtime; no
+//! syscall or wake-up per delivery), after the delivery's fsync and without one of their own: a
+//! power cut loses at most the last few seconds of ids, which only means a retry of those is
+//! stored and published twice — still within the at-least-once promise (and JetStream's own
+//! de-duplication window). The file is fsync'd when it is opened and at a clean stop, so a cut
+//! loses only what was journaled since the last start. A record is trusted only if it is whole and its CRC matches: a torn
+//! tail (shorter than a record) is ignored and the next append overwrites it, a zeroed,
+//! garbage or foreign record (the CRC covers the key) is skipped and the records after it still
+//! count (they sit at fixed offsets), so a power cut can make the journal forget recent ids but
+//! never invent one. Loading is big sequential reads and a CRC per record: tens of milliseconds
+//! for a million ids, where the text journal of hookbridge ≤ 0.1 (`<ms> <id> <crc32c>` lines,
+//! header `# hookbridge dedup journal v2`, or no header and no CRC) took 1.7 s. Such a journal
+//! is read once at start, its ids fingerprinted with a new key, and rewritten in this format. A
+//! journal with this magic but another version is refused before anything is changed; one whose
+//! header is damaged is forgotten (a warning), which costs only duplicates.
+//!
+//! The journal is compacted (rewritten with only the live ids, through the spool's crash-safe
+//! replace) at start when it is in an old format or holds more than twice the live ids, and by
+//! its thread when it has grown to that.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hashbrown::HashTable;
+use siphasher::sip128::SipHasher13;
 use tokio::sync::watch;
 
 use crate::spool::fs::publish_file_with;
@@ -47,46 +105,56 @@ use crate::spool::SpoolFs;
 
 pub const JOURNAL_FILE: &str = "dedup.journal";
 const JOURNAL_TMP_FILE: &str = "dedup.journal.tmp";
-/// First line of a journal whose lines carry a CRC (every journal this version writes).
-const JOURNAL_HEADER: &[u8] = b"# hookbridge dedup journal v2\n";
-/// Longest id a journal line may carry (the ingress accepts at most 256 characters).
+/// Most ids that can be remembered (`auth.dedup_max_entries` is checked against it): ring
+/// positions in the index are 32 bits, and this many ids already take about 3 GB.
+pub const MAX_ENTRIES: usize = 100_000_000;
+const MAGIC: [u8; 8] = *b"HBDEDUPJ";
+/// The journal format this version writes and reads (the text formats were 1 and 2).
+const VERSION: u32 = 3;
+const HEADER_LEN: usize = 32;
+const RECORD_LEN: usize = 24;
+/// First line of a text journal whose lines carry a CRC (hookbridge ≤ 0.1).
+const V2_HEADER: &[u8] = b"# hookbridge dedup journal v2\n";
+/// Longest id a text journal line may carry (the ingress accepts at most 256 characters).
 const MAX_ID_LEN: usize = 256;
-/// Extra lines tolerated beyond twice the live ids before the journal is compacted.
+/// Extra records tolerated beyond twice the live ids before the journal is compacted.
 const COMPACT_SLACK: usize = 10_000;
-/// Bytes read from the journal at a time.
-const READ_CHUNK: usize = 1 << 20;
-/// How often the journal thread writes the lines committed since its last write. A crash loses
-/// at most this much of the journal's tail (which the page cache would not have kept from a
-/// power cut anyway): a retry of those ids is stored and published again, at-least-once.
+/// Records read or written at a time (768 KiB).
+const IO_RECORDS: usize = 1 << 15;
+/// How often the journal thread writes the records committed since its last write. A crash
+/// loses at most this much of the journal's tail (which the page cache would not have kept from
+/// a power cut anyway): a retry of those ids is stored and published again, at-least-once.
 const JOURNAL_FLUSH: Duration = Duration::from_millis(10);
+/// Ring entries per block (80 KiB).
+const BLOCK: usize = 4096;
 
 pub struct Dedup {
     window_ms: u64,
     max_entries: usize,
+    key: Key,
     state: Mutex<State>,
-    journal: Arc<Mutex<Pending>>,
+    journal: Arc<Mutex<Queue>>,
     journal_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Size of the journal file, kept by its thread.
+    journal_bytes: Arc<AtomicU64>,
 }
 
 struct State {
-    /// Stored id → when it was stored (ms).
-    seen: HashMap<String, u64>,
-    /// Insertion order of `seen`, for expiry and eviction. May hold stale entries (ids stored
-    /// again later); those are skipped when popped.
-    order: VecDeque<(u64, String)>,
+    /// Ids stored within the window (and some not yet evicted past it).
+    remembered: Remembered,
     /// Ids whose first append is in progress. The sender lives in the [`ClaimGuard`]; waiters
     /// clone the receiver and wake when the guard is gone.
     pending: HashMap<String, watch::Receiver<()>>,
 }
 
-/// Journal lines waiting for the journal thread, which writes them every [`JOURNAL_FLUSH`]: a
-/// commit appends to a buffer instead of waking a thread or making a syscall per delivery.
+/// Records waiting for the journal thread, which writes them every [`JOURNAL_FLUSH`]: a commit
+/// appends to a buffer instead of waking a thread or making a syscall per delivery.
 #[derive(Default)]
-struct Pending {
-    lines: Vec<u8>,
+struct Queue {
+    records: Vec<u8>,
     count: usize,
-    /// Set by [`Dedup::close`]: the thread writes what is left and exits; later commits are
-    /// remembered in memory only.
+    /// Set by [`Dedup::close`] (or at open when there is no journal to write): the thread
+    /// writes what is left and exits; later commits are remembered in memory only.
     closed: bool,
 }
 
@@ -117,6 +185,7 @@ impl std::fmt::Debug for Claim {
 pub struct ClaimGuard {
     dedup: Arc<Dedup>,
     id: String,
+    fingerprint: Fingerprint,
     committed: bool,
     /// Dropped last (after `Drop::drop` updated the state), which wakes the waiters.
     _done: watch::Sender<()>,
@@ -138,19 +207,15 @@ impl ClaimGuard {
     /// and journal it.
     pub fn commit(mut self, now_ms: u64) {
         self.committed = true;
-        let id = std::mem::take(&mut self.id);
+        let secs = secs_of(now_ms);
         let mut s = self.dedup.lock();
-        // The pending entry's key becomes the stored entry's key: one allocation, not three.
-        let key = match s.pending.remove_entry(&id) {
-            Some((key, _)) => key,
-            None => id.clone(),
-        };
-        s.order.push_back((now_ms, id.clone()));
-        s.seen.insert(key, now_ms);
+        s.pending.remove(&self.id);
+        // Invariant 1: the only way into the stored set, called only after the append's Ok.
+        s.remembered.push(self.fingerprint, secs);
         drop(s);
         let mut j = lock(&self.dedup.journal);
         if !j.closed {
-            push_line(&mut j.lines, now_ms, &id);
+            push_record(&mut j.records, &self.dedup.key, secs, self.fingerprint);
             j.count += 1;
         }
     }
@@ -166,6 +231,8 @@ impl Drop for ClaimGuard {
 
 impl Dedup {
     /// Opens the journal in `dir` and loads the ids still inside the window. Blocking.
+    /// `max_entries` is capped at [`MAX_ENTRIES`]. Fails on an I/O error or a journal of an
+    /// unknown format version (which it leaves as it is).
     pub fn open(
         fs: Arc<dyn SpoolFs>,
         dir: &Path,
@@ -174,72 +241,107 @@ impl Dedup {
         now_ms: u64,
     ) -> io::Result<Dedup> {
         let window_ms = window.as_millis() as u64;
+        let max_entries = max_entries.min(MAX_ENTRIES);
         let path = dir.join(JOURNAL_FILE);
-        let mut seen = HashMap::new();
-        let mut order = VecDeque::new();
         let existing = match fs.open_write(&path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        if let Some(file) = &existing {
-            for_each_line(file.as_ref(), |ts, id| {
-                if ts.saturating_add(window_ms) >= now_ms {
-                    seen.insert(id.to_owned(), ts);
-                    order.push_back((ts, id.to_owned()));
-                }
-            })?;
-        }
-        let mut state = State {
-            seen,
-            order,
-            pending: HashMap::new(),
+        let loaded = match &existing {
+            Some(file) => load(file.as_ref(), window_ms, max_entries, now_ms)?,
+            None => Loaded {
+                key: Key::random(),
+                remembered: Remembered::default(),
+                records: None,
+            },
         };
-        state.evict(now_ms, window_ms, max_entries);
-        let live = state.seen.len();
-        // Best effort: on a full disk the rewrite fails, and the bridge must still start (it is
-        // what drains the spool and frees the space).
-        let compacted = publish_file_with(fs.as_ref(), dir, JOURNAL_TMP_FILE, JOURNAL_FILE, |f| {
-            let mut out = LineWriter::new(f);
-            for (ts, id) in &state.order {
-                if state.seen.get(id) == Some(ts) {
-                    out.line(*ts, id)?;
+        let Loaded {
+            key,
+            mut remembered,
+            records,
+        } = loaded;
+        remembered.evict(now_ms, window_ms, max_entries);
+        remembered.shrink();
+        let live = remembered.len();
+        let journal_bytes = Arc::new(AtomicU64::new(0));
+        let journal = Arc::new(Mutex::new(Queue::default()));
+
+        // A journal in this format without much dead weight is appended to as it is: no
+        // rewrite on the way to ready. It is fsync'd (mostly written back already), so what
+        // the last run journaled survives a power cut now, as a rewrite would have made it.
+        let reuse = records.filter(|&n| n <= 2 * live + COMPACT_SLACK);
+        let opened = match (reuse, existing) {
+            (Some(n), Some(file)) => {
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!(error = %e, "syncing the de-duplication journal failed");
+                }
+                Some((file, n))
+            }
+            (_, existing) => {
+                let compacted =
+                    publish_file_with(fs.as_ref(), dir, JOURNAL_TMP_FILE, JOURNAL_FILE, |f| {
+                        let mut out = RecordWriter::new(f, &key);
+                        for (secs, fp) in remembered.live_entries() {
+                            out.record(secs, fp)?;
+                        }
+                        out.finish()
+                    });
+                match (compacted, existing, records) {
+                    (Ok(f), _, _) => Some((f, live)),
+                    // Best effort: on a full disk the rewrite fails, and the bridge must still
+                    // start (it is what drains the spool and frees the space).
+                    (Err(e), Some(file), Some(n)) => {
+                        tracing::warn!(error = %e, "compacting the de-duplication journal failed; appending to it as it is");
+                        Some((file, n))
+                    }
+                    (Err(e), _, _) => {
+                        tracing::warn!(error = %e, "writing the de-duplication journal failed; ids stored from now on are remembered until the next restart only");
+                        None
+                    }
                 }
             }
-            out.finish()
-        });
-        let (file, lines) = match (compacted, existing) {
-            (Ok(f), _) => (f, live),
-            (Err(e), existing) => {
-                tracing::warn!(error = %e, "compacting the de-duplication journal failed; keeping it as it is");
-                match existing {
-                    Some(f) => (f, 2 * live + COMPACT_SLACK),
-                    None => (fs.create(&path)?, 0),
-                }
+        };
+        let thread = match opened {
+            Some((file, records)) => {
+                let len = (HEADER_LEN + records * RECORD_LEN) as u64;
+                journal_bytes.store(len, Ordering::Relaxed);
+                let writer = JournalWriter {
+                    fs,
+                    dir: dir.to_owned(),
+                    file,
+                    len,
+                    records,
+                    live,
+                    window_ms,
+                    max_entries,
+                    key: key.clone(),
+                    failing: false,
+                    bytes: journal_bytes.clone(),
+                };
+                let queue = journal.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("dedup-journal".into())
+                        .spawn(move || writer.run(&queue))?,
+                )
+            }
+            None => {
+                lock(&journal).closed = true;
+                None
             }
         };
-        let writer = JournalWriter {
-            fs,
-            dir: dir.to_owned(),
-            len: file.len()?,
-            file,
-            lines,
-            live,
-            window_ms,
-            max_entries,
-            failing: false,
-        };
-        let journal = Arc::new(Mutex::new(Pending::default()));
-        let queue = journal.clone();
-        let thread = std::thread::Builder::new()
-            .name("dedup-journal".into())
-            .spawn(move || writer.run(&queue))?;
         Ok(Dedup {
             window_ms,
             max_entries,
-            state: Mutex::new(state),
+            key,
+            state: Mutex::new(State {
+                remembered,
+                pending: HashMap::new(),
+            }),
             journal,
-            journal_thread: Mutex::new(Some(thread)),
+            journal_thread: Mutex::new(thread),
+            journal_bytes,
         })
     }
 
@@ -249,21 +351,20 @@ impl Dedup {
 
     /// Ids currently remembered as stored.
     pub fn len(&self) -> usize {
-        self.lock().seen.len()
+        self.lock().remembered.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The ids remembered as stored, oldest first.
-    pub fn ids(&self) -> Vec<String> {
-        let s = self.lock();
-        s.order
-            .iter()
-            .filter(|(ts, id)| s.seen.get(id) == Some(ts))
-            .map(|(_, id)| id.clone())
-            .collect()
+    /// Whether `id` is remembered as stored (whether or not its window has passed: [`claim`]
+    /// judges that).
+    ///
+    /// [`claim`]: Dedup::claim
+    pub fn contains(&self, id: &str) -> bool {
+        let fp = self.key.fingerprint(id);
+        self.lock().remembered.find(fp).is_some()
     }
 
     /// Ids whose first append is in progress.
@@ -271,15 +372,22 @@ impl Dedup {
         self.lock().pending.len()
     }
 
+    /// Bytes of the journal file (0 when there is none).
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal_bytes.load(Ordering::Relaxed)
+    }
+
     /// Claims `id` for storing, unless it was stored within the window or is being stored.
     pub fn claim(self: &Arc<Self>, id: &str, now_ms: u64) -> Claim {
+        let fingerprint = self.key.fingerprint(id);
         let mut s = self.lock();
-        s.evict(now_ms, self.window_ms, self.max_entries);
+        s.remembered.evict(now_ms, self.window_ms, self.max_entries);
         if let Some(rx) = s.pending.get(id) {
             return Claim::InProgress(InProgress(rx.clone()));
         }
-        if let Some(&ts) = s.seen.get(id) {
-            if ts.saturating_add(self.window_ms) >= now_ms {
+        // Invariant 1: a duplicate only for a full 128-bit match of an id that was committed.
+        if let Some(e) = s.remembered.find(fingerprint) {
+            if live(e.secs, self.window_ms, now_ms) {
                 return Claim::Duplicate;
             }
         }
@@ -288,6 +396,7 @@ impl Dedup {
         Claim::New(ClaimGuard {
             dedup: self.clone(),
             id: id.to_owned(),
+            fingerprint,
             committed: false,
             _done: tx,
         })
@@ -305,20 +414,390 @@ impl Dedup {
     }
 }
 
-impl State {
+/// The fingerprint key and what is derived from it.
+#[derive(Clone)]
+struct Key {
+    bytes: [u8; 16],
+    sip: SipHasher13,
+    /// CRC-32C of the key: where every record's CRC starts, so a record written under another
+    /// key never passes.
+    crc: u32,
+}
+
+impl Key {
+    fn random() -> Key {
+        Key::new(rand::random())
+    }
+
+    fn new(bytes: [u8; 16]) -> Key {
+        Key {
+            bytes,
+            sip: SipHasher13::new_with_key(&bytes),
+            crc: crc32c::crc32c(&bytes),
+        }
+    }
+
+    fn fingerprint(&self, id: &str) -> Fingerprint {
+        Fingerprint::from_u128(self.sip.hash(id.as_bytes()).as_u128())
+    }
+}
+
+/// A keyed 128-bit fingerprint of an id. Four words rather than a `u128`, whose 16-byte
+/// alignment would pad a ring entry from 20 bytes to 32.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+struct Fingerprint([u32; 4]);
+
+impl Fingerprint {
+    fn from_u128(v: u128) -> Fingerprint {
+        Fingerprint([
+            v as u32,
+            (v >> 32) as u32,
+            (v >> 64) as u32,
+            (v >> 96) as u32,
+        ])
+    }
+
+    fn to_u128(self) -> u128 {
+        let [a, b, c, d] = self.0.map(u128::from);
+        a | b << 32 | c << 64 | d << 96
+    }
+
+    /// What the index hashes by (the fingerprint is already uniformly random).
+    fn low64(self) -> u64 {
+        self.to_u128() as u64
+    }
+}
+
+/// `ms` as Unix seconds, rounded up (so an id is never forgotten early).
+fn secs_of(ms: u64) -> u32 {
+    ms.div_ceil(1000).min(u64::from(u32::MAX)) as u32
+}
+
+/// Whether an id stored at `secs` is still inside the window at `now_ms`.
+fn live(secs: u32, window_ms: u64, now_ms: u64) -> bool {
+    (u64::from(secs) * 1000).saturating_add(window_ms) >= now_ms
+}
+
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    fingerprint: Fingerprint,
+    secs: u32,
+}
+
+/// Entries in insertion order, each with a sequence number (`head..tail`), in blocks of
+/// [`BLOCK`]: the first block holds `head`, and a block is released once `head` has left it.
+#[derive(Default)]
+struct Ring {
+    blocks: VecDeque<Box<[Entry]>>,
+    /// One released block kept for the next push, so a full ring turning over does not allocate.
+    spare: Option<Box<[Entry]>>,
+    head: u64,
+    tail: u64,
+}
+
+impl Ring {
+    fn len(&self) -> usize {
+        (self.tail - self.head) as usize
+    }
+
+    fn get(&self, seq: u64) -> &Entry {
+        let block = (seq / BLOCK as u64 - self.head / BLOCK as u64) as usize;
+        &self.blocks[block][(seq % BLOCK as u64) as usize]
+    }
+
+    /// The sequence number a 32-bit index position stands for. Positions are sequence numbers
+    /// mod 2³², and the ring never holds 2³² entries ([`MAX_ENTRIES`] plus the pending ones).
+    fn seq(&self, pos: u32) -> u64 {
+        self.head + u64::from(pos.wrapping_sub(self.head as u32))
+    }
+
+    fn front(&self) -> Option<Entry> {
+        (self.head < self.tail).then(|| *self.get(self.head))
+    }
+
+    fn push(&mut self, e: Entry) -> u64 {
+        if self.tail.is_multiple_of(BLOCK as u64) {
+            let block = self
+                .spare
+                .take()
+                .unwrap_or_else(|| vec![Entry::default(); BLOCK].into_boxed_slice());
+            self.blocks.push_back(block);
+        }
+        let seq = self.tail;
+        let last = self.blocks.back_mut().expect("a block holds the tail");
+        last[(seq % BLOCK as u64) as usize] = e;
+        self.tail += 1;
+        seq
+    }
+
+    fn pop_front(&mut self) {
+        debug_assert!(self.head < self.tail);
+        self.head += 1;
+        if self.head.is_multiple_of(BLOCK as u64) {
+            self.spare = self.blocks.pop_front();
+        }
+    }
+}
+
+/// The stored ids: the [`Ring`] for order, a table of ring positions to find them by
+/// fingerprint. The table holds one position per fingerprint, its newest entry's.
+#[derive(Default)]
+struct Remembered {
+    ring: Ring,
+    index: HashTable<u32>,
+}
+
+impl Remembered {
+    fn with_capacity(n: usize) -> Remembered {
+        Remembered {
+            ring: Ring::default(),
+            index: HashTable::with_capacity(n),
+        }
+    }
+
+    /// Distinct fingerprints remembered.
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn find(&self, fp: Fingerprint) -> Option<&Entry> {
+        let ring = &self.ring;
+        let pos = self
+            .index
+            .find(fp.low64(), |&p| ring.get(ring.seq(p)).fingerprint == fp)?;
+        Some(ring.get(ring.seq(*pos)))
+    }
+
+    /// Remembers `fp` as stored at `secs`; an older entry of it stays in the ring, stale.
+    fn push(&mut self, fp: Fingerprint, secs: u32) {
+        let Remembered { ring, index } = self;
+        let seq = ring.push(Entry {
+            fingerprint: fp,
+            secs,
+        });
+        let pos = seq as u32;
+        let hash = fp.low64();
+        match index.find_mut(hash, |&p| ring.get(ring.seq(p)).fingerprint == fp) {
+            Some(p) => *p = pos,
+            None => {
+                index.insert_unique(hash, pos, |&p| ring.get(ring.seq(p)).fingerprint.low64());
+            }
+        }
+    }
+
+    /// Forgets the oldest entry (if it is not stale, its fingerprint too).
+    fn pop_front(&mut self) {
+        let Remembered { ring, index } = self;
+        let Some(e) = ring.front() else { return };
+        let seq = ring.head;
+        if let Ok(slot) = index.find_entry(e.fingerprint.low64(), |&p| ring.seq(p) == seq) {
+            slot.remove();
+        }
+        ring.pop_front();
+    }
+
+    /// Forgets, oldest first, what is past the window and what is over `max_entries`.
     fn evict(&mut self, now_ms: u64, window_ms: u64, max_entries: usize) {
-        while let Some((ts, id)) = self.order.front() {
-            let expired = ts.saturating_add(window_ms) < now_ms;
-            let over = self.order.len() > max_entries;
+        while let Some(e) = self.ring.front() {
+            let expired = !live(e.secs, window_ms, now_ms);
+            let over = self.ring.len() > max_entries;
             if !expired && !over {
                 break;
             }
-            let (ts, id) = (*ts, id.clone());
-            self.order.pop_front();
-            if self.seen.get(&id) == Some(&ts) {
-                self.seen.remove(&id);
+            self.pop_front();
+        }
+    }
+
+    /// Gives back index memory sized for more ids than were loaded.
+    fn shrink(&mut self) {
+        let ring = &self.ring;
+        self.index
+            .shrink_to_fit(|&p| ring.get(ring.seq(p)).fingerprint.low64());
+    }
+
+    /// The entries the index points at (stale ones left out), oldest first.
+    fn live_entries(&self) -> impl Iterator<Item = (u32, Fingerprint)> + '_ {
+        let ring = &self.ring;
+        (ring.head..ring.tail).filter_map(move |seq| {
+            let e = ring.get(seq);
+            self.index
+                .find(e.fingerprint.low64(), |&p| ring.seq(p) == seq)
+                .map(|_| (e.secs, e.fingerprint))
+        })
+    }
+}
+
+/// What [`load`] found in an existing journal.
+struct Loaded {
+    key: Key,
+    remembered: Remembered,
+    /// Whole record slots, when the file is in the current format with an intact header and can
+    /// be appended to; `None` when it must be rewritten.
+    records: Option<usize>,
+}
+
+/// Reads a journal of any known format: the ids in it still inside the window, at most
+/// `max_entries` of the newest.
+fn load(file: &dyn FsFile, window_ms: u64, max_entries: usize, now_ms: u64) -> io::Result<Loaded> {
+    let len = file.len()?;
+    let mut head = [0u8; HEADER_LEN];
+    let head = &mut head[..(len as usize).min(HEADER_LEN)];
+    file.read_exact_at(head, 0)?;
+    let keep = |r: &mut Remembered, secs: u32, fp: Fingerprint| {
+        if live(secs, window_ms, now_ms) {
+            // Evicting while loading keeps memory at `max_entries` whatever the file holds.
+            if r.ring.len() >= max_entries {
+                r.pop_front();
+            }
+            r.push(fp, secs);
+        }
+    };
+    if !head.starts_with(&MAGIC) {
+        // A text journal (hookbridge ≤ 0.1): its ids get fingerprints under a new key, and the
+        // caller rewrites it in the current format.
+        let key = Key::random();
+        let mut remembered = Remembered::default();
+        for_each_line(file, |ts, id| {
+            keep(&mut remembered, secs_of(ts), key.fingerprint(id))
+        })?;
+        return Ok(Loaded {
+            key,
+            remembered,
+            records: None,
+        });
+    }
+    let header = head.get(..HEADER_LEN).and_then(parse_header);
+    let key = match header {
+        Some((VERSION, key)) => Key::new(key),
+        Some((version, _)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{JOURNAL_FILE} has format version {version}; this hookbridge reads version {VERSION} and the text versions before it"),
+            ))
+        }
+        None => {
+            tracing::warn!(
+                "the de-duplication journal's header is damaged; starting without remembered ids"
+            );
+            return Ok(Loaded {
+                key: Key::random(),
+                remembered: Remembered::default(),
+                records: None,
+            });
+        }
+    };
+    let slots = ((len - HEADER_LEN as u64) / RECORD_LEN as u64) as usize;
+    let mut remembered = Remembered::with_capacity(slots.min(max_entries));
+    for_each_record(file, &key, |secs, fp| keep(&mut remembered, secs, fp))?;
+    Ok(Loaded {
+        key,
+        remembered,
+        records: Some(slots),
+    })
+}
+
+/// The version and key of a header whose magic and CRC are right.
+fn parse_header(h: &[u8]) -> Option<(u32, [u8; 16])> {
+    let crc = u32::from_le_bytes(h[28..32].try_into().ok()?);
+    if h[..8] != MAGIC || crc != crc32c::crc32c(&h[..28]) {
+        return None;
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    Some((version, h[12..28].try_into().ok()?))
+}
+
+fn header(key: &Key) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..28].copy_from_slice(&key.bytes);
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn push_record(buf: &mut Vec<u8>, key: &Key, secs: u32, fp: Fingerprint) {
+    let start = buf.len();
+    buf.extend_from_slice(&secs.to_le_bytes());
+    buf.extend_from_slice(&fp.to_u128().to_le_bytes());
+    let crc = crc32c::crc32c_append(key.crc, &buf[start..]);
+    buf.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// A record, if it is one: anything whose CRC does not match (torn, zeroed, garbage, written
+/// under another key) is skipped — trusting it could make an id look stored that was not.
+fn parse_record(r: &[u8], key: &Key) -> Option<(u32, Fingerprint)> {
+    let (body, crc) = r.split_at(RECORD_LEN - 4);
+    if u32::from_le_bytes(crc.try_into().ok()?) != crc32c::crc32c_append(key.crc, body) {
+        return None;
+    }
+    let secs = u32::from_le_bytes(body[..4].try_into().ok()?);
+    let fp = u128::from_le_bytes(body[4..20].try_into().ok()?);
+    Some((secs, Fingerprint::from_u128(fp)))
+}
+
+/// Calls `f` for every valid record of a current-format journal, in big sequential reads. A
+/// tail shorter than a record was torn by a crash and is not read.
+fn for_each_record(
+    file: &dyn FsFile,
+    key: &Key,
+    mut f: impl FnMut(u32, Fingerprint),
+) -> io::Result<()> {
+    let len = file.len()?;
+    let end = len - (len.saturating_sub(HEADER_LEN as u64) % RECORD_LEN as u64);
+    let mut buf = vec![0u8; IO_RECORDS * RECORD_LEN];
+    let mut offset = HEADER_LEN as u64;
+    while offset < end {
+        let n = (end - offset).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        offset += n as u64;
+        for r in buf[..n].chunks_exact(RECORD_LEN) {
+            if let Some((secs, fp)) = parse_record(r, key) {
+                f(secs, fp);
             }
         }
+    }
+    Ok(())
+}
+
+/// Buffered positional writes of a new journal: the header, then records.
+struct RecordWriter<'a> {
+    file: &'a dyn FsFile,
+    key: &'a Key,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> RecordWriter<'a> {
+    fn new(file: &'a dyn FsFile, key: &'a Key) -> Self {
+        let mut buf = Vec::with_capacity(IO_RECORDS * RECORD_LEN);
+        buf.extend_from_slice(&header(key));
+        RecordWriter {
+            file,
+            key,
+            offset: 0,
+            buf,
+        }
+    }
+
+    fn record(&mut self, secs: u32, fp: Fingerprint) -> io::Result<()> {
+        push_record(&mut self.buf, self.key, secs, fp);
+        if self.buf.len() >= IO_RECORDS * RECORD_LEN {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.offset)?;
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is still buffered.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush()
     }
 }
 
@@ -327,26 +806,29 @@ struct JournalWriter {
     fs: Arc<dyn SpoolFs>,
     dir: PathBuf,
     file: Box<dyn FsFile>,
-    /// Where the next line goes.
+    /// Where the next record goes: the end of the last whole record (a torn tail after it is
+    /// overwritten).
     len: u64,
-    /// Lines in the file.
-    lines: usize,
-    /// Lines the last compaction kept.
+    /// Record slots in the file.
+    records: usize,
+    /// Records the last compaction kept (or the live ids at open).
     live: usize,
     window_ms: u64,
     max_entries: usize,
+    key: Key,
     /// A write failed and nothing has succeeded since (to warn once per failure streak).
     failing: bool,
+    bytes: Arc<AtomicU64>,
 }
 
 impl JournalWriter {
-    fn run(mut self, queue: &Mutex<Pending>) {
+    fn run(mut self, queue: &Mutex<Queue>) {
         let mut buf = Vec::new();
         loop {
             let (n, closed) = {
                 let mut q = lock(queue);
                 // Swapped, not copied: the two buffers take turns.
-                std::mem::swap(&mut q.lines, &mut buf);
+                std::mem::swap(&mut q.records, &mut buf);
                 (std::mem::take(&mut q.count), q.closed)
             };
             if n > 0 {
@@ -354,18 +836,23 @@ impl JournalWriter {
                 buf.clear();
             }
             if closed {
+                // A clean stop leaves the whole journal durable.
+                if let Err(e) = self.file.sync_data() {
+                    tracing::warn!(error = %e, "syncing the de-duplication journal failed");
+                }
                 return;
             }
             std::thread::park_timeout(JOURNAL_FLUSH);
         }
     }
 
-    /// Writes `n` lines (`buf`) at the end of the journal; compacts it when it has grown.
+    /// Writes `n` records (`buf`) at the end of the journal; compacts it when it has grown.
     fn append(&mut self, buf: &[u8], n: usize) {
         match self.file.write_all_at(buf, self.len) {
             Ok(()) => {
                 self.len += buf.len() as u64;
-                self.lines += n;
+                self.records += n;
+                self.bytes.store(self.len, Ordering::Relaxed);
                 if self.failing {
                     self.failing = false;
                     tracing::info!("writing the de-duplication journal works again");
@@ -380,37 +867,38 @@ impl JournalWriter {
                 }
             }
         }
-        if self.lines > 2 * self.live + COMPACT_SLACK {
+        if self.records > 2 * self.live + COMPACT_SLACK {
             if let Err(e) = self.compact(now_ms()) {
                 tracing::warn!(error = %e, "compacting the de-duplication journal failed");
-                // Try again after as many lines again.
-                self.live = self.lines;
+                // Try again after as many records again.
+                self.live = self.records;
             }
         }
     }
 
-    /// Rewrites the journal with the ids still inside the window, at most `max_entries` of the
-    /// newest: two passes over the file, so memory stays flat whatever its size.
+    /// Rewrites the journal with the records still inside the window, at most `max_entries` of
+    /// the newest: two passes over the file, so memory stays flat whatever its size.
     fn compact(&mut self, now_ms: u64) -> io::Result<()> {
         let window_ms = self.window_ms;
-        let live = |ts: u64| ts.saturating_add(window_ms) >= now_ms;
-        let mut in_window = 0usize;
-        for_each_line(self.file.as_ref(), |ts, _| {
-            in_window += usize::from(live(ts))
+        let in_window = |secs: u32| live(secs, window_ms, now_ms);
+        let mut count = 0usize;
+        for_each_record(self.file.as_ref(), &self.key, |secs, _| {
+            count += usize::from(in_window(secs))
         })?;
-        let mut skip = in_window.saturating_sub(self.max_entries);
+        let mut skip = count.saturating_sub(self.max_entries);
         let mut kept = 0;
         let old = self.file.as_ref();
+        let key = &self.key;
         let new = publish_file_with(
             self.fs.as_ref(),
             &self.dir,
             JOURNAL_TMP_FILE,
             JOURNAL_FILE,
             |f| {
-                let mut out = LineWriter::new(f);
+                let mut out = RecordWriter::new(f, key);
                 let mut result = Ok(());
-                for_each_line(old, |ts, id| {
-                    if !live(ts) || result.is_err() {
+                for_each_record(old, key, |secs, fp| {
+                    if !in_window(secs) || result.is_err() {
                         return;
                     }
                     if skip > 0 {
@@ -418,16 +906,17 @@ impl JournalWriter {
                         return;
                     }
                     kept += 1;
-                    result = out.line(ts, id);
+                    result = out.record(secs, fp);
                 })?;
                 result?;
                 out.finish()
             },
         )?;
-        self.len = new.len()?;
         self.file = new;
-        self.lines = kept;
+        self.len = (HEADER_LEN + kept * RECORD_LEN) as u64;
+        self.records = kept;
         self.live = kept;
+        self.bytes.store(self.len, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -445,21 +934,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends the line `<ms> <id> <crc32c of "<ms> <id>", 8 hex digits>\n`.
-fn push_line(buf: &mut Vec<u8>, ts: u64, id: &str) {
-    use std::io::Write as _;
-    let start = buf.len();
-    // Writing into a Vec cannot fail.
-    let _ = write!(buf, "{ts} {id}");
-    let crc = crc32c::crc32c(&buf[start..]);
-    let _ = writeln!(buf, " {crc:08x}");
-}
-
-/// A journal line, if it is one: `<ms> <id> <crc>` with an id of visible ASCII and a matching
-/// CRC-32C. Anything else (a torn, zero-filled or garbage line after a power cut) is skipped:
-/// an id read from a damaged line could match a delivery that was never stored. A journal
-/// without the [`JOURNAL_HEADER`] was written by hookbridge 0.1, whose lines have no CRC
-/// (`checked` false); the first start rewrites it in the current format.
+/// A text journal line (hookbridge ≤ 0.1), if it is one: `<ms> <id> <crc>` with an id of
+/// visible ASCII and a matching CRC-32C. Anything else (a torn, zero-filled or garbage line
+/// after a power cut) is skipped: an id read from a damaged line could match a delivery that
+/// was never stored. A text journal without the [`V2_HEADER`] was written by the first version,
+/// whose lines have no CRC (`checked` false).
 fn parse_line(line: &[u8], checked: bool) -> Option<(u64, &str)> {
     let line = if checked {
         let (rest, crc) = line.split_at(line.len().checked_sub(9)?);
@@ -483,16 +962,17 @@ fn parse_line(line: &[u8], checked: bool) -> Option<(u64, &str)> {
     Some((ts, std::str::from_utf8(id).ok()?))
 }
 
-/// Calls `f` for every complete, well-formed line of `file`. A last line without its newline
-/// was torn by a crash and is skipped.
+/// Calls `f` for every complete, well-formed line of a text journal. A last line without its
+/// newline was torn by a crash and is skipped.
 fn for_each_line(file: &dyn FsFile, mut f: impl FnMut(u64, &str)) -> io::Result<()> {
     let len = file.len()?;
+    let chunk_len = IO_RECORDS * RECORD_LEN;
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut chunk = vec![0u8; chunk_len];
     let mut offset = 0u64;
     let mut checked = None;
     while offset < len {
-        let n = (len - offset).min(READ_CHUNK as u64) as usize;
+        let n = (len - offset).min(chunk_len as u64) as usize;
         file.read_exact_at(&mut chunk[..n], offset)?;
         offset += n as u64;
         pending.extend_from_slice(&chunk[..n]);
@@ -500,7 +980,7 @@ fn for_each_line(file: &dyn FsFile, mut f: impl FnMut(u64, &str)) -> io::Result<
         while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + i + 1];
             start += i + 1;
-            let checked = *checked.get_or_insert(line == JOURNAL_HEADER);
+            let checked = *checked.get_or_insert(line == V2_HEADER);
             if let Some((ts, id)) = parse_line(&line[..line.len() - 1], checked) {
                 f(ts, id);
             }
@@ -510,47 +990,12 @@ fn for_each_line(file: &dyn FsFile, mut f: impl FnMut(u64, &str)) -> io::Result<
     Ok(())
 }
 
-/// Buffered positional writes of journal lines.
-struct LineWriter<'a> {
-    file: &'a dyn FsFile,
-    offset: u64,
-    buf: Vec<u8>,
-}
-
-impl<'a> LineWriter<'a> {
-    /// Starts a journal: the header first.
-    fn new(file: &'a dyn FsFile) -> Self {
-        let mut buf = Vec::with_capacity(READ_CHUNK);
-        buf.extend_from_slice(JOURNAL_HEADER);
-        LineWriter {
-            file,
-            offset: 0,
-            buf,
-        }
-    }
-
-    fn line(&mut self, ts: u64, id: &str) -> io::Result<()> {
-        push_line(&mut self.buf, ts, id);
-        if self.buf.len() >= READ_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&self.buf, self.offset)?;
-        self.offset += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<()> {
-        self.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use rand::{Rng, SeedableRng};
+
     use super::*;
     use crate::spool::RealFs;
 
@@ -579,6 +1024,21 @@ mod tests {
         matches!(c, Claim::Duplicate)
     }
 
+    fn store(d: &Arc<Dedup>, id: &str, t: u64) {
+        new(d.claim(id, t)).commit(t);
+    }
+
+    fn journal(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(JOURNAL_FILE)).unwrap()
+    }
+
+    /// A text journal line of hookbridge ≤ 0.1.
+    fn v2_line(ts: u64, id: &str) -> String {
+        let body = format!("{ts} {id}");
+        let crc = crc32c::crc32c(body.as_bytes());
+        format!("{body} {crc:08x}\n")
+    }
+
     #[test]
     fn a_pending_id_is_never_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,8 +1047,10 @@ mod tests {
         // A concurrent retry while the first is being stored must wait, not be acknowledged.
         let _w = in_progress(d.claim("a", 2));
         assert_eq!(d.pending(), 1);
+        assert!(!d.contains("a"));
         g.commit(3);
         assert!(is_duplicate(d.claim("a", 4)));
+        assert!(d.contains("a"));
         assert_eq!(d.pending(), 0);
     }
 
@@ -599,6 +1061,7 @@ mod tests {
         let g = new(d.claim("b", 5));
         drop(g);
         assert_eq!(d.pending(), 0);
+        assert!(!d.contains("b"));
         let g = new(d.claim("b", 6));
         g.commit(6);
         assert!(is_duplicate(d.claim("b", 7)));
@@ -631,7 +1094,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = open(dir.path(), DAY, 100, 0);
         for (id, t) in [("old", 0), ("new", 20 * H)] {
-            new(d.claim(id, t)).commit(t);
+            store(&d, id, t);
         }
         // Neither a pending nor a released claim reaches the journal.
         let _pending = new(d.claim("pending", 21 * H));
@@ -646,11 +1109,22 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_by_the_second_rounded_up_never_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(10);
+        let d = open(dir.path(), window, 100, 0);
+        store(&d, "a", 1_001); // remembered as stored at 2 s
+        assert!(is_duplicate(d.claim("a", 11_001)), "the full window");
+        assert!(is_duplicate(d.claim("a", 12_000)), "up to a second more");
+        new(d.claim("a", 12_001));
+    }
+
+    #[test]
     fn bounded_oldest_forgotten_first() {
         let dir = tempfile::tempdir().unwrap();
         let d = open(dir.path(), DAY, 3, 0);
         for i in 0..5u64 {
-            new(d.claim(&format!("id{i}"), i)).commit(i);
+            store(&d, &format!("id{i}"), i);
         }
         assert!(is_duplicate(d.claim("id4", 10)));
         assert!(d.len() <= 4);
@@ -658,44 +1132,279 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_from_the_previous_version_is_read_and_rewritten_with_crcs() {
+    fn a_stale_entry_leaves_the_newer_one_alone() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(JOURNAL_FILE), "5 good\n17 \nxx yy\n9 torn").unwrap();
-        let d = open(dir.path(), Duration::from_secs(3600), 100, 10);
-        assert!(is_duplicate(d.claim("good", 10)));
-        new(d.claim("yy", 10));
-        new(d.claim("torn", 10));
+        let window = Duration::from_secs(60);
+        let d = open(dir.path(), window, 3, 0);
+        // Commits carry their own clock readings, which need not be in order.
+        store(&d, "b", 100_000);
+        store(&d, "a", 0);
+        // "a" is past its window, but "b" in front of it is not, so it stays in the ring.
+        assert_eq!(d.len(), 2);
+        store(&d, "a", 70_000); // stored again: the ring holds b, a (stale), a
+        assert_eq!(d.len(), 2);
+        assert!(is_duplicate(d.claim("a", 71_000)));
+        // Over the bound: "b" goes, then the stale "a"; the newer "a" stays.
+        store(&d, "c", 72_000);
+        assert!(is_duplicate(d.claim("a", 72_000)));
+        assert!(!d.contains("b"));
+        assert_eq!(d.len(), 2);
         d.close();
-        let text = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
-        let mut want = JOURNAL_HEADER.to_vec();
-        push_line(&mut want, 5, "good");
-        assert_eq!(
-            String::from_utf8(text).unwrap(),
-            String::from_utf8(want).unwrap()
-        );
+        let d = open(dir.path(), window, 3, 73_000);
+        assert!(is_duplicate(d.claim("a", 73_000)));
+        assert!(is_duplicate(d.claim("c", 73_000)));
+    }
+
+    /// The old string set, as the reference for the compact one (with times in seconds
+    /// rounded up, as the compact set keeps them).
+    #[derive(Default)]
+    struct Model {
+        seen: HashMap<String, u32>,
+        order: VecDeque<(u32, String)>,
+        pending: HashSet<String>,
+    }
+
+    impl Model {
+        fn claim(&mut self, id: &str, now: u64, window_ms: u64, max: usize) -> &'static str {
+            while let Some((secs, id)) = self.order.front() {
+                if live(*secs, window_ms, now) && self.order.len() <= max {
+                    break;
+                }
+                let (secs, id) = (*secs, id.clone());
+                self.order.pop_front();
+                if self.seen.get(&id) == Some(&secs) {
+                    self.seen.remove(&id);
+                }
+            }
+            if self.pending.contains(id) {
+                return "InProgress";
+            }
+            if self.seen.get(id).is_some_and(|&s| live(s, window_ms, now)) {
+                return "Duplicate";
+            }
+            self.pending.insert(id.to_owned());
+            "New"
+        }
+
+        fn commit(&mut self, id: &str, now: u64) {
+            self.pending.remove(id);
+            self.order.push_back((secs_of(now), id.to_owned()));
+            self.seen.insert(id.to_owned(), secs_of(now));
+        }
     }
 
     #[test]
-    fn torn_or_garbage_journal_lines_are_skipped() {
+    fn the_compact_set_answers_like_the_string_set() {
         let dir = tempfile::tempdir().unwrap();
-        let mut text = JOURNAL_HEADER.to_vec();
-        push_line(&mut text, 5, "good");
-        let mut bad_crc = Vec::new();
-        push_line(&mut bad_crc, 6, "flipped");
-        bad_crc[2] ^= 1;
-        text.extend_from_slice(&bad_crc);
-        text.extend_from_slice(b"7 nocrc\n6 zero\0\0\n");
-        let mut torn = Vec::new();
-        push_line(&mut torn, 9, "torn-without-newline");
-        text.extend_from_slice(&torn[..torn.len() - 1]);
-        std::fs::write(dir.path().join(JOURNAL_FILE), text).unwrap();
-        let d = open(dir.path(), Duration::from_secs(3600), 100, 10);
-        assert!(is_duplicate(d.claim("good", 10)));
+        let (window, max) = (Duration::from_secs(30), 2_500);
+        let window_ms = window.as_millis() as u64;
+        let d = open(dir.path(), window, max, 0);
+        d.close(); // memory only: the journal thread's clock is the wall clock
+        let mut model = Model::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut held: Vec<(String, ClaimGuard)> = Vec::new();
+        let mut now = 1_000_000u64;
+        let mut answers = HashMap::new();
+        for step in 0..60_000 {
+            // Mostly forward, sometimes a little back: commits come from tasks with their own
+            // clock readings.
+            now = if rng.random_ratio(1, 20) {
+                now.saturating_sub(rng.random_range(0..5_000))
+            } else {
+                now + rng.random_range(0..40)
+            };
+            if !held.is_empty() && (held.len() > 200 || rng.random_ratio(1, 4)) {
+                let (id, g) = held.swap_remove(rng.random_range(0..held.len()));
+                if rng.random_ratio(9, 10) {
+                    g.commit(now);
+                    model.commit(&id, now);
+                } else {
+                    drop(g);
+                    model.pending.remove(&id);
+                }
+                continue;
+            }
+            let id = format!("msg_{}", rng.random_range(0..4_000u32));
+            let want = model.claim(&id, now, window_ms, max);
+            let got = d.claim(&id, now);
+            assert_eq!(format!("{got:?}"), want, "step {step}: {id} at {now}");
+            *answers.entry(want).or_insert(0) += 1;
+            if let Claim::New(g) = got {
+                held.push((id, g));
+            }
+            assert_eq!(d.len(), model.seen.len(), "step {step}");
+        }
+        // Every branch was taken many times.
+        for kind in ["New", "Duplicate", "InProgress"] {
+            assert!(answers.get(kind).copied().unwrap_or(0) > 100, "{answers:?}");
+        }
+    }
+
+    #[test]
+    fn the_journal_round_trips_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(dir.path(), DAY, 100, 0);
+        for i in 0..50 {
+            store(&d, &format!("id{i}"), i * 1000);
+        }
+        d.close();
+        let bytes = journal(dir.path());
+        assert_eq!(bytes.len(), HEADER_LEN + 50 * RECORD_LEN);
+        assert_eq!(&bytes[..8], &MAGIC);
+        let d = open(dir.path(), DAY, 100, 60_000);
+        assert_eq!(d.len(), 50);
+        for i in 0..50 {
+            assert!(is_duplicate(d.claim(&format!("id{i}"), 60_000)));
+        }
+        new(d.claim("id50", 60_000));
+        store(&d, "later", 61_000);
+        d.close();
+        // Appended to, not rewritten: the same key, so the same fingerprints.
+        assert_eq!(journal(dir.path())[..HEADER_LEN], bytes[..HEADER_LEN]);
+        let d = open(dir.path(), DAY, 100, 62_000);
+        assert!(is_duplicate(d.claim("later", 62_000)));
+        assert!(is_duplicate(d.claim("id0", 62_000)));
+        assert_eq!(d.journal_bytes(), (HEADER_LEN + 51 * RECORD_LEN) as u64);
+    }
+
+    fn journal_of(ids: &[&str]) -> (tempfile::TempDir, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(dir.path(), DAY, 100, 0);
+        for id in ids {
+            store(&d, id, 1000);
+        }
+        d.close();
+        let bytes = journal(dir.path());
+        (dir, bytes)
+    }
+
+    #[test]
+    fn a_torn_tail_is_ignored_and_then_overwritten() {
+        let (dir, mut bytes) = journal_of(&["a", "b", "torn"]);
+        bytes.truncate(bytes.len() - 5);
+        std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let d = open(dir.path(), DAY, 100, 2000);
+        assert_eq!(d.len(), 2);
+        assert!(!d.contains("torn"));
+        store(&d, "after", 3000);
+        d.close();
+        // The new record went where the torn one began, so it and the old ones all count.
+        assert_eq!(journal(dir.path()).len(), HEADER_LEN + 3 * RECORD_LEN);
+        let d = open(dir.path(), DAY, 100, 4000);
+        for id in ["a", "b", "after"] {
+            assert!(is_duplicate(d.claim(id, 4000)), "{id}");
+        }
+        new(d.claim("torn", 4000));
+    }
+
+    #[test]
+    fn damaged_records_are_skipped_and_the_rest_still_count() {
+        let (dir, mut bytes) = journal_of(&["a", "zeroed", "b", "flipped", "c", "garbage"]);
+        let rec = |i: usize| HEADER_LEN + i * RECORD_LEN..HEADER_LEN + (i + 1) * RECORD_LEN;
+        bytes[rec(1)].fill(0);
+        bytes[rec(3)][7] ^= 0x10;
+        let garbage: Vec<u8> = (0..RECORD_LEN as u8).collect();
+        bytes[rec(5)].copy_from_slice(&garbage);
+        std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let d = open(dir.path(), DAY, 100, 2000);
+        assert_eq!(d.len(), 3);
+        for id in ["a", "b", "c"] {
+            assert!(is_duplicate(d.claim(id, 2000)), "{id}");
+        }
+        for id in ["zeroed", "flipped", "garbage"] {
+            new(d.claim(id, 2000));
+        }
+    }
+
+    #[test]
+    fn records_under_another_key_are_not_trusted() {
+        let (dir, mut bytes) = journal_of(&["mine"]);
+        let (_other, theirs) = journal_of(&["theirs", "mine"]);
+        // Their records after our header: whole, CRC-checked, but not under our key.
+        bytes.extend_from_slice(&theirs[HEADER_LEN..]);
+        std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let d = open(dir.path(), DAY, 100, 2000);
         assert_eq!(d.len(), 1);
-        new(d.claim("flipped", 10));
-        new(d.claim("nocrc", 10));
-        new(d.claim("zero", 10));
-        new(d.claim("torn-without-newline", 10));
+        assert!(is_duplicate(d.claim("mine", 2000)));
+        new(d.claim("theirs", 2000));
+    }
+
+    #[test]
+    fn a_damaged_header_forgets_the_ids_and_starts_a_new_journal() {
+        let (dir, mut bytes) = journal_of(&["a", "b"]);
+        bytes[14] ^= 1; // in the key
+        std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let d = open(dir.path(), DAY, 100, 2000);
+        assert!(d.is_empty());
+        new(d.claim("a", 2000));
+        store(&d, "c", 2000);
+        d.close();
+        let d = open(dir.path(), DAY, 100, 3000);
+        assert_eq!(d.len(), 1);
+        assert!(is_duplicate(d.claim("c", 3000)));
+    }
+
+    #[test]
+    fn a_journal_of_another_version_is_refused_and_left_alone() {
+        let (dir, mut bytes) = journal_of(&["a"]);
+        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
+        let err = Dedup::open(Arc::new(RealFs), dir.path(), DAY, 100, 2000)
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("version 4"), "{err}");
+        assert_eq!(journal(dir.path()), bytes);
+    }
+
+    #[test]
+    fn a_text_journal_is_read_once_and_rewritten_in_the_binary_format() {
+        for (version, text) in [
+            // hookbridge 0.1's first format: no header, no CRC.
+            (1, "5000 good\n17 \nxx yy\n9000 torn".to_owned()),
+            (
+                2,
+                [
+                    String::from_utf8(V2_HEADER.to_vec()).unwrap(),
+                    v2_line(5000, "good"),
+                    v2_line(5000, "flipped").replace("5000 f", "5000 g"),
+                    "7000 nocrc\n".to_owned(),
+                    v2_line(0, "expired"),
+                    v2_line(9000, "torn").trim_end().to_owned(),
+                ]
+                .concat(),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(JOURNAL_FILE), text).unwrap();
+            let window = Duration::from_secs(3600);
+            let d = open(dir.path(), window, 100, 3_600_001);
+            assert_eq!(d.len(), 1, "v{version}");
+            assert!(is_duplicate(d.claim("good", 3_600_001)), "v{version}");
+            for id in ["yy", "torn", "flipped", "glipped", "nocrc", "expired"] {
+                new(d.claim(id, 3_600_001));
+            }
+            d.close();
+            let bytes = journal(dir.path());
+            assert_eq!(&bytes[..8], &MAGIC, "v{version}");
+            assert_eq!(bytes.len(), HEADER_LEN + RECORD_LEN, "v{version}");
+            // The upgrade forgot nothing: "good" survives the next restart too.
+            let d = open(dir.path(), window, 100, 3_600_002);
+            assert!(is_duplicate(d.claim("good", 3_600_002)), "v{version}");
+        }
+    }
+
+    #[test]
+    fn without_a_writable_journal_ids_are_remembered_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let d = Arc::new(Dedup::open(Arc::new(RealFs), &missing, DAY, 100, 0).unwrap());
+        store(&d, "a", 1);
+        assert!(is_duplicate(d.claim("a", 2)));
+        assert_eq!(d.journal_bytes(), 0);
+        d.close();
     }
 
     #[test]
@@ -707,22 +1416,20 @@ mod tests {
         let d = open(dir.path(), DAY, max, t0);
         let n = 2 * COMPACT_SLACK as u64;
         for i in 0..n {
-            new(d.claim(&format!("id{i}"), t0 + i)).commit(t0 + i);
+            store(&d, &format!("id{i}"), t0 + i * 1000);
         }
         d.close();
-        let text = std::fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
-        let lines = text.lines().count();
+        let bytes = journal(dir.path());
+        let records = (bytes.len() - HEADER_LEN) / RECORD_LEN;
         assert!(
-            lines < COMPACT_SLACK + 2 * max,
-            "{lines} lines: not compacted"
+            records < COMPACT_SLACK + 2 * max,
+            "{records} records: not compacted"
         );
-        let mut last = Vec::new();
-        push_line(&mut last, t0 + n - 1, &format!("id{}", n - 1));
-        assert!(text.ends_with(std::str::from_utf8(&last).unwrap()));
         assert!(!dir.path().join(JOURNAL_TMP_FILE).exists());
-        let d = open(dir.path(), DAY, max, t0 + n);
+        let now = t0 + n * 1000;
+        let d = open(dir.path(), DAY, max, now);
         assert_eq!(d.len(), max);
-        assert!(is_duplicate(d.claim(&format!("id{}", n - 1), t0 + n)));
-        new(d.claim(&format!("id{}", n - 1 - max as u64), t0 + n));
+        assert!(is_duplicate(d.claim(&format!("id{}", n - 1), now)));
+        new(d.claim(&format!("id{}", n - 1 - max as u64), now));
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub deliveries_unroutable: IntCounter,
     pub deliveries_duplicate: IntCounter,
     pub dedup_waits: IntCounterVec,
+    pub dedup_ids: IntGauge,
+    pub dedup_journal_bytes: IntGauge,
     pub deliveries_invalid: IntCounterVec,
     pub http_connection_errors: IntCounterVec,
     pub http_lingering_closes: IntCounterVec,
@@ -97,6 +99,16 @@ impl Metrics {
                     "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).",
                 ),
                 &["outcome"],
+            )
+            .unwrap(),
+            dedup_ids: IntGauge::new(
+                "hookbridge_dedup_ids",
+                "Delivery ids remembered as stored (at most auth.dedup_max_entries), as keyed 128-bit fingerprints of about 30 bytes each.",
+            )
+            .unwrap(),
+            dedup_journal_bytes: IntGauge::new(
+                "hookbridge_dedup_journal_bytes",
+                "Size of the de-duplication journal (<spool.dir>/dedup.journal): 32 bytes of header and 24 per record; compacted when it holds more than twice the remembered ids.",
             )
             .unwrap(),
             deliveries_invalid: IntCounterVec::new(
@@ -337,6 +349,8 @@ impl Metrics {
             Box::new(self.ack_latency.clone()),
             Box::new(self.deliveries_duplicate.clone()),
             Box::new(self.dedup_waits.clone()),
+            Box::new(self.dedup_ids.clone()),
+            Box::new(self.dedup_journal_bytes.clone()),
             Box::new(self.deliveries_invalid.clone()),
             Box::new(self.http_connection_errors.clone()),
             Box::new(self.http_lingering_closes.clone()),

@@ -27,7 +27,8 @@ pub struct AuthConfig {
     /// How long delivery ids are remembered to drop the sender's repeats. Default 24 h; 0 disables.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
-    /// Most delivery ids remembered; the oldest are forgotten first. Default 1,000,000.
+    /// Most delivery ids remembered; the oldest are forgotten first. About 30 bytes of memory
+    /// each; at most 100,000,000 (the `dedup` module's `MAX_ENTRIES`). Default 1,000,000.
     pub dedup_max_entries: usize,
     /// How long a request waits when an earlier attempt with the same delivery id is still being
     /// stored; after that it gets 503 + `Retry-After` (never a 2xx before the first copy is
@@ -103,10 +104,12 @@ impl AuthConfig {
         if self.tolerance.is_zero() {
             return Err(invalid("auth.tolerance", "must be positive"));
         }
-        if !self.dedup_window.is_zero() && self.dedup_max_entries == 0 {
+        if !self.dedup_window.is_zero()
+            && (self.dedup_max_entries == 0 || self.dedup_max_entries > 100_000_000)
+        {
             return Err(invalid(
                 "auth.dedup_max_entries",
-                "must be positive (or set auth.dedup_window = \"0s\")",
+                "must be between 1 and 100000000 (or set auth.dedup_window = \"0s\")",
             ));
         }
         if !self.dedup_window.is_zero()

@@ -268,6 +268,10 @@ pub(crate) mod tests {
                 "sink.cloudevents_type_prefix",
             ),
             ("[sink.kafka]\ncompression = \"brotli\"\n", "compression"),
+            (
+                "[auth]\ndedup_max_entries = 100000001\n",
+                "auth.dedup_max_entries",
+            ),
             ("[auth]\ndedup_wait = \"0s\"\n", "auth.dedup_wait"),
             ("[auth]\ndedup_wait = \"2m\"\n", "auth.dedup_wait"),
         ] {
