@@ -32,14 +32,18 @@
 //! bits it would be 3·10⁻⁸ per million, and every new id would be another draw). The key makes
 //! the fingerprints of any set of ids behave as random numbers, however the ids are chosen.
 //!
-//! The stored set is two compact structures ([`Remembered`]), about 26–32 bytes per id in all
-//! instead of two heap strings (~230 bytes per id before):
+//! The stored set is two compact structures ([`Remembered`]), about 25 bytes per id in all at
+//! the default bound (instead of two heap strings, ~200 bytes per id before):
 //!
 //! - a **ring** of 20-byte entries `{fingerprint, seconds}` in insertion order, for expiry and
 //!   eviction, in blocks of [`BLOCK`] entries (growing never copies the ring, and the memory of
 //!   forgotten ids goes back block by block);
-//! - an **index**: a hashbrown table of 32-bit ring positions (5 bytes a bucket, at most 7/8
-//!   full), found by the fingerprint's low 64 bits and confirmed by comparing all 128.
+//! - an **index** ([`Index`]): open addressing over 32-bit slots, each a ring position plus a
+//!   tag from the fingerprint, at most 4/5 full and never larger than `max_entries` needs
+//!   (5 bytes per id when full; a power-of-two table such as hashbrown's took 10.5 at a
+//!   million, which was 5 MiB of a 48 MiB budget). It only finds candidates: a duplicate needs
+//!   all 128 bits of the ring entry to match, so a fault in the index can make the set forget
+//!   an id, never invent one.
 //!
 //! Times are kept in whole seconds, rounded *up*: a stored id may be remembered up to one second
 //! longer than the window, never shorter (both only decide between a duplicate answer and
@@ -95,7 +99,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hashbrown::HashTable;
 use siphasher::sip128::SipHasher13;
 use tokio::sync::watch;
 
@@ -130,7 +133,6 @@ const BLOCK: usize = 4096;
 
 pub struct Dedup {
     window_ms: u64,
-    max_entries: usize,
     key: Key,
     state: Mutex<State>,
     journal: Arc<Mutex<Queue>>,
@@ -252,7 +254,7 @@ impl Dedup {
             Some(file) => load(file.as_ref(), window_ms, max_entries, now_ms)?,
             None => Loaded {
                 key: Key::random(),
-                remembered: Remembered::default(),
+                remembered: Remembered::new(max_entries, 0),
                 records: None,
             },
         };
@@ -261,8 +263,7 @@ impl Dedup {
             mut remembered,
             records,
         } = loaded;
-        remembered.evict(now_ms, window_ms, max_entries);
-        remembered.shrink();
+        remembered.evict(now_ms, window_ms);
         let live = remembered.len();
         let journal_bytes = Arc::new(AtomicU64::new(0));
         let journal = Arc::new(Mutex::new(Queue::default()));
@@ -333,7 +334,6 @@ impl Dedup {
         };
         Ok(Dedup {
             window_ms,
-            max_entries,
             key,
             state: Mutex::new(State {
                 remembered,
@@ -381,7 +381,7 @@ impl Dedup {
     pub fn claim(self: &Arc<Self>, id: &str, now_ms: u64) -> Claim {
         let fingerprint = self.key.fingerprint(id);
         let mut s = self.lock();
-        s.remembered.evict(now_ms, self.window_ms, self.max_entries);
+        s.remembered.evict(now_ms, self.window_ms);
         if let Some(rx) = s.pending.get(id) {
             return Claim::InProgress(InProgress(rx.clone()));
         }
@@ -461,11 +461,6 @@ impl Fingerprint {
         let [a, b, c, d] = self.0.map(u128::from);
         a | b << 32 | c << 64 | d << 96
     }
-
-    /// What the index hashes by (the fingerprint is already uniformly random).
-    fn low64(self) -> u64 {
-        self.to_u128() as u64
-    }
 }
 
 /// `ms` as Unix seconds, rounded up (so an id is never forgotten early).
@@ -505,12 +500,6 @@ impl Ring {
         &self.blocks[block][(seq % BLOCK as u64) as usize]
     }
 
-    /// The sequence number a 32-bit index position stands for. Positions are sequence numbers
-    /// mod 2³², and the ring never holds 2³² entries ([`MAX_ENTRIES`] plus the pending ones).
-    fn seq(&self, pos: u32) -> u64 {
-        self.head + u64::from(pos.wrapping_sub(self.head as u32))
-    }
-
     fn front(&self) -> Option<Entry> {
         (self.head < self.tail).then(|| *self.get(self.head))
     }
@@ -539,80 +528,74 @@ impl Ring {
     }
 }
 
-/// The stored ids: the [`Ring`] for order, a table of ring positions to find them by
-/// fingerprint. The table holds one position per fingerprint, its newest entry's.
-#[derive(Default)]
+/// The stored ids: the [`Ring`] for order, an [`Index`] of ring positions to find them by
+/// fingerprint. The index holds one position per fingerprint, its newest entry's; the ring
+/// never holds more than `max_entries` entries (stale ones included).
 struct Remembered {
     ring: Ring,
-    index: HashTable<u32>,
+    index: Index,
+    max_entries: usize,
 }
 
 impl Remembered {
-    fn with_capacity(n: usize) -> Remembered {
+    /// Room for `n` ids to begin with.
+    fn new(max_entries: usize, n: usize) -> Remembered {
+        let max_entries = max_entries.clamp(1, MAX_ENTRIES);
         Remembered {
             ring: Ring::default(),
-            index: HashTable::with_capacity(n),
+            index: Index::new(max_entries, n),
+            max_entries,
         }
     }
 
     /// Distinct fingerprints remembered.
     fn len(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
 
     fn find(&self, fp: Fingerprint) -> Option<&Entry> {
-        let ring = &self.ring;
-        let pos = self
-            .index
-            .find(fp.low64(), |&p| ring.get(ring.seq(p)).fingerprint == fp)?;
-        Some(ring.get(ring.seq(*pos)))
+        let slot = self.index.find(&self.ring, fp, None)?;
+        Some(
+            self.ring
+                .get(self.index.seq(&self.ring, self.index.slots[slot])),
+        )
     }
 
-    /// Remembers `fp` as stored at `secs`; an older entry of it stays in the ring, stale.
+    /// Remembers `fp` as stored at `secs`; an older entry of it stays in the ring, stale. The
+    /// oldest entries go first if the ring is full (the next claim would evict them anyway).
     fn push(&mut self, fp: Fingerprint, secs: u32) {
-        let Remembered { ring, index } = self;
-        let seq = ring.push(Entry {
+        while self.ring.len() >= self.max_entries {
+            self.pop_front();
+        }
+        let seq = self.ring.push(Entry {
             fingerprint: fp,
             secs,
         });
-        let pos = seq as u32;
-        let hash = fp.low64();
-        match index.find_mut(hash, |&p| ring.get(ring.seq(p)).fingerprint == fp) {
-            Some(p) => *p = pos,
-            None => {
-                index.insert_unique(hash, pos, |&p| ring.get(ring.seq(p)).fingerprint.low64());
-            }
-        }
+        self.index.insert(&self.ring, fp, seq);
     }
 
     /// Forgets the oldest entry (if it is not stale, its fingerprint too).
     fn pop_front(&mut self) {
-        let Remembered { ring, index } = self;
-        let Some(e) = ring.front() else { return };
-        let seq = ring.head;
-        if let Ok(slot) = index.find_entry(e.fingerprint.low64(), |&p| ring.seq(p) == seq) {
-            slot.remove();
+        let Some(e) = self.ring.front() else { return };
+        if let Some(slot) = self
+            .index
+            .find(&self.ring, e.fingerprint, Some(self.ring.head))
+        {
+            self.index.remove(&self.ring, slot);
         }
-        ring.pop_front();
+        self.ring.pop_front();
     }
 
     /// Forgets, oldest first, what is past the window and what is over `max_entries`.
-    fn evict(&mut self, now_ms: u64, window_ms: u64, max_entries: usize) {
+    fn evict(&mut self, now_ms: u64, window_ms: u64) {
         while let Some(e) = self.ring.front() {
             let expired = !live(e.secs, window_ms, now_ms);
-            let over = self.ring.len() > max_entries;
+            let over = self.ring.len() > self.max_entries;
             if !expired && !over {
                 break;
             }
             self.pop_front();
         }
-    }
-
-    /// Gives back index memory sized for more ids than were loaded.
-    fn shrink(&mut self) {
-        let ring = &self.ring;
-        self.index
-            .shrink_to_fit(|&p| ring.get(ring.seq(p)).fingerprint.low64());
     }
 
     /// The entries the index points at (stale ones left out), oldest first.
@@ -621,9 +604,150 @@ impl Remembered {
         (ring.head..ring.tail).filter_map(move |seq| {
             let e = ring.get(seq);
             self.index
-                .find(e.fingerprint.low64(), |&p| ring.seq(p) == seq)
+                .find(ring, e.fingerprint, Some(seq))
                 .map(|_| (e.secs, e.fingerprint))
         })
+    }
+}
+
+/// Open addressing with linear probing over 32-bit slots, at most 4/5 full. A slot is 0 when
+/// empty; otherwise its low `pos_bits` bits are a ring position (the entry's sequence number
+/// mod 2^`pos_bits`, unique because the ring holds at most `max_entries` ≤ 2^`pos_bits`) and the
+/// bits above a tag from the fingerprint (never 0), so a probe rarely has to look at the ring.
+/// A slot's home is the fingerprint's high 64 bits scaled to the table size (any size, not
+/// only powers of two: 5 bytes per id at most, instead of up to 11 for a power-of-two table).
+/// Removal shifts the rest of the cluster back instead of leaving tombstones, so the table
+/// never needs rebuilding at a fixed size. Every answer is confirmed against the full 128-bit
+/// fingerprint in the ring.
+struct Index {
+    slots: Box<[u32]>,
+    len: usize,
+    pos_bits: u32,
+    /// The size that holds `max_entries` at 4/5: the table never grows beyond it.
+    max_slots: usize,
+}
+
+impl Index {
+    fn new(max_entries: usize, n: usize) -> Index {
+        let pos_bits = (usize::BITS - (max_entries - 1).leading_zeros()).max(1);
+        let max_slots = max_entries + max_entries / 4 + 2;
+        Index {
+            slots: vec![0; Self::size_for(n, max_slots)].into_boxed_slice(),
+            len: 0,
+            pos_bits,
+            max_slots,
+        }
+    }
+
+    /// Room for `n` at most half full (so growing is rare), within `max_slots`.
+    fn size_for(n: usize, max_slots: usize) -> usize {
+        n.saturating_mul(2).clamp(64, max_slots.max(64))
+    }
+
+    fn mask(&self) -> u32 {
+        (1u32 << self.pos_bits) - 1
+    }
+
+    fn tag(&self, fp: Fingerprint) -> u32 {
+        (fp.0[0] >> self.pos_bits).max(1) << self.pos_bits
+    }
+
+    fn home(&self, fp: Fingerprint) -> usize {
+        let hi = u64::from(fp.0[2]) | u64::from(fp.0[3]) << 32;
+        ((u128::from(hi) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The sequence number a slot's ring position stands for.
+    fn seq(&self, ring: &Ring, slot: u32) -> u64 {
+        let pos = slot & self.mask();
+        ring.head + u64::from(pos.wrapping_sub(ring.head as u32) & self.mask())
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// The slot holding `fp` (with `at`, only if it points at that sequence number).
+    fn find(&self, ring: &Ring, fp: Fingerprint, at: Option<u64>) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let tag = self.tag(fp);
+        let mut i = self.home(fp);
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return None;
+            }
+            if s & !self.mask() == tag {
+                let seq = self.seq(ring, s);
+                let hit = match at {
+                    Some(at) => seq == at,
+                    None => ring.get(seq).fingerprint == fp,
+                };
+                if hit {
+                    return Some(i);
+                }
+            }
+            i = self.next(i);
+        }
+    }
+
+    /// Points `fp` at `seq`, the ring's newest entry.
+    fn insert(&mut self, ring: &Ring, fp: Fingerprint, seq: u64) {
+        let value = self.tag(fp) | (seq as u32 & self.mask());
+        if let Some(i) = self.find(ring, fp, None) {
+            self.slots[i] = value;
+            return;
+        }
+        if (self.len + 1) * 5 > self.slots.len() * 4 {
+            self.grow(ring);
+        }
+        let mut i = self.home(fp);
+        while self.slots[i] != 0 {
+            i = self.next(i);
+        }
+        self.slots[i] = value;
+        self.len += 1;
+    }
+
+    /// Empties slot `i`, moving later entries of its cluster back so every entry stays
+    /// reachable from its home.
+    fn remove(&mut self, ring: &Ring, i: usize) {
+        let size = self.slots.len();
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = self.next(j);
+            let s = self.slots[j];
+            if s == 0 {
+                break;
+            }
+            let home = self.home(ring.get(self.seq(ring, s)).fingerprint);
+            // It may move back into the hole unless its home lies after the hole.
+            if (j + size - home) % size >= (j + size - hole) % size {
+                self.slots[hole] = s;
+                hole = j;
+            }
+        }
+        self.slots[hole] = 0;
+        self.len -= 1;
+    }
+
+    fn grow(&mut self, ring: &Ring) {
+        let size = Self::size_for(self.len + 1, self.max_slots);
+        let old = std::mem::replace(&mut self.slots, vec![0; size].into_boxed_slice());
+        for s in old.iter().copied().filter(|&s| s != 0) {
+            let mut i = self.home(ring.get(self.seq(ring, s)).fingerprint);
+            while self.slots[i] != 0 {
+                i = self.next(i);
+            }
+            self.slots[i] = s;
+        }
     }
 }
 
@@ -644,11 +768,9 @@ fn load(file: &dyn FsFile, window_ms: u64, max_entries: usize, now_ms: u64) -> i
     let head = &mut head[..(len as usize).min(HEADER_LEN)];
     file.read_exact_at(head, 0)?;
     let keep = |r: &mut Remembered, secs: u32, fp: Fingerprint| {
+        // `push` evicts the oldest beyond `max_entries`: memory stays bounded whatever the
+        // file holds.
         if live(secs, window_ms, now_ms) {
-            // Evicting while loading keeps memory at `max_entries` whatever the file holds.
-            if r.ring.len() >= max_entries {
-                r.pop_front();
-            }
             r.push(fp, secs);
         }
     };
@@ -656,7 +778,7 @@ fn load(file: &dyn FsFile, window_ms: u64, max_entries: usize, now_ms: u64) -> i
         // A text journal (hookbridge ≤ 0.1): its ids get fingerprints under a new key, and the
         // caller rewrites it in the current format.
         let key = Key::random();
-        let mut remembered = Remembered::default();
+        let mut remembered = Remembered::new(max_entries, 0);
         for_each_line(file, |ts, id| {
             keep(&mut remembered, secs_of(ts), key.fingerprint(id))
         })?;
@@ -681,13 +803,13 @@ fn load(file: &dyn FsFile, window_ms: u64, max_entries: usize, now_ms: u64) -> i
             );
             return Ok(Loaded {
                 key: Key::random(),
-                remembered: Remembered::default(),
+                remembered: Remembered::new(max_entries, 0),
                 records: None,
             });
         }
     };
     let slots = ((len - HEADER_LEN as u64) / RECORD_LEN as u64) as usize;
-    let mut remembered = Remembered::with_capacity(slots.min(max_entries));
+    let mut remembered = Remembered::new(max_entries, slots.min(max_entries));
     for_each_record(file, &key, |secs, fp| keep(&mut remembered, secs, fp))?;
     Ok(Loaded {
         key,
@@ -1195,8 +1317,14 @@ mod tests {
 
     #[test]
     fn the_compact_set_answers_like_the_string_set() {
+        // Expiry and a bound the ring turns over many times (its blocks); then a tiny bound,
+        // so that the index is small, full and wraps around its end.
+        compare_with_model(Duration::from_secs(30), 2_500, 4_000);
+        compare_with_model(DAY, 50, 120);
+    }
+
+    fn compare_with_model(window: Duration, max: usize, ids: u32) {
         let dir = tempfile::tempdir().unwrap();
-        let (window, max) = (Duration::from_secs(30), 2_500);
         let window_ms = window.as_millis() as u64;
         let d = open(dir.path(), window, max, 0);
         d.close(); // memory only: the journal thread's clock is the wall clock
@@ -1224,10 +1352,14 @@ mod tests {
                 }
                 continue;
             }
-            let id = format!("msg_{}", rng.random_range(0..4_000u32));
+            let id = format!("msg_{}", rng.random_range(0..ids));
             let want = model.claim(&id, now, window_ms, max);
             let got = d.claim(&id, now);
-            assert_eq!(format!("{got:?}"), want, "step {step}: {id} at {now}");
+            assert_eq!(
+                format!("{got:?}"),
+                want,
+                "max {max}, step {step}: {id} at {now}"
+            );
             *answers.entry(want).or_insert(0) += 1;
             if let Claim::New(g) = got {
                 held.push((id, g));
@@ -1236,7 +1368,10 @@ mod tests {
         }
         // Every branch was taken many times.
         for kind in ["New", "Duplicate", "InProgress"] {
-            assert!(answers.get(kind).copied().unwrap_or(0) > 100, "{answers:?}");
+            assert!(
+                answers.get(kind).copied().unwrap_or(0) > 100,
+                "max {max}: {answers:?}"
+            );
         }
     }
 
