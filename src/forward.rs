@@ -50,8 +50,22 @@ pub struct Forwarder {
     pub dead_letters: Arc<DeadLetters>,
 }
 
+/// What the forwarder keeps of a message once the sink has it: enough to log it, release its
+/// key and dead-letter it.
+#[derive(Default)]
+struct Sent {
+    seq: u64,
+    id: String,
+    destination: String,
+    key: String,
+}
+
 struct Slot {
-    msg: Message,
+    msg: Sent,
+    /// The message, built at admission and moved (not cloned) into the first send. A retry
+    /// rebuilds it from `record`: retries are rare, and a clone of every message for the
+    /// case that it fails cost an allocation per header on the hot path.
+    ready: Option<Message>,
     /// The spool record payload (the message's body is a slice of it, so this costs nothing);
     /// kept for the dead-letter store.
     record: bytes::Bytes,
@@ -219,10 +233,11 @@ impl Forwarder {
                 window.insert(
                     seq,
                     Slot {
-                        msg: Message {
+                        msg: Sent {
                             seq,
-                            ..Message::default()
+                            ..Sent::default()
                         },
+                        ready: None,
                         record: bytes::Bytes::new(),
                         attempts: 0,
                         done: true,
@@ -245,7 +260,13 @@ impl Forwarder {
         window.insert(
             seq,
             Slot {
-                msg,
+                msg: Sent {
+                    seq,
+                    id: msg.id.clone(),
+                    destination: msg.destination.clone(),
+                    key: msg.key.clone(),
+                },
+                ready: Some(msg),
                 record,
                 attempts: 0,
                 done: false,
@@ -272,8 +293,20 @@ impl Forwarder {
                 };
                 self.dead_letter(slot, &e)
             }
-            None => self.attempt(slot.msg.clone(), Duration::ZERO),
+            None => {
+                let msg = self.take_message(slot);
+                self.attempt(msg, Duration::ZERO)
+            }
         }
+    }
+
+    /// The slot's message for a send: the one built at admission, or rebuilt from the record.
+    fn take_message(&self, slot: &mut Slot) -> Message {
+        slot.ready.take().unwrap_or_else(|| {
+            let d = Delivery::decode(slot.record.clone())
+                .expect("a record in the window decoded when it was admitted");
+            message(&self.router, &self.cloudevents, slot.msg.seq, d)
+        })
     }
 
     fn attempt(&self, msg: Message, delay: Duration) -> Attempt {
@@ -441,7 +474,8 @@ impl Forwarder {
                             .forward_retries
                             .with_label_values(&[sink])
                             .inc();
-                        attempts.push(self.attempt(slot.msg.clone(), delay));
+                        let msg = self.take_message(slot);
+                        attempts.push(self.attempt(msg, delay));
                     }
                     SendError::Permanent { kind, .. } => {
                         tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
@@ -467,20 +501,22 @@ impl Forwarder {
             .get_mut(&seq)
             .expect("finished record is in the window");
         slot.done = true;
-        let key = slot.msg.key.clone();
-        if let Some(q) = by_key.get_mut(&key) {
-            q.pop_front();
-            match q.front() {
-                Some(&next) => {
-                    let slot = window
-                        .get_mut(&next)
-                        .expect("queued record is in the window");
-                    attempts.push(self.dispatch(slot));
-                }
-                None => {
-                    by_key.remove(&key);
-                }
+        let key = slot.msg.key.as_str();
+        let (next, empty) = match by_key.get_mut(key) {
+            Some(q) => {
+                q.pop_front();
+                (q.front().copied(), q.is_empty())
             }
+            None => (None, false),
+        };
+        if empty {
+            by_key.remove(key);
+        }
+        if let Some(next) = next {
+            let slot = window
+                .get_mut(&next)
+                .expect("queued record is in the window");
+            attempts.push(self.dispatch(slot));
         }
         self.advance(window);
     }

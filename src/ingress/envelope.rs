@@ -66,12 +66,69 @@ struct Metadata<'a> {
 
 /// A JSON value that may be a string or a number; objects, arrays and booleans count as absent
 /// for our purposes but are still fully parsed (and so validated).
-#[derive(Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand rather than as an untagged enum: an untagged enum first buffers the
+/// value into serde's private `Content` and then tries each variant against it, which cost more
+/// than reading the rest of the body. The outcome is the same: a string (borrowed unless it
+/// had escapes), a number as serde_json reads it, anything else consumed and ignored.
 enum Scalar<'a> {
-    Str(#[serde(borrow)] Cow<'a, str>),
+    Str(Cow<'a, str>),
     Num(serde_json::Number),
-    Other(serde::de::IgnoredAny),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<Scalar<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar<'a>, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Num))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Scalar<'a>, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Scalar<'a>, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 impl Scalar<'_> {
@@ -79,7 +136,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Str(s) => Some(s.into_owned()),
             Scalar::Num(n) => Some(n.to_string()),
-            Scalar::Other(_) => None,
+            Scalar::Other => None,
         }
     }
 }
@@ -90,21 +147,31 @@ impl Scalar<'_> {
 pub const MAX_DEPTH: usize = 128;
 
 /// Whether the JSON text nests arrays/objects deeper than `max`. A single pass over the bytes
-/// that only tracks strings and escapes; syntax is checked by the real parser.
+/// that only tracks strings and escapes; syntax is checked by the real parser. String contents,
+/// most of a body, are skipped with `memchr` rather than byte by byte.
 fn nests_deeper_than(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // To the closing quote; an escape hides the byte after the backslash. An
+                // unterminated string holds no more structure (and the parser refuses it).
+                loop {
+                    let Some(j) = body
+                        .get(i..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    else {
+                        return false;
+                    };
+                    let quote = body[i + j] == b'"';
+                    i += j + if quote { 1 } else { 2 };
+                    if quote {
+                        break;
+                    }
+                }
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -292,6 +359,73 @@ mod tests {
         assert!(!nests_deeper_than(br#"{"a":[]}"#, 2));
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(!nests_deeper_than(ok.as_bytes(), MAX_DEPTH));
+    }
+
+    #[test]
+    fn depth_counting_skips_escapes_like_a_byte_by_byte_scan() {
+        // The byte-at-a-time scan the memchr version replaced, as the reference.
+        fn reference(body: &[u8], max: usize) -> bool {
+            let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+            for &b in body {
+                if in_string {
+                    match b {
+                        _ if escaped => escaped = false,
+                        b'\\' => escaped = true,
+                        b'"' => in_string = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => {
+                        depth += 1;
+                        if depth > max {
+                            return true;
+                        }
+                    }
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            false
+        }
+        let cases: &[&[u8]] = &[
+            br#"{"a":"\\"}[[["#,
+            br#"{"a":"\"[[["}"#,
+            br#"{"a":"x\"#,
+            br#"{"a":"x\\"#,
+            br#""[[[""#,
+            br#"[["\\\"]"]]"#,
+            b"[[[\\",
+            b"\"\\",
+            b"",
+            b"[",
+        ];
+        for body in cases {
+            for max in 0..4 {
+                assert_eq!(
+                    nests_deeper_than(body, max),
+                    reference(body, max),
+                    "{} at {max}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scalars_other_than_strings_and_numbers_count_as_absent() {
+        let e = parse(br#"{"metadata":{"action":"a","org_id":true,"event_id":[1,{"x":2}]},"data":{"id":1.5e3}}"#)
+            .unwrap();
+        assert_eq!(e.resource_id, "1500.0");
+        assert_eq!((e.org_id, e.event_id), (None, None));
+        let e =
+            parse(br#"{"metadata":{"action":"a","event_id":-7},"data":{"id":"\u00e9"}}"#).unwrap();
+        assert_eq!(
+            (e.resource_id.as_str(), e.event_id.as_deref()),
+            ("é", Some("-7"))
+        );
     }
 
     #[test]

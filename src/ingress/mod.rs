@@ -17,7 +17,6 @@ use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
-use serde_json::json;
 
 use crate::dedup::{Claim, ClaimGuard, Dedup};
 use crate::delivery::Delivery;
@@ -63,6 +62,25 @@ fn reject(status: StatusCode, code: &'static str, detail: impl Into<String>) -> 
     }
 }
 
+/// The body of a 2xx. Fields in alphabetical order: the bytes are what the `json!` map (sorted
+/// keys) produced before, so clients see no change.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_reason: Option<&'static str>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    status: &'static str,
+}
+
+/// The body of a refusal (alphabetical, as above).
+#[derive(serde::Serialize)]
+struct Refusal<'a> {
+    detail: &'a str,
+    error: &'static str,
+}
+
 /// hyper `Service` for one connection: the shared state and the peer address.
 #[derive(Clone)]
 pub struct IngressService(pub Arc<Ingress>, pub std::net::IpAddr);
@@ -103,19 +121,36 @@ impl Ingress {
                 self.metrics
                     .ack_latency
                     .observe(started.elapsed().as_secs_f64());
-                let mut body = json!({"status": "accepted", "id": id, "seq": seq});
-                if let Some(reason) = dead_letter {
-                    body["dead_letter_reason"] = reason.into();
-                }
-                server::json(StatusCode::OK, &body)
+                server::json(
+                    StatusCode::OK,
+                    &Answer {
+                        dead_letter_reason: dead_letter,
+                        id: &id,
+                        seq: Some(seq),
+                        status: "accepted",
+                    },
+                )
             }
             Ok(Accepted::Duplicate { id }) => {
                 self.metrics.deliveries_duplicate.inc();
-                server::json(StatusCode::OK, &json!({"status": "duplicate", "id": id}))
+                server::json(
+                    StatusCode::OK,
+                    &Answer {
+                        dead_letter_reason: None,
+                        id: &id,
+                        seq: None,
+                        status: "duplicate",
+                    },
+                )
             }
             Err(r) => {
-                let mut resp =
-                    server::json(r.status, &json!({"error": r.code, "detail": r.detail}));
+                let mut resp = server::json(
+                    r.status,
+                    &Refusal {
+                        detail: &r.detail,
+                        error: r.code,
+                    },
+                );
                 // A refused request may have left its body unread, which makes the connection
                 // unusable for another request: say so instead of letting the client find out.
                 resp.headers_mut().insert(

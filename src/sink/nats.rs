@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::{HeaderName, IntoHeaderName};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{ConnectOptions, HeaderMap};
 use futures_util::future::BoxFuture;
@@ -124,15 +125,33 @@ fn stream_subjects(router: &Router) -> Vec<String> {
     subjects
 }
 
-fn headers(msg: &Message, jetstream: bool) -> HeaderMap {
+/// The message's headers as async-nats wants them. The values are moved, not copied, and the
+/// names (a small fixed set of `&'static str`) are parsed into `HeaderName`s once per process:
+/// per message, that validation and the copies were a visible share of the publish path.
+fn headers(headers: Vec<(&'static str, String)>, id: Option<String>) -> HeaderMap {
+    static NAMES: std::sync::RwLock<Vec<(&'static str, HeaderName)>> =
+        std::sync::RwLock::new(Vec::new());
+    let name = |n: &'static str| -> HeaderName {
+        let known = NAMES.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = known.iter().find(|(k, _)| *k == n) {
+            return h.clone();
+        }
+        drop(known);
+        let h: HeaderName = n.into_header_name();
+        NAMES
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((n, h.clone()));
+        h
+    };
     let mut h = HeaderMap::new();
-    for (name, value) in &msg.headers {
-        h.insert(*name, value.as_str());
+    for (n, value) in headers {
+        h.insert(name(n), value);
     }
-    if jetstream {
+    if let Some(id) = id {
         // JetStream drops a second message with the same id inside the stream's duplicate window,
         // which absorbs our own retries and the sender's.
-        h.insert("Nats-Msg-Id", msg.id.as_str());
+        h.insert(name("Nats-Msg-Id"), id);
     }
     h
 }
@@ -151,7 +170,7 @@ impl Sink for NatsSink {
         async move {
             match js {
                 None => {
-                    let h = headers(&msg, false);
+                    let h = headers(msg.headers, None);
                     client
                         .publish_with_headers(msg.destination, h, msg.payload)
                         .await
@@ -175,7 +194,7 @@ impl Sink for NatsSink {
                             ready.store(true, Ordering::Release);
                         }
                     }
-                    let h = headers(&msg, true);
+                    let h = headers(msg.headers, Some(msg.id));
                     let ack = js
                         .publish_with_headers(msg.destination, h, msg.payload)
                         .await
