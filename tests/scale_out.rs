@@ -3,6 +3,10 @@
 //! crash duplicates at the default `spool.confirm_interval`, and two bridge replicas behind HAProxy
 //! with a sender that retries like Svix while one replica is SIGKILLed.
 //!
+//! `HOOKBRIDGE_SCALE_REQUEST_TIMEOUT` and `HOOKBRIDGE_SCALE_RETRY_MAX` (default `5s`, the
+//! bridge's defaults) set `sink.nats.request_timeout` and `forward.retry_max` for the cluster
+//! test, to compare stalls; `HOOKBRIDGE_SCALE_KILLS` (default 5) the SIGKILLs of the Kafka test.
+//!
 //! The tests in this file run one at a time (they share two cores with their brokers, and the
 //! stall figures would otherwise measure the other tests). Figures are printed as `RESULT …`
 //! lines (`cargo test --test scale_out -- --nocapture`); nothing asserts on speed.
@@ -257,9 +261,18 @@ async fn clustered_jetstream_survives_leader_kills() {
     let mut env = bridge_env(&dir.path().join("spool"), &prefix, &stream);
     set(&mut env, "HOOKBRIDGE_SINK__NATS__URL", cluster.urls());
     set(&mut env, "HOOKBRIDGE_SINK__NATS__REPLICAS", "3");
-    // The defaults, so the stalls are the ones an operator sees.
-    set(&mut env, "HOOKBRIDGE_SINK__NATS__REQUEST_TIMEOUT", "5s");
-    set(&mut env, "HOOKBRIDGE_FORWARD__RETRY_MAX", "5s");
+    // The defaults, so the stalls are the ones an operator sees (or others to compare).
+    let timing = |var: &str| std::env::var(var).unwrap_or_else(|_| "5s".into());
+    let (request_timeout, retry_max) = (
+        timing("HOOKBRIDGE_SCALE_REQUEST_TIMEOUT"),
+        timing("HOOKBRIDGE_SCALE_RETRY_MAX"),
+    );
+    set(
+        &mut env,
+        "HOOKBRIDGE_SINK__NATS__REQUEST_TIMEOUT",
+        &request_timeout,
+    );
+    set(&mut env, "HOOKBRIDGE_FORWARD__RETRY_MAX", &retry_max);
     let bridge = BridgeProcess::spawn(&env).await;
     let t0 = Instant::now();
     let stop_sampling = Arc::new(AtomicBool::new(false));
@@ -385,7 +398,8 @@ async fn clustered_jetstream_survives_leader_kills() {
     let (baseline, _, _) = stall_in(&samples, Duration::ZERO, kills[0].0);
     let down_samples = samples.iter().filter(|s| s.broker_up == 0.0).count();
     eprintln!(
-        "RESULT clustered JetStream (3 servers, R3, nats-server {}): {} acknowledged ({failed} \
+        "RESULT clustered JetStream (3 servers, R3, {}; request_timeout {request_timeout}, \
+         retry_max {retry_max}): {} acknowledged ({failed} \
          POSTs without 2xx), {} in the stream, 0 lost, {duplicates} duplicates, per-resource \
          order kept over {} resources; {}; longest publish gap before the first kill \
          {baseline:.1?}; longest gap between 2xx answers {:.1?}; /readyz 200 in all {} samples, \
