@@ -34,6 +34,8 @@ struct StreamSpec {
     name: String,
     subjects: Vec<String>,
     replicas: usize,
+    /// Set once the replica-count mismatch was logged (every concurrent lookup sees it).
+    replicas_warned: Arc<AtomicBool>,
 }
 
 pub struct NatsSink {
@@ -103,6 +105,7 @@ impl NatsSink {
                     name: cfg.stream.clone(),
                     subjects: stream_subjects(router),
                     replicas: cfg.replicas,
+                    replicas_warned: Arc::default(),
                 });
                 (Some(js), stream)
             }
@@ -221,7 +224,7 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
         Ok(stream) => {
             let replicas = stream.cached_info().config.num_replicas;
             tracing::info!(stream = %spec.name, subjects = ?spec.subjects, replicas, "JetStream stream ready");
-            if replicas != spec.replicas {
+            if replicas != spec.replicas && !spec.replicas_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(stream = %spec.name, replicas, configured = spec.replicas,
                     "the stream exists with another replica count; sink.nats.replicas applies only to a stream hookbridge creates");
             }
