@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use common::delivered::{self, Ack, Arrival, Tally};
 use common::*;
 use rand::{Rng, SeedableRng};
 
@@ -45,22 +46,6 @@ fn env_num(name: &str, default: u64) -> u64 {
 enum Broker {
     Nats,
     Kafka,
-}
-
-/// One delivery the bridge acknowledged with a 2xx.
-#[derive(Clone, Debug)]
-struct Ack {
-    id: String,
-    rid: String,
-    n: u64,
-}
-
-/// One message as it arrived at the broker, in broker order (stream order, or partition order).
-#[derive(Clone, Debug)]
-struct Arrival {
-    id: String,
-    rid: String,
-    n: u64,
 }
 
 async fn arrivals_nats(url: &str, stream: &str, want: usize) -> Vec<Arrival> {
@@ -87,67 +72,15 @@ async fn arrivals_kafka(brokers: &str, topic: &str) -> Vec<Arrival> {
         .collect()
 }
 
-/// What a run delivered, for the report.
-#[derive(Debug)]
-struct Tally {
-    acked: usize,
-    records: usize,
-    distinct: usize,
-    duplicates: usize,
-    /// Distinct ids that arrived although their POST got no 2xx (stored, answer lost to a kill).
-    unacked_arrived: usize,
-}
-
-/// Checks at-least-once for every acknowledged delivery and per-resource order of first
-/// arrivals (a duplicate may repeat a change, never move a later change before an earlier one).
+/// [`delivered::tally`], which fails on a lost delivery, failing on disorder too.
 fn check(label: &str, acked: &[Ack], got: &[Arrival]) -> Tally {
-    let arrived: HashSet<&str> = got.iter().map(|a| a.id.as_str()).collect();
-    let missing: Vec<&str> = acked
-        .iter()
-        .map(|a| a.id.as_str())
-        .filter(|id| !arrived.contains(id))
-        .collect();
+    let t = delivered::tally(label, acked, got);
     assert!(
-        missing.is_empty(),
-        "{label}: {} of {} acknowledged deliveries lost, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(10)]
+        t.disordered.is_empty(),
+        "{label}: acknowledged changes out of order for {:?}",
+        t.disordered
     );
-    let acked_ids: HashSet<&str> = acked.iter().map(|a| a.id.as_str()).collect();
-    let mut seen = HashSet::new();
-    let mut firsts: HashMap<&str, Vec<u64>> = HashMap::new();
-    for a in got {
-        if seen.insert(a.id.as_str()) && acked_ids.contains(a.id.as_str()) {
-            firsts.entry(a.rid.as_str()).or_default().push(a.n);
-        }
-    }
-    for (rid, ns) in &firsts {
-        assert!(
-            ns.windows(2).all(|w| w[0] < w[1]),
-            "{label}: resource {rid} out of order: {ns:?}"
-        );
-    }
-    // Every acknowledged change of a resource is there, in order, with none missing between.
-    let mut want: HashMap<&str, Vec<u64>> = HashMap::new();
-    for a in acked {
-        want.entry(a.rid.as_str()).or_default().push(a.n);
-    }
-    for (rid, ns) in want.iter_mut() {
-        ns.sort_unstable();
-        assert_eq!(
-            firsts.get(rid).map(Vec::as_slice).unwrap_or_default(),
-            ns.as_slice(),
-            "{label}: resource {rid}: first arrivals differ from acknowledged changes"
-        );
-    }
-    Tally {
-        acked: acked.len(),
-        records: got.len(),
-        distinct: seen.len(),
-        duplicates: got.len() - seen.len(),
-        unacked_arrived: seen.iter().filter(|id| !acked_ids.contains(*id)).count(),
-    }
+    t
 }
 
 /// Environment for the real binary on `broker`: a NATS url + stream, or Kafka brokers.

@@ -248,6 +248,12 @@ pub(crate) mod tests {
             ),
             ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.listen"),
             ("[sink.nats]\nstream = \"a.b\"\n", "sink.nats.stream"),
+            ("[sink.nats]\nreplicas = 0\n", "sink.nats.replicas"),
+            ("[sink.nats]\nreplicas = 6\n", "sink.nats.replicas"),
+            (
+                "[sink.nats]\nurl = \"nats://a:4222,,nats://b:4222\"\n",
+                "sink.nats.url",
+            ),
             ("[log]\nlevel = \"[[[\"\n", "log.level"),
             (
                 "[sink.kafka.options]\n\"acks\" = \"1\"\n",
@@ -278,6 +284,19 @@ pub(crate) mod tests {
             let err = load_str(toml).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn nats_url_is_a_seed_list() {
+        let c = load_str(
+            "[sink.nats]\nurl = \"nats://a:4222, nats://b:4223 ,nats://c:4224\"\nreplicas = 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sink.nats.servers(),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
+        assert_eq!(c.sink.nats.replicas, 3);
     }
 
     #[test]

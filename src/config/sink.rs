@@ -75,7 +75,9 @@ pub enum NatsMode {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma-separated: a seed list of cluster members; the client connects to
+    /// one and fails over to the others (and to the members the cluster announces). Default
+    /// `nats://127.0.0.1:4222`.
     pub url: String,
     /// `jetstream` or `core`. Default `jetstream`.
     pub mode: NatsMode,
@@ -83,6 +85,10 @@ pub struct NatsConfig {
     pub stream: String,
     /// Create the stream (subjects `<prefix>>`) when it is missing. Default true.
     pub create_stream: bool,
+    /// Replicas of the stream hookbridge creates (1–5; JetStream keeps them on that many servers
+    /// of a cluster, and a PubAck then means a majority stored the message). An existing stream
+    /// keeps its own. Default 1.
+    pub replicas: usize,
     /// Time to wait for a PubAck or flush before the attempt counts as failed. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -103,6 +109,7 @@ impl Default for NatsConfig {
             mode: NatsMode::Jetstream,
             stream: "SESSIONBOARD".into(),
             create_stream: true,
+            replicas: 1,
             request_timeout: Duration::from_secs(5),
             credentials_file: None,
             token: None,
@@ -203,7 +210,15 @@ pub const KAFKA_RESERVED_OPTIONS: &[(&str, &str)] = &[
     ("max.in.flight", "bounded by the idempotent producer"),
 ];
 
+/// Most replicas JetStream allows for a stream.
+pub const MAX_NATS_REPLICAS: usize = 5;
+
 impl NatsConfig {
+    /// The server URLs of `url`, trimmed (validation refused empty entries).
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
+
     /// A copy with the token and password replaced by `<redacted>`.
     pub fn redacted(&self) -> NatsConfig {
         let mut c = self.clone();
@@ -331,6 +346,18 @@ impl KafkaConfig {
 
 impl NatsConfig {
     fn validate(&self) -> Result<(), Error> {
+        if self.servers().iter().any(|s| s.is_empty()) {
+            return Err(invalid(
+                "sink.nats.url",
+                "must be one or more comma-separated server URLs, none empty",
+            ));
+        }
+        if !(1..=MAX_NATS_REPLICAS).contains(&self.replicas) {
+            return Err(invalid(
+                "sink.nats.replicas",
+                format!("must be between 1 and {MAX_NATS_REPLICAS}"),
+            ));
+        }
         if self.stream.is_empty() || self.stream.contains(['.', '*', '>', ' ', '/', '\\']) {
             return Err(invalid(
                 "sink.nats.stream",

@@ -3,7 +3,10 @@
 //!
 //! The client connects in the background and reconnects forever, so the bridge starts and keeps
 //! accepting while NATS is down; each send is bounded by `sink.nats.request_timeout` and a timeout
-//! is just a retryable failure.
+//! is just a retryable failure. `sink.nats.url` may list several servers of a cluster: the client
+//! fails over between them (and the servers the cluster announces). A stream leader election is
+//! seen here as timeouts or "no responders" until a new leader answers: retried like any outage,
+//! and the `Nats-Msg-Id` de-duplication drops a retry whose first attempt the old leader stored.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +34,9 @@ pub enum Error {
 struct StreamSpec {
     name: String,
     subjects: Vec<String>,
+    replicas: usize,
+    /// Set once the replica-count mismatch was logged (every concurrent lookup sees it).
+    replicas_warned: Arc<AtomicBool>,
 }
 
 pub struct NatsSink {
@@ -86,7 +92,7 @@ impl NatsSink {
             opts = opts.user_and_password(user.clone(), pass.clone());
         }
         let client = opts
-            .connect(cfg.url.as_str())
+            .connect(cfg.servers())
             .await
             .map_err(|e| Error::Setup(e.to_string()))?;
         let (js, stream) = match cfg.mode {
@@ -99,6 +105,8 @@ impl NatsSink {
                 let stream = cfg.create_stream.then(|| StreamSpec {
                     name: cfg.stream.clone(),
                     subjects: stream_subjects(router),
+                    replicas: cfg.replicas,
+                    replicas_warned: Arc::default(),
                 });
                 (Some(js), stream)
             }
@@ -228,11 +236,17 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
     let config = jetstream::stream::Config {
         name: spec.name.clone(),
         subjects: spec.subjects.clone(),
+        num_replicas: spec.replicas,
         ..Default::default()
     };
     match js.get_or_create_stream(config).await {
-        Ok(_) => {
-            tracing::info!(stream = %spec.name, subjects = ?spec.subjects, "JetStream stream ready");
+        Ok(stream) => {
+            let replicas = stream.cached_info().config.num_replicas;
+            tracing::info!(stream = %spec.name, subjects = ?spec.subjects, replicas, "JetStream stream ready");
+            if replicas != spec.replicas && !spec.replicas_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(stream = %spec.name, replicas, configured = spec.replicas,
+                    "the stream exists with another replica count; sink.nats.replicas applies only to a stream hookbridge creates");
+            }
             Ok(())
         }
         Err(e) => Err(SendError::Retryable {

@@ -18,6 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use hookbridge::app::{App, Settings};
 use hookbridge::config::Config;
 
+pub mod cluster;
+pub mod delivered;
+pub mod haproxy;
 pub mod tls;
 
 /// NATS with JetStream the tests use: `HOOKBRIDGE_TEST_NATS_URL` or the machine's local server.

@@ -1,0 +1,207 @@
+//! A three-server NATS cluster with JetStream on loopback (routes between the servers, each with
+//! its own storage), whose servers a test can SIGKILL and restart on the same ports and storage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+use super::{nats_server_bin, BrokerPort};
+
+struct Node {
+    name: String,
+    port: BrokerPort,
+    cluster_port: BrokerPort,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct NatsCluster {
+    cluster_name: String,
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Picks ports (see [`super::broker_port`]) and storage directories under `dir` for `size`
+    /// servers named `n0`, `n1`, …, and starts them all.
+    pub async fn start(dir: &Path, size: usize) -> NatsCluster {
+        let mut nodes: Vec<Node> = (0..size)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                port: BrokerPort::new(),
+                cluster_port: BrokerPort::new(),
+                store: dir.join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        // Every server is told every route before any starts, so the ports are fixed from here.
+        for n in &mut nodes {
+            n.port.get();
+            n.cluster_port.get();
+        }
+        let mut cluster = NatsCluster {
+            cluster_name: super::unique("hbc"),
+            nodes,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait_serving(i).await;
+        }
+        cluster
+    }
+
+    /// Every server's client URL, comma-separated: the seed list for `sink.nats.url`.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port.port)
+    }
+
+    /// The server name of node `i` (`n<i>`), as JetStream reports it as a stream leader.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| format!("nats://127.0.0.1:{}", n.cluster_port.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let n = &self.nodes[i];
+        std::fs::create_dir_all(&n.store).unwrap();
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &n.port.port.to_string()])
+            .args(["--server_name", &n.name])
+            .args(["--cluster_name", &self.cluster_name])
+            .arg("--cluster")
+            .arg(format!("nats://127.0.0.1:{}", n.cluster_port.port))
+            .args(["--routes", &routes])
+            .args(["-js", "-sd"])
+            .arg(&n.store)
+            .arg("-l")
+            .arg(n.store.join("server.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.nodes[i].child = Some(child);
+    }
+
+    async fn wait_serving(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let url = self.url(i);
+        loop {
+            let child = self.nodes[i].child.as_mut().expect("started");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server {} exited: {status}; see {}",
+                    self.nodes[i].name,
+                    self.nodes[i].store.join("server.log").display()
+                );
+            }
+            if async_nats::connect(&url).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not start",
+                self.nodes[i].name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL node `i` (its storage stays).
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and storage.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(!self.is_running(i), "node {i} is running");
+        self.spawn(i);
+        self.wait_serving(i).await;
+    }
+
+    /// A JetStream context on the running servers. Its API requests time out after 500 ms, so
+    /// polling during an election sees the new leader within about that.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let urls: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.is_running(i))
+            .map(|i| self.url(i))
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .connect(urls)
+            .await
+            .expect("connect to the cluster");
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_millis(500))
+            .build(client)
+    }
+
+    /// The index of the server leading `stream`, waiting up to `timeout` for the stream to
+    /// exist and have a leader other than `not`.
+    pub async fn stream_leader(&self, stream: &str, timeout: Duration) -> usize {
+        let js = self.jetstream().await;
+        let leader = wait_stream_leader(&js, stream, None, timeout).await;
+        self.index_of(&leader).expect("a member leads")
+    }
+}
+
+/// The name of the server leading `stream` once it has one other than `not`; panics after
+/// `timeout`.
+pub async fn wait_stream_leader(
+    js: &jetstream::Context,
+    stream: &str,
+    not: Option<&str>,
+    timeout: Duration,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    if Some(leader.as_str()) != not {
+                        return leader;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {stream} has no new leader after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
