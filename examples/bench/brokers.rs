@@ -54,6 +54,12 @@ pub async fn nats(url: &str, fixture: &Fixture, duration: Duration) -> AloneResu
     .await
     .expect("create stream");
     let subject = format!("{PREFIX}{}", fixture.action);
+    // One acknowledged message before the clock starts: the stream is ready.
+    js.publish(subject.clone(), fixture.body(0).into())
+        .await
+        .expect("publish")
+        .await
+        .expect("warm-up PubAck");
     let mut inflight = FuturesUnordered::new();
     let mut confirmed = 0u64;
     let start = Instant::now();
@@ -119,6 +125,16 @@ pub async fn kafka(brokers: &str, fixture: &Fixture, duration: Duration) -> Alon
     let producer: std::sync::Arc<FutureProducer> =
         std::sync::Arc::new(client.create().expect("kafka producer"));
     let timeout = cfg.message_timeout;
+    // One delivered message before the clock starts: metadata fetched, partition leaders known.
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("warm-up")
+                .payload(&fixture.body(0)[..]),
+            Timeout::After(timeout),
+        )
+        .await
+        .expect("warm-up delivery");
     let mut inflight = FuturesUnordered::new();
     let mut confirmed = 0u64;
     let start = Instant::now();

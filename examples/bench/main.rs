@@ -3,7 +3,7 @@
 //! run. Prints a markdown table and writes a JSON file.
 //!
 //! ```text
-//! benches/run                 # full run (~10 min)
+//! benches/run                 # full run (~7 min)
 //! benches/run --smoke         # seconds per scenario, small backlog (CI)
 //! bench --bin target/release/hookbridge --out target/bench/results.json [--smoke] [--only a,b]
 //! ```
@@ -261,14 +261,24 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool) {
     run.record(key, v);
 }
 
-/// Open loop at a fixed rate: latency from the intended send time, missed send slots.
+/// Open loop at a fixed rate: latency from the intended send time, missed send slots. The
+/// issue's rate is 0.4 × the ceiling; when that is above what the bridge sustains, the latency
+/// only says so (it grows with the run), so a second run at half the measured durable-ack rate
+/// shows the latency below saturation.
 async fn open(run: &mut Run) {
     let Some(ceiling) = run.get("ceiling_before", "per_s") else {
         eprintln!("bench: open loop needs the ceiling; skipped");
         return;
     };
-    let rate = (ceiling * OPEN_FRACTION).max(100.0);
-    let dir = run.scenario_dir("open");
+    open_at(run, "open_loop", ceiling * OPEN_FRACTION).await;
+    if let Some(acks) = run.get("spool_only", "per_s") {
+        open_at(run, "open_loop_half_acks", acks * 0.5).await;
+    }
+}
+
+async fn open_at(run: &mut Run, key: &str, rate: f64) {
+    let rate = rate.max(100.0);
+    let dir = run.scenario_dir(key);
     let bridge = Bridge::start(
         &run.args.bin,
         &BridgeConfig {
@@ -279,7 +289,7 @@ async fn open(run: &mut Run) {
         },
     )
     .await;
-    let reqs = Arc::new(run.requests(bridge.http, "open"));
+    let reqs = Arc::new(run.requests(bridge.http, key));
     let r = open_loop(bridge.http, OPEN_CONNS, rate, run.args.params.closed, reqs);
     let v = merge(
         load_json(&r),
@@ -293,7 +303,7 @@ async fn open(run: &mut Run) {
     );
     let v = merge(v, rss_json(bridge.pid()));
     bridge.stop();
-    run.record("open_loop", v);
+    run.record(key, v);
 }
 
 /// End to end for `sustained`: closed-loop load on the bridge while it forwards to the broker;
@@ -510,7 +520,9 @@ fn loadavg() -> String {
 }
 
 fn k(x: f64) -> String {
-    if x >= 10_000.0 {
+    if x >= 1_000_000.0 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 10_000.0 {
         format!("{:.1}k", x / 1000.0)
     } else {
         format!("{x:.0}")
@@ -579,19 +591,24 @@ fn table(run: &Run, ceiling: Option<f64>) -> String {
             "≥ 0.55×",
         );
     }
-    if let Some(rate) = f("open_loop", "rate_target") {
-        let missed = f("open_loop", "missed_slots").unwrap_or(0.0);
+    for (key, what) in [
+        ("open_loop", "0.4 × ceiling"),
+        ("open_loop_half_acks", "0.5 × row 2's acks/s"),
+    ] {
+        let Some(rate) = f(key, "rate_target") else {
+            continue;
+        };
         row(
-            "3 open loop at 0.4 × ceiling (from intended send)",
+            &format!("3 open loop at {what} (latency from intended send)"),
             format!(
-                "{} req/s offered, {} ok; {}; {} missed slots",
+                "{} req/s offered, {} ok/s; {}; {} missed slots",
                 k(rate),
-                k(f("open_loop", "per_s").unwrap_or(0.0)),
-                lat("open_loop", "latency"),
-                missed
+                k(f(key, "per_s").unwrap_or(0.0)),
+                lat(key, "latency"),
+                f(key, "missed_slots").unwrap_or(0.0)
             ),
             String::new(),
-            rss("open_loop"),
+            rss(key),
             "(closed loop: p50 2.5 / p99 7.5 ms)",
             "p99 ≤ 5 ms, p99.9 ≤ 10 ms",
         );

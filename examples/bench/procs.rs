@@ -127,11 +127,14 @@ impl Bridge {
             ),
         };
         // The replay scenario holds a 1,000,000-record backlog (~1.3 GB): the quota is raised
-        // above the default 1 GiB for it; nothing else differs from the defaults.
+        // above the default 1 GiB for it. A stop with the broker unreachable would wait the
+        // whole default 10 s `shutdown.grace` for publishes that cannot finish; 1 s changes only
+        // how long a stop waits (what is unconfirmed stays in the spool either way). Nothing
+        // else differs from the defaults.
         let toml = format!(
             "[http]\nlisten = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n[auth]\n{auth}\
              [spool]\ndir = \"{}\"\nmax_bytes = {}\n[routing]\nprefix = \"{PREFIX}\"\n\
-             [log]\nlevel = \"warn\"\n[sink]\n{sink}",
+             [log]\nlevel = \"warn\"\n[shutdown]\ngrace = \"1s\"\n[sink]\n{sink}",
             cfg.spool.display(),
             4u64 << 30,
         );
