@@ -158,7 +158,10 @@ fn main() {
         .args(["-n", "-o", "FSTYPE,SOURCE", "-T"])
         .arg(tmp.path())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
         .unwrap_or_default();
     let mut appends = Vec::new();
     println!("spool micro-benchmark ({PAYLOAD} B payloads, spool on {fs})\n");

@@ -480,11 +480,15 @@ async fn replay(run: &mut Run) {
     }
 }
 
+/// The output of a shell command, whitespace runs folded to one space.
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .args(["-c", cmd])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
         .unwrap_or_default()
 }
 
