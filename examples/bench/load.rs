@@ -1,0 +1,516 @@
+//! The load generator: raw HTTP/1.1 over keep-alive TCP, on one thread (like `wrk -t1`), closed
+//! loop (N connections, each sends its next request when the previous answer arrived) or open
+//! loop (requests due at fixed intervals; latency counted from the *intended* send time, so a
+//! stall of the server is not hidden by the generator waiting for it: no coordinated omission).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `data.id` of `examples/fixtures/session.updated.json`, replaced per request by one of 1,000
+/// resource ids of the same length, so every body has the fixture's exact size.
+const FIXTURE_ID: &str = "0fd630f1-f29d-4da9-953f-48f1a09f76b5";
+/// Distinct `data.id` values the requests are spread over.
+pub const RESOURCES: u64 = 1000;
+
+/// The session.updated fixture, split around its `data.id`.
+#[derive(Clone)]
+pub struct Fixture {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    pub org_id: String,
+    pub event_id: Option<String>,
+    pub action: String,
+}
+
+impl Fixture {
+    pub fn load(path: &std::path::Path) -> Fixture {
+        let raw =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let v: serde_json::Value = serde_json::from_str(&raw).expect("fixture is JSON");
+        assert_eq!(v["data"]["id"], FIXTURE_ID, "fixture's data.id changed");
+        let quoted = format!("\"{FIXTURE_ID}\"");
+        let at = raw.find(&quoted).expect("data.id in fixture") + 1;
+        Fixture {
+            head: raw.as_bytes()[..at].to_vec(),
+            tail: raw.as_bytes()[at + FIXTURE_ID.len()..].to_vec(),
+            org_id: v["metadata"]["org_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            event_id: match &v["metadata"]["event_id"] {
+                serde_json::Value::Null => None,
+                e => Some(
+                    e.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| e.to_string()),
+                ),
+            },
+            action: v["metadata"]["action"].as_str().expect("action").to_owned(),
+        }
+    }
+
+    /// The resource id of request `n` (36 characters, like the fixture's UUID).
+    pub fn resource(n: u64) -> String {
+        format!("00000000-0000-4000-8000-{:012}", n % RESOURCES)
+    }
+
+    pub fn body(&self, n: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.head.len() + 36 + self.tail.len());
+        b.extend_from_slice(&self.head);
+        b.extend_from_slice(Self::resource(n).as_bytes());
+        b.extend_from_slice(&self.tail);
+        b
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + 36 + self.tail.len()
+    }
+}
+
+/// Builds the bytes of request `n`: a POST with a unique `webhook-id`, optionally signed.
+pub struct Requests {
+    fixture: Fixture,
+    head: String,
+    run: String,
+    /// Signed requests, built before the timed loop (see `presign`).
+    signed: Option<Vec<Vec<u8>>>,
+}
+
+impl Requests {
+    pub fn new(fixture: Fixture, addr: SocketAddr, path: &str, run: &str) -> Requests {
+        Requests {
+            head: format!(
+                "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                fixture.len()
+            ),
+            fixture,
+            run: run.to_owned(),
+            signed: None,
+        }
+    }
+
+    pub fn id(&self, n: u64) -> String {
+        format!("msg_{}_{n}", self.run)
+    }
+
+    /// Signs `count` requests (Standard Webhooks `v1`, HMAC-SHA256 over `id.timestamp.body`)
+    /// now, so the client's HMAC does not compete with the bridge's verification for the same
+    /// two cores during the timed loop. A run that uses them all stops early.
+    pub fn presign(&mut self, secret: &str, count: u64) {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let all = (0..count)
+            .map(|n| {
+                let id = self.id(n);
+                let body = self.fixture.body(n);
+                let sig = hookbridge::ingress::signature::sign_v1(secret, &id, &ts, &body);
+                let mut r = self.head.clone().into_bytes();
+                r.extend_from_slice(
+                    format!("webhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n")
+                        .as_bytes(),
+                );
+                r.extend_from_slice(&body);
+                r
+            })
+            .collect();
+        self.signed = Some(all);
+    }
+
+    /// Request `n` into `buf`; false when the pre-signed requests are used up.
+    pub fn build(&self, n: u64, buf: &mut Vec<u8>) -> bool {
+        buf.clear();
+        if let Some(signed) = &self.signed {
+            let Some(r) = signed.get(n as usize) else {
+                return false;
+            };
+            buf.extend_from_slice(r);
+            return true;
+        }
+        buf.extend_from_slice(self.head.as_bytes());
+        buf.extend_from_slice(format!("webhook-id: {}\r\n\r\n", self.id(n)).as_bytes());
+        buf.extend_from_slice(&self.fixture.head);
+        buf.extend_from_slice(Fixture::resource(n).as_bytes());
+        buf.extend_from_slice(&self.fixture.tail);
+        true
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let mut c = Conn {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+        };
+        c.reconnect().await?;
+        Ok(c)
+    }
+
+    async fn reconnect(&mut self) -> std::io::Result<()> {
+        let s = TcpStream::connect(self.addr).await?;
+        s.set_nodelay(true)?;
+        self.stream = Some(s);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Sends one request and reads the response; returns the status code. Reconnects (and
+    /// fails this request) when the server closed the connection.
+    async fn roundtrip(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        if self.stream.is_none() {
+            self.reconnect().await?;
+        }
+        let result = self.exchange(req).await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn exchange(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        let stream = self.stream.as_mut().expect("connected");
+        stream.write_all(req).await?;
+        loop {
+            if let Some((status, len, close)) = parse_response(&self.buf)? {
+                self.buf.drain(..len);
+                if close {
+                    self.stream = None;
+                }
+                return Ok(status);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A complete response at the start of `buf`: (status, bytes it takes, server closes).
+fn parse_response(buf: &[u8]) -> std::io::Result<Option<(u16, usize, bool)>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end])
+        .map_err(|_| std::io::Error::other("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let (mut len, mut close) = (0usize, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        if k.eq_ignore_ascii_case("content-length") {
+            len = v
+                .trim()
+                .parse()
+                .map_err(|_| std::io::Error::other("bad content-length"))?;
+        } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+            close = true;
+        }
+    }
+    let total = end + 4 + len;
+    Ok((buf.len() >= total).then_some((status, total, close)))
+}
+
+/// Latencies in microseconds, 1 µs to 100 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap()
+}
+
+fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// What one load run measured.
+pub struct LoadResult {
+    pub ok: u64,
+    /// Responses other than 2xx, and requests that failed on the connection.
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Closed loop: send → response. Open loop: *intended* send time → response.
+    pub latency: Histogram<u64>,
+    /// Open loop only: actual send → response (the service time the bridge saw).
+    pub service: Histogram<u64>,
+    /// Open loop only: how late requests went out (actual − intended send time).
+    pub lateness: Histogram<u64>,
+    /// Open loop only: requests sent more than `MISSED_AFTER` after their due time.
+    pub missed: u64,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+}
+
+impl LoadResult {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// How a run is bounded.
+#[derive(Clone, Copy)]
+pub enum Until {
+    Time(Duration),
+    /// Stop after this many requests were sent (request numbers 0..n).
+    Count(u64),
+}
+
+/// Runs `f` on a thread of its own with a single-threaded runtime (the generator never takes
+/// more than one of the machine's cores).
+pub fn on_own_thread<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .expect("load generator thread")
+}
+
+/// `n` connections, all open before the clock starts.
+async fn connect_all(addr: SocketAddr, n: usize) -> Vec<Conn> {
+    let mut cs = Vec::with_capacity(n);
+    for _ in 0..n {
+        cs.push(
+            Conn::connect(addr)
+                .await
+                .expect("connect to the server under test"),
+        );
+    }
+    cs
+}
+
+struct Shared {
+    next: AtomicU64,
+}
+
+/// Closed loop: `conns` connections, each sending its next request as soon as the previous
+/// response arrived.
+pub fn closed_loop(
+    addr: SocketAddr,
+    conns: usize,
+    until: Until,
+    reqs: Arc<Requests>,
+) -> LoadResult {
+    on_own_thread(move || {
+        Box::pin(async move {
+            let shared = Arc::new(Shared {
+                next: AtomicU64::new(0),
+            });
+            let cs = connect_all(addr, conns).await;
+            let start = Instant::now();
+            let deadline = match until {
+                Until::Time(d) => Some(start + d),
+                Until::Count(_) => None,
+            };
+            let limit = match until {
+                Until::Count(n) => n,
+                Until::Time(_) => u64::MAX,
+            };
+            let mut tasks = Vec::new();
+            for mut c in cs {
+                let (shared, reqs) = (shared.clone(), reqs.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut r = Partial::default();
+                    let mut buf = Vec::with_capacity(2048);
+                    loop {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                        if n >= limit || !reqs.build(n, &mut buf) {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let res = c.roundtrip(&buf).await;
+                        r.record(res, t.elapsed());
+                    }
+                    r
+                }));
+            }
+            let mut total = Partial::default();
+            for t in tasks {
+                total.merge(t.await.unwrap());
+            }
+            total.finish(start.elapsed(), 0, histogram(), histogram())
+        })
+    })
+}
+
+/// A request sent later than this after its due time missed its send slot. tokio's timer wakes
+/// on whole milliseconds, so up to 1 ms late is on time.
+const MISSED_AFTER: Duration = Duration::from_millis(1);
+
+/// Open loop: request `i` is due at `start + i / rate`; `conns` connections take the due
+/// requests in order. Latency is counted from the due time.
+pub fn open_loop(
+    addr: SocketAddr,
+    conns: usize,
+    rate: f64,
+    duration: Duration,
+    reqs: Arc<Requests>,
+) -> LoadResult {
+    on_own_thread(move || {
+        Box::pin(async move {
+            let shared = Arc::new(Shared {
+                next: AtomicU64::new(0),
+            });
+            let missed = Arc::new(AtomicU64::new(0));
+            let cs = connect_all(addr, conns).await;
+            let start = Instant::now() + Duration::from_millis(10);
+            let total_reqs = (rate * duration.as_secs_f64()) as u64;
+            let mut tasks = Vec::new();
+            for mut c in cs {
+                let (shared, reqs, missed) = (shared.clone(), reqs.clone(), missed.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut r = Partial::default();
+                    let mut service = histogram();
+                    let mut lateness = histogram();
+                    let mut buf = Vec::with_capacity(2048);
+                    loop {
+                        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                        if n >= total_reqs || !reqs.build(n, &mut buf) {
+                            break;
+                        }
+                        let due = start + Duration::from_secs_f64(n as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        let sent = Instant::now();
+                        if sent > due + MISSED_AFTER {
+                            // Every connection was busy when the slot came, or the generator
+                            // itself was not scheduled in time (`lateness` tells which).
+                            missed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let res = c.roundtrip(&buf).await;
+                        let done = Instant::now();
+                        if res.as_ref().is_ok_and(|s| (200..300).contains(s)) {
+                            service.saturating_record(us(done - sent));
+                            lateness.saturating_record(us(sent.saturating_duration_since(due)));
+                        }
+                        r.record(res, done - due);
+                    }
+                    (r, service, lateness)
+                }));
+            }
+            let mut total = Partial::default();
+            let (mut service, mut lateness) = (histogram(), histogram());
+            for t in tasks {
+                let (r, s, l) = t.await.unwrap();
+                total.merge(r);
+                service.add(s).unwrap();
+                lateness.add(l).unwrap();
+            }
+            total.finish(
+                start.elapsed(),
+                missed.load(Ordering::Relaxed),
+                service,
+                lateness,
+            )
+        })
+    })
+}
+
+/// One connection's tally, merged at the end.
+struct Partial {
+    ok: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+    statuses: std::collections::BTreeMap<u16, u64>,
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        Partial {
+            ok: 0,
+            errors: 0,
+            latency: histogram(),
+            statuses: Default::default(),
+        }
+    }
+}
+
+impl Partial {
+    fn record(&mut self, res: std::io::Result<u16>, took: Duration) {
+        match res {
+            Ok(s) => {
+                *self.statuses.entry(s).or_default() += 1;
+                if (200..300).contains(&s) {
+                    self.ok += 1;
+                    self.latency.saturating_record(us(took));
+                } else {
+                    self.errors += 1;
+                }
+            }
+            Err(_) => {
+                *self.statuses.entry(0).or_default() += 1;
+                self.errors += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, o: Partial) {
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.latency.add(o.latency).unwrap();
+        for (k, v) in o.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+    }
+
+    fn finish(
+        self,
+        elapsed: Duration,
+        missed: u64,
+        service: Histogram<u64>,
+        lateness: Histogram<u64>,
+    ) -> LoadResult {
+        LoadResult {
+            ok: self.ok,
+            errors: self.errors,
+            elapsed,
+            latency: self.latency,
+            service,
+            lateness,
+            missed,
+            statuses: self.statuses,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    #[test]
+    fn parses_complete_responses_only() {
+        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(parse_response(r).unwrap(), Some((200, r.len(), false)));
+        assert_eq!(parse_response(&r[..r.len() - 1]).unwrap(), None);
+        let c =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(parse_response(c).unwrap(), Some((503, c.len(), true)));
+    }
+}
