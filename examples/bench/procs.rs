@@ -359,6 +359,9 @@ pub fn run_noop_server(addr: &str) {
             max_headers: d.max_headers,
             max_header_bytes: d.max_header_bytes,
             error_counter: None,
+            linger_timeout: d.linger_timeout,
+            linger_bytes: d.linger_bytes,
+            linger_counter: None,
         };
         let service = |_peer| {
             hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
