@@ -22,8 +22,7 @@
 //!
 //! # What is remembered: a keyed 128-bit fingerprint per id
 //!
-//! Pending ids are kept as themselves (exact strings; there are only as many as appends in
-//! flight). A *stored* id is kept as its fingerprint: SipHash-1-3 with a 128-bit output, keyed
+//! An id, pending or stored, is kept as its fingerprint: SipHash-1-3 with a 128-bit output, keyed
 //! by 16 random bytes made when the journal is created and kept in its header (so they survive
 //! restarts and compactions; the key never leaves the spool directory). Two different ids with
 //! the same fingerprint would make the second a false `duplicate` — a 2xx for a delivery that
@@ -146,7 +145,7 @@ struct State {
     remembered: Remembered,
     /// Ids whose first append is in progress. The sender lives in the [`ClaimGuard`]; waiters
     /// clone the receiver and wake when the guard is gone.
-    pending: HashMap<String, watch::Receiver<()>>,
+    pending: HashMap<Fingerprint, watch::Receiver<()>>,
 }
 
 /// Records waiting for the journal thread, which writes them every [`JOURNAL_FLUSH`]: a commit
@@ -186,7 +185,6 @@ impl std::fmt::Debug for Claim {
 /// committed, so no path can leave an id pending forever.
 pub struct ClaimGuard {
     dedup: Arc<Dedup>,
-    id: String,
     fingerprint: Fingerprint,
     committed: bool,
     /// Dropped last (after `Drop::drop` updated the state), which wakes the waiters.
@@ -211,7 +209,7 @@ impl ClaimGuard {
         self.committed = true;
         let secs = secs_of(now_ms);
         let mut s = self.dedup.lock();
-        s.pending.remove(&self.id);
+        s.pending.remove(&self.fingerprint);
         // Invariant 1: the only way into the stored set, called only after the append's Ok.
         s.remembered.push(self.fingerprint, secs);
         drop(s);
@@ -226,7 +224,7 @@ impl ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if !self.committed {
-            self.dedup.lock().pending.remove(&self.id);
+            self.dedup.lock().pending.remove(&self.fingerprint);
         }
     }
 }
@@ -382,7 +380,7 @@ impl Dedup {
         let fingerprint = self.key.fingerprint(id);
         let mut s = self.lock();
         s.remembered.evict(now_ms, self.window_ms);
-        if let Some(rx) = s.pending.get(id) {
+        if let Some(rx) = s.pending.get(&fingerprint) {
             return Claim::InProgress(InProgress(rx.clone()));
         }
         // Invariant 1: a duplicate only for a full 128-bit match of an id that was committed.
@@ -392,10 +390,9 @@ impl Dedup {
             }
         }
         let (tx, rx) = watch::channel(());
-        s.pending.insert(id.to_owned(), rx);
+        s.pending.insert(fingerprint, rx);
         Claim::New(ClaimGuard {
             dedup: self.clone(),
-            id: id.to_owned(),
             fingerprint,
             committed: false,
             _done: tx,
@@ -444,7 +441,7 @@ impl Key {
 
 /// A keyed 128-bit fingerprint of an id. Four words rather than a `u128`, whose 16-byte
 /// alignment would pad a ring entry from 20 bytes to 32.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 struct Fingerprint([u32; 4]);
 
 impl Fingerprint {
