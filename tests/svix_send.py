@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--ca", required=True)
     ap.add_argument("--secret", required=True)
+    ap.add_argument("--id-prefix", default="msg_tls_")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
 
@@ -42,7 +43,7 @@ def main():
     for n, path in enumerate(args.files):
         with open(path, encoding="utf-8") as f:
             body = f.read()
-        msg_id = f"msg_tls_{n}"
+        msg_id = f"{args.id_prefix}{n}"
         now = datetime.datetime.now(tz=datetime.timezone.utc)
         status, text = send(args.url, args.ca, msg_id, body, wh.sign(msg_id, now, body), now)
         print(json.dumps({"file": path, "id": msg_id, "status": status, "body": text}))
@@ -50,9 +51,10 @@ def main():
     with open(args.files[0], encoding="utf-8") as f:
         body = f.read()
     now = datetime.datetime.now(tz=datetime.timezone.utc)
-    forged = wh.sign("msg_tls_forged", now, body + " ")
-    status, text = send(args.url, args.ca, "msg_tls_forged", body, forged, now)
-    print(json.dumps({"file": args.files[0], "id": "msg_tls_forged", "status": status,
+    forged_id = f"{args.id_prefix}forged"
+    forged = wh.sign(forged_id, now, body + " ")
+    status, text = send(args.url, args.ca, forged_id, body, forged, now)
+    print(json.dumps({"file": args.files[0], "id": forged_id, "status": status,
                       "body": text, "tampered": True}))
     sys.stdout.flush()
 

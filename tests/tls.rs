@@ -1,6 +1,7 @@
-//! TLS on the webhook listener, with real clients: curl, the Svix Python library over `requests`,
-//! and a rustls client that checks which certificate is served while the files rotate. Needs
-//! `curl`, `python3` with `svix` and `requests`, and the local NATS.
+//! TLS on the webhook listener, with real clients: curl and the Svix Python library over
+//! `requests` (both again after a rotation to a new CA), and a rustls client that checks which
+//! certificate is served while the files rotate. Needs `curl`, `python3` with `svix` and
+//! `requests`, and the local NATS.
 
 mod common;
 
@@ -36,12 +37,36 @@ async fn curl(args: Vec<String>) -> (std::process::ExitStatus, String, String) {
     let out = tokio::task::spawn_blocking(move || Command::new("curl").args(args).output())
         .await
         .unwrap()
-        .unwrap_or_else(|e| panic!("curl is needed for this test (apt-get install curl): {e}"));
+        .unwrap_or_else(|e| panic!("curl cannot run ({e}): run scripts/test, which installs it"));
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// curl arguments for a POST of `data` (`@file` or the body itself) to the bridge's HTTPS port,
+/// trusting only `ca_file`; stdout ends with a line "<status> <http version>".
+fn curl_post_args(ca_file: &Path, port: u16, extra: &[&str], data: String) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "--cacert".into(),
+        ca_file.display().to_string(),
+        // localhost may resolve to ::1 first; the bridge listens on 127.0.0.1.
+        "--resolve".into(),
+        format!("localhost:{port}:127.0.0.1"),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-w".into(),
+        "\n%{http_code} %{http_version}".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([
+        "--data-binary".into(),
+        data,
+        format!("https://localhost:{port}/webhooks/sessionboard"),
+    ]);
+    args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,25 +81,8 @@ async fn curl_posts_over_https_and_plain_http_is_refused() {
     let url = format!("https://localhost:{port}/webhooks/sessionboard");
     let fixture = fixtures_dir().join("session.updated.json");
     let post = |extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "--cacert".into(),
-            ca_file.display().to_string(),
-            // localhost may resolve to ::1 first; the bridge listens on 127.0.0.1.
-            "--resolve".into(),
-            format!("localhost:{port}:127.0.0.1"),
-            "-H".into(),
-            "content-type: application/json".into(),
-            "-w".into(),
-            "\n%{http_code} %{http_version}".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.extend([
-            "--data-binary".into(),
-            format!("@{}", fixture.display()),
-            url.clone(),
-        ]);
-        args
+        let data = format!("@{}", fixture.display());
+        curl_post_args(&ca_file, port, extra, data)
     };
 
     // TLS 1.3 (curl's default) and TLS 1.2 both work, over HTTP/1.1.
@@ -144,42 +152,26 @@ async fn curl_posts_over_https_and_plain_http_is_refused() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn svix_signed_deliveries_over_https_reach_nats() {
-    let probe = Command::new("python3")
-        .args(["-c", "import svix, requests"])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        probe.status.success(),
-        "this test needs the Svix Python library: run scripts/test, which installs it ({})",
-        String::from_utf8_lossy(&probe.stderr).trim()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("svix");
-    let leaf = ca.leaf(8, 2031);
-    let secret = SecretDir::new(dir.path(), &leaf.chain_pem, &leaf.key_pem);
-    let ca_file = write_ca(dir.path(), &ca);
-    let mut c = tls_config(&dir.path().join("spool"), "tls_svix", &secret);
-    c.auth.secrets = vec![SECRET.into()];
-    let stream = c.sink.nats.stream.clone();
-    let app = TestApp::start(c).await;
-    let files: Vec<_> = fixture_files().into_iter().take(5).collect();
-
+/// Runs `tests/svix_send.py` against the bridge's HTTPS port, trusting only `ca_file`: one
+/// Svix-signed POST per file (ids `<prefix>0`, `<prefix>1`, …), then one tampered. Returns the
+/// sender's lines.
+async fn svix_send(
+    port: u16,
+    ca_file: &Path,
+    files: &[std::path::PathBuf],
+    prefix: &str,
+) -> Vec<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/svix_send.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
         .args([
             "--url",
-            &format!(
-                "https://localhost:{}/webhooks/sessionboard",
-                app.http.port()
-            ),
+            &format!("https://localhost:{port}/webhooks/sessionboard"),
         ])
         .arg("--ca")
-        .arg(&ca_file)
-        .args(["--secret", SECRET])
-        .args(&files);
+        .arg(ca_file)
+        .args(["--secret", SECRET, "--id-prefix", prefix])
+        .args(files);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -201,16 +193,93 @@ async fn svix_signed_deliveries_over_https_reach_nats() {
     let forged = &lines[files.len()];
     assert_eq!(forged["tampered"], true);
     assert_eq!(forged["status"], 401, "{forged}");
+    lines
+}
 
-    // Byte-exact at the broker, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svix_signed_deliveries_over_https_reach_nats() {
+    let probe = Command::new("python3")
+        .args(["-c", "import svix, requests"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("python3 cannot run ({e}): run scripts/test, which installs what the tests need")
+        });
+    assert!(
+        probe.status.success(),
+        "this test needs the Svix Python library: run scripts/test, which installs it ({})",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("svix");
+    let leaf = ca.leaf(8, 2031);
+    let mut secret = SecretDir::new(dir.path(), &leaf.chain_pem, &leaf.key_pem);
+    let ca_file = write_ca(dir.path(), &ca);
+    let mut c = tls_config(&dir.path().join("spool"), "tls_svix", &secret);
+    c.auth.secrets = vec![SECRET.into()];
+    c.http.tls.reload_interval = Duration::from_millis(200);
+    let stream = c.sink.nats.stream.clone();
+    let app = TestApp::start(c).await;
+    let files: Vec<_> = fixture_files().into_iter().take(6).collect();
+    let port = app.http.port();
+    svix_send(port, &ca_file, &files[..3], "msg_tls_").await;
+
+    // The certificate rotates mid-run to one from a new CA; the sender, now trusting only the
+    // new CA, gets through once the bridge serves it, and one trusting only the old CA no longer
+    // does.
+    let ca2 = Ca::new("svix-two");
+    let leaf2 = ca2.leaf(18, 2032);
+    let ca2_file = dir.path().join("ca2.pem");
+    std::fs::write(&ca2_file, ca2.pem()).unwrap();
+    secret.rotate(&leaf2.chain_pem, &leaf2.key_pem);
+    wait_for_reload(&app).await;
+    svix_send(port, &ca2_file, &files[3..], "msg_tls_rotated_").await;
+    let old = Command::new("python3")
+        .args([
+            "-c",
+            "import requests,sys; requests.get(sys.argv[1], verify=sys.argv[2], timeout=5)",
+            &format!("https://localhost:{port}/webhooks/sessionboard"),
+        ])
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        !old.status.success()
+            && String::from_utf8_lossy(&old.stderr).contains("CERTIFICATE_VERIFY_FAILED"),
+        "a client trusting only the old CA still got through: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+
+    // Byte-exact at the broker (order is promised per resource only, and these are several).
     let js = jetstream(&nats_url()).await;
     let got = read_stream(&js, &stream, files.len(), Duration::from_secs(15)).await;
-    assert_eq!(got.len(), files.len());
-    for (m, f) in got.iter().zip(&files) {
-        assert_eq!(m.payload.as_ref(), std::fs::read(f).unwrap().as_slice());
-    }
+    let mut got: Vec<Vec<u8>> = got.iter().map(|m| m.payload.to_vec()).collect();
+    let mut sent: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
     delete_stream(&js, &stream).await;
     app.stop().await;
+}
+
+/// Waits (up to 10 s) until the bridge counted one successful certificate reload.
+async fn wait_for_reload(app: &TestApp) {
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &client,
+        app.admin,
+        "hookbridge_tls_reloads_total",
+        "result=\"ok\"",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,6 +382,26 @@ async fn certificate_rotation_without_a_failed_request() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(expiry().await, second.not_after as f64);
     assert_eq!(reloads("ok").await, 1.0);
+
+    // curl, trusting only the new CA, gets through on a new connection; trusting only the old
+    // one, it refuses the certificate now served.
+    let port = addr.port();
+    for (name, ca, ok) in [("ca2.pem", &ca2, true), ("ca1.pem", &ca1, false)] {
+        let ca_file = dir.path().join(name);
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let id = format!("webhook-id: msg_rot_curl_{name}");
+        let data = body("session.updated", "s1", 0);
+        let (status, out, err) = curl(curl_post_args(&ca_file, port, &["-H", &id], data)).await;
+        if ok {
+            assert!(status.success(), "curl with the new CA failed: {err}");
+            assert!(out.ends_with("\n200 1.1"), "{out}");
+        } else {
+            assert!(
+                !status.success(),
+                "curl trusted the old CA only and got: {out}"
+            );
+        }
+    }
 
     // A mismatched pair (the third certificate with the second key) is refused and counted;
     // the second certificate stays.
