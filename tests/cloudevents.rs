@@ -1,6 +1,6 @@
-//! `sink.cloudevents`: every fixture, in binary and in structured mode, on NATS (read back with an
-//! async-nats JetStream consumer) and on Kafka (read back by kafka-python and decoded by the
-//! CloudEvents Python SDK, `tests/cloudevents_kafka.py`). Routing, keys and the existing headers
+//! `sink.cloudevents`: every fixture, in binary and in structured mode, on NATS (read back by
+//! nats-py, `tests/cloudevents_nats.py`) and on Kafka (read back by kafka-python,
+//! `tests/cloudevents_kafka.py`), each message decoded by the CloudEvents Python SDK. Routing, keys and the existing headers
 //! are the same as with CloudEvents off.
 
 mod common;
@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use hookbridge::config::CloudEventsMode;
@@ -78,7 +77,7 @@ fn assert_embeds_verbatim(event: &[u8], body: &[u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_binary_and_structured_every_fixture() {
+async fn nats_binary_and_structured_read_by_nats_py_and_the_cloudevents_sdk() {
     for mode in [CloudEventsMode::Binary, CloudEventsMode::Structured] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(dir.path(), &format!("ce{}", mode.as_str()));
@@ -88,76 +87,121 @@ async fn nats_binary_and_structured_every_fixture() {
         let app = TestApp::start(cfg).await;
         let sent = post_all(&app.url(PATH), mode.as_str()).await;
 
-        let js = jetstream(&nats_url()).await;
-        let got = read_stream(&js, &stream, sent.len(), Duration::from_secs(20)).await;
-        assert_eq!(got.len(), sent.len());
+        let got = python_reader(
+            "tests/cloudevents_nats.py",
+            &[
+                "--url",
+                &nats_url(),
+                "--stream",
+                &stream,
+                "--mode",
+                mode.as_str(),
+                "--count",
+                &sent.len().to_string(),
+            ],
+        )
+        .await;
+        assert_eq!(got.len(), sent.len(), "every delivery arrives exactly once");
         let mut printed = false;
-        for m in &got {
-            let id = m.header("webhook-id").unwrap();
-            let (bytes, v) = &sent[id];
+        for r in &got {
+            let header = |name: &str| r["headers"][name].as_str().map(str::to_owned);
+            let id = header("webhook-id").unwrap();
+            let (bytes, v) = &sent[&id];
             let action = v["metadata"]["action"].as_str().unwrap();
-            assert_eq!(m.subject, format!("{prefix}{action}"), "routing unchanged");
-            assert_eq!(m.header("Nats-Msg-Id"), Some(id));
-            assert_eq!(m.header("sessionboard-action"), Some(action));
-            let want = expected(id, v);
+            assert_eq!(
+                r["subject"],
+                format!("{prefix}{action}"),
+                "routing unchanged"
+            );
+            assert_eq!(header("Nats-Msg-Id"), Some(id.clone()));
+            assert_eq!(header("sessionboard-action").as_deref(), Some(action));
+            let payload = unhex(r["payload"].as_str().unwrap());
+            let want = expected(&id, v);
             match mode {
                 CloudEventsMode::Binary => {
-                    assert_eq!(&m.payload[..], &bytes[..], "binary: body byte-identical");
-                    assert_eq!(m.header("content-type"), Some("application/json"));
+                    assert_eq!(&payload, bytes, "binary: body byte-identical");
+                    assert_eq!(header("content-type").as_deref(), Some("application/json"));
                     for (attr, value) in &want {
                         let value = value.as_deref().filter(|v| is_header_safe(v));
-                        assert_eq!(m.header(&format!("ce-{attr}")), value, "ce-{attr} of {id}");
+                        assert_eq!(
+                            header(&format!("ce-{attr}")).as_deref(),
+                            value,
+                            "ce-{attr} of {id}"
+                        );
                     }
                 }
                 _ => {
-                    assert_eq!(m.header("content-type"), Some(STRUCTURED));
-                    assert!(m.header("ce-id").is_none(), "structured: no ce- headers");
-                    let event = m.json();
-                    for (attr, value) in &want {
-                        assert_eq!(event[*attr].as_str(), value.as_deref(), "{attr} of {id}");
-                    }
-                    assert_eq!(event["datacontenttype"], "application/json");
-                    assert_eq!(&event["data"], v);
-                    assert_embeds_verbatim(&m.payload, bytes);
+                    assert_eq!(header("content-type").as_deref(), Some(STRUCTURED));
+                    assert!(header("ce-id").is_none(), "structured: no ce- headers");
+                    assert_embeds_verbatim(&payload, bytes);
                 }
             }
+            assert_decoded(&r["event"], &want, v, mode, &payload);
             if !printed && action == "session.updated" && v["metadata"]["org_id"].is_string() {
                 printed = true;
                 eprintln!(
-                    "NATS {} message on {}:\n  headers {:?}\n  payload {}",
+                    "NATS {} message on {} (nats-py + CloudEvents SDK):\n  headers {}\n  payload {}\n  event {}",
                     mode.as_str(),
-                    m.subject,
-                    m.headers,
-                    String::from_utf8_lossy(&m.payload)
+                    r["subject"],
+                    r["headers"],
+                    String::from_utf8_lossy(&payload),
+                    serde_json::to_string(&r["event"]["attributes"]).unwrap()
                 );
             }
         }
         app.stop().await;
-        delete_stream(&js, &stream).await;
+        delete_stream(&jetstream(&nats_url()).await, &stream).await;
     }
 }
 
-/// Runs `tests/cloudevents_kafka.py` (kafka-python + the CloudEvents SDK).
-async fn sdk_consume(
-    brokers: &str,
-    mode: &str,
-    topics: &[String],
-    count: usize,
-) -> Vec<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloudevents_kafka.py");
+/// What the CloudEvents SDK decoded, in either mode, on either broker.
+fn assert_decoded(
+    event: &serde_json::Value,
+    want: &BTreeMap<&'static str, Option<String>>,
+    body: &serde_json::Value,
+    mode: CloudEventsMode,
+    payload: &[u8],
+) {
+    let attrs = &event["attributes"];
+    assert_eq!(attrs["specversion"], "1.0");
+    assert_eq!(attrs["id"].as_str(), want["id"].as_deref());
+    assert_eq!(attrs["source"].as_str(), want["source"].as_deref());
+    assert_eq!(attrs["type"].as_str(), want["type"].as_deref());
+    assert_eq!(attrs["datacontenttype"], "application/json");
+    if mode == CloudEventsMode::Structured {
+        assert_eq!(attrs["subject"].as_str(), want["subject"].as_deref());
+    }
+    match &want["time"] {
+        // The SDK parses `time` into a datetime; isoformat() spells UTC `+00:00`.
+        Some(_) => assert_eq!(attrs["time"], "2026-04-28T16:00:00+00:00"),
+        // The SDK's event constructor fills a missing `time` with its own clock, so the absence
+        // is checked on the wire: no ce-time/ce_time header (checked by the caller), no `time`
+        // member.
+        None if mode == CloudEventsMode::Structured => {
+            let raw: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert!(raw.get("time").is_none(), "{raw}");
+        }
+        None => {}
+    }
+    assert_eq!(&event["data"], body, "data decodes to the posted body");
+}
+
+/// Runs one of the Python readers (`script`, relative to the crate) and returns its JSON lines.
+async fn python_reader(script: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let mut cmd = Command::new("python3");
-    cmd.arg(script)
-        .args(["--brokers", brokers, "--mode", mode])
-        .args(["--count", &count.to_string(), "--timeout", "60"])
-        .args(topics);
+    cmd.arg(&script).args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| {
+            panic!("python3 cannot run ({e}): run scripts/test, which installs what the tests need")
+        });
     assert!(
         out.status.success(),
-        "the CloudEvents SDK reader failed (missing kafka-python or cloudevents? run \
-         scripts/test, which installs them): {}",
+        "{} failed (missing kafka-python, nats-py or cloudevents? run scripts/test, which \
+         installs them): {}",
+        script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
@@ -195,7 +239,19 @@ async fn kafka_binary_and_structured_read_by_the_cloudevents_sdk() {
         topics.sort();
         topics.dedup();
 
-        let got = sdk_consume(&tansu.brokers(), mode.as_str(), &topics, sent.len()).await;
+        let (brokers, count) = (tansu.brokers(), sent.len().to_string());
+        let mut args = vec![
+            "--brokers",
+            &brokers,
+            "--mode",
+            mode.as_str(),
+            "--count",
+            &count,
+            "--timeout",
+            "60",
+        ];
+        args.extend(topics.iter().map(String::as_str));
+        let got = python_reader("tests/cloudevents_kafka.py", &args).await;
         assert_eq!(got.len(), sent.len(), "every delivery arrives exactly once");
         let mut printed = false;
         for r in &got {
@@ -229,31 +285,13 @@ async fn kafka_binary_and_structured_read_by_the_cloudevents_sdk() {
                     assert_eq!(header("content-type").as_deref(), Some(STRUCTURED));
                     assert!(header("ce_id").is_none(), "structured: no ce_ headers");
                     assert_embeds_verbatim(&value, bytes);
-                    assert_eq!(attrs["subject"].as_str(), want["subject"].as_deref());
                 }
             }
-            // What the SDK decoded, in both modes.
-            assert_eq!(attrs["specversion"], "1.0");
-            assert_eq!(attrs["id"].as_str(), Some(id.as_str()));
-            assert_eq!(attrs["source"].as_str(), want["source"].as_deref());
-            assert_eq!(attrs["type"].as_str(), want["type"].as_deref());
-            assert_eq!(attrs["datacontenttype"], "application/json");
-            match &want["time"] {
-                // The SDK parses `time` into a datetime; isoformat() spells UTC `+00:00`.
-                Some(_) => assert_eq!(attrs["time"], "2026-04-28T16:00:00+00:00"),
-                // The SDK's event constructor fills a missing `time` with its own clock, so the
-                // absence is checked on the wire: no ce_time header (above), no `time` member.
-                None if mode == CloudEventsMode::Structured => {
-                    let raw: serde_json::Value = serde_json::from_slice(&value).unwrap();
-                    assert!(raw.get("time").is_none(), "{raw}");
-                }
-                None => {}
-            }
+            assert_decoded(event, &want, v, mode, &value);
             assert_eq!(
                 attrs["partitionkey"], v["data"]["id"],
                 "the SDK reads the key"
             );
-            assert_eq!(&event["data"], v, "data decodes to the posted body");
             if !printed && action == "session.updated" && v["metadata"]["org_id"].is_string() {
                 printed = true;
                 eprintln!(
