@@ -2,7 +2,8 @@
 //! works and remembers no id that was not committed — such an id would be answered 2xx
 //! `duplicate` for a delivery that was never stored (invariant 1).
 //!
-//! `POWERCUT_JOURNAL_CASES` sets the number of cases (default 300).
+//! `POWERCUT_JOURNAL_CASES` sets the number of cases (default 300) of the first test; the second
+//! cuts at every operation of the journal thread's own compaction.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -54,8 +55,9 @@ fn after_a_power_cut_the_journal_remembers_only_committed_ids() {
     let mut remembered_total = 0;
     for seed in 0..cases {
         let fs = MemFs::new(Path::new("/power"), seed);
-        // Somewhere in: the first open's compaction, the appends, the second open's compaction
-        // (which makes the first batch durable) or the appends after it.
+        // Somewhere in: the first open's writing of an empty journal, the appends, the second
+        // open's sync of the journal (which makes the first batch durable) or the appends after
+        // it. (The journal thread's own compaction is the next test's.)
         fs.arm_cut(seed % 97);
         let mut committed = HashSet::new();
         // A small bound, so that compaction drops ids too.
@@ -92,4 +94,86 @@ fn after_a_power_cut_the_journal_remembers_only_committed_ids() {
         remembered_total > 0,
         "no id survived any cut: the test tests nothing"
     );
+}
+
+/// Records the journal takes before its thread compacts it, for a journal opened empty (twice
+/// the live ids, none, plus the slack in `dedup.rs`).
+const COMPACT_AFTER: usize = 10_000;
+const HEADER_LEN: u64 = 32;
+const RECORD_LEN: u64 = 24;
+
+/// The journal thread's compaction — the rewrite of the whole journal, keeping the newest
+/// `max_entries` live ids, once it has grown past twice the live ids plus a slack — with the
+/// power cut at each of its operations in turn, and after it. Whatever survives remembers no id
+/// that was not committed; once the compaction returned, its result is durable.
+#[test]
+fn a_power_cut_during_the_journal_threads_compaction_keeps_only_committed_ids() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let dir = PathBuf::from("/power");
+    let max = 60;
+    let (mut in_compaction, mut after_compaction) = (0, 0);
+    for k in 0..14u64 {
+        let fs = MemFs::new(Path::new("/power"), k);
+        let d = Arc::new(Dedup::open(Arc::new(fs.clone()), &dir, DAY, max, now).unwrap());
+        let mut committed = HashSet::new();
+        let fill = (0..COMPACT_AFTER).map(|i| format!("fill_{k}_{i}"));
+        commit_all(&d, fill, now, &mut committed);
+        let full = HEADER_LEN + COMPACT_AFTER as u64 * RECORD_LEN;
+        wait_until(
+            || d.journal_bytes() == full,
+            "the journal thread writes the fill",
+        );
+
+        // The next write tips the journal over: the thread appends, then compacts.
+        fs.arm_cut(k);
+        commit_all(&d, ids(k, 9), now, &mut committed);
+        for id in released(k, 9) {
+            drop(d.claim(&id, now));
+        }
+        wait_until(
+            || fs.survivor().is_some() || d.journal_bytes() < full,
+            "the journal thread compacts or hits the cut",
+        );
+        // Shrunk: the compaction returned, so its file and directory entry were synced.
+        let compacted = d.journal_bytes() < full;
+        d.close();
+        fs.cut_now();
+        let (cut, survivor) = fs.survivor().unwrap();
+        if cut.path.ends_with("dedup.journal.tmp") || cut.op == "rename" {
+            in_compaction += 1;
+        }
+        let d = Dedup::open(Arc::new(survivor), &dir, DAY, 100_000, now + 1)
+            .unwrap_or_else(|e| panic!("cut {k} at {cut:?}: reopen failed: {e}"));
+        let fill = (0..COMPACT_AFTER).map(|i| format!("fill_{k}_{i}"));
+        for id in fill.chain(ids(k, 9)).chain(released(k, 9)) {
+            assert!(
+                !d.contains(&id) || committed.contains(&id),
+                "cut {k} at {cut:?}: remembers {id:?}, which was never committed"
+            );
+        }
+        if compacted {
+            after_compaction += 1;
+            assert!(
+                d.len() >= max,
+                "cut {k} at {cut:?} after the compaction returned: only {} ids survived",
+                d.len()
+            );
+        }
+        d.close();
+    }
+    assert!(
+        in_compaction > 0 && after_compaction > 0,
+        "cuts inside the compaction: {in_compaction}, after it: {after_compaction}"
+    );
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
