@@ -22,6 +22,11 @@ fail() {
   echo "test-compose: FAIL: $*" >&2
   exit 1
 }
+# A distribution's own Python refuses pip outside a virtualenv (PEP 668); these are test tools.
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "$@"
+}
 nats_url=${HOOKBRIDGE_TEST_NATS_URL:-nats://127.0.0.1:4222}
 
 # --- tools ------------------------------------------------------------------------------------
@@ -36,9 +41,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! command -v check-jsonschema >/dev/null; then
   step "installing check-jsonschema"
-  python3 -m pip install --quiet "check-jsonschema==0.39.0"
+  pip_install "check-jsonschema==0.39.0"
 fi
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet "PyYAML==6.0.3"
+python3 -c 'import yaml' 2>/dev/null || pip_install "PyYAML==6.0.3"
 
 work=$(mktemp -d /tmp/hookbridge-compose-test.XXXXXX)
 bridge_pid= prom_pid=
@@ -118,7 +123,8 @@ step "cargo build --release"
 cargo build --release --locked --bin hookbridge
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A loopback port nothing listens on (below the ephemeral range, so no connection takes it first).
+free_port() { python3 deploy/free-port.py; }
 http_port=$(free_port)
 admin_port=$(free_port)
 prom_port=$(free_port)

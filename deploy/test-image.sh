@@ -32,6 +32,11 @@ fail() {
   echo "test-image: FAIL: $*" >&2
   exit 1
 }
+# A distribution's own Python refuses pip outside a virtualenv (PEP 668); these are test tools.
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "$@"
+}
 nats_url=${HOOKBRIDGE_TEST_NATS_URL:-nats://127.0.0.1:4222}
 image=localhost/hookbridge:test
 base=localhost/debian:bookworm-slim
@@ -48,7 +53,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! python3 -c 'import nats' 2>/dev/null; then
   step "installing nats-py (reads the stream back)"
-  python3 -m pip install --quiet "nats-py==2.16.0"
+  pip_install "nats-py==2.16.0"
 fi
 
 # --- the release binary, stripped as the build stage strips it ---------------------------------
@@ -173,7 +178,8 @@ fi
 grep -q 'allow_unauthenticated' <<<"$out" || fail "unexpected: $out"
 
 # --- run the bridge in the image ---------------------------------------------------------------
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A loopback port nothing listens on (below the ephemeral range, so no connection takes it first).
+free_port() { python3 deploy/free-port.py; }
 http_port=$(free_port)
 admin_port=$(free_port)
 tag="i8img$$x$(date +%s)"

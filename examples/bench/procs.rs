@@ -12,13 +12,25 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, drawn from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port found by binding 0 and released can be handed to an
+/// outgoing connection before the process it was meant for binds it; one below the range cannot
+/// (only a process binding that very number could take it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low;
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let port = rng.random_range(range.clone());
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {range:?}")
 }
 
 pub fn loopback(port: u16) -> SocketAddr {

@@ -360,6 +360,15 @@ pub fn nats_server_bin() -> PathBuf {
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         return p.into();
     }
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v nats-server"])
+        .output()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !p.is_empty() {
+            return p.into();
+        }
+    }
     for p in [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",
@@ -780,7 +789,9 @@ pub async fn kafka_python_consume(
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| {
+            panic!("python3 cannot run ({e}): run scripts/test, which installs what the tests need")
+        });
     assert!(
         out.status.success(),
         "kafka-python consumer failed (missing kafka-python? run scripts/test, which installs it): {}",
