@@ -30,22 +30,28 @@ pub enum Error {
 }
 
 /// The stream hookbridge creates when `create_stream = true`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct StreamSpec {
     name: String,
     subjects: Vec<String>,
     replicas: usize,
     /// Set once the replica-count mismatch was logged (every concurrent lookup sees it).
-    replicas_warned: Arc<AtomicBool>,
+    replicas_warned: AtomicBool,
 }
 
 pub struct NatsSink {
+    /// Shared with every send in flight: one reference count per message instead of copies of
+    /// the client, the JetStream context and the stream's names.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: async_nats::Client,
     /// `Some` in JetStream mode.
     js: Option<jetstream::Context>,
     stream: Option<StreamSpec>,
     /// Set once the stream is known to exist; cleared when a publish says it is gone.
-    stream_ready: Arc<AtomicBool>,
+    stream_ready: AtomicBool,
     timeout: Duration,
 }
 
@@ -106,17 +112,19 @@ impl NatsSink {
                     name: cfg.stream.clone(),
                     subjects: stream_subjects(router),
                     replicas: cfg.replicas,
-                    replicas_warned: Arc::default(),
+                    replicas_warned: AtomicBool::new(false),
                 });
                 (Some(js), stream)
             }
         };
         Ok(NatsSink {
-            client,
-            js,
-            stream,
-            stream_ready: Arc::new(AtomicBool::new(false)),
-            timeout: cfg.request_timeout,
+            inner: Arc::new(Inner {
+                client,
+                js,
+                stream,
+                stream_ready: AtomicBool::new(false),
+                timeout: cfg.request_timeout,
+            }),
         })
     }
 }
@@ -170,12 +178,16 @@ impl Sink for NatsSink {
     }
 
     fn send(&self, msg: Message) -> BoxFuture<'static, Result<(), SendError>> {
-        let client = self.client.clone();
-        let js = self.js.clone();
-        let stream = self.stream.clone();
-        let ready = self.stream_ready.clone();
-        let timeout = self.timeout;
+        let inner = self.inner.clone();
         async move {
+            let Inner {
+                client,
+                js,
+                stream,
+                stream_ready: ready,
+                timeout,
+            } = &*inner;
+            let timeout = *timeout;
             match js {
                 None => {
                     let h = headers(msg.headers, None);
@@ -196,9 +208,9 @@ impl Sink for NatsSink {
                     }
                 }
                 Some(js) => {
-                    if let Some(spec) = &stream {
+                    if let Some(spec) = stream {
                         if !ready.load(Ordering::Acquire) {
-                            ensure_stream(&js, spec).await?;
+                            ensure_stream(js, spec).await?;
                             ready.store(true, Ordering::Release);
                         }
                     }
@@ -223,8 +235,8 @@ impl Sink for NatsSink {
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {
-        let client = self.client.clone();
-        let timeout = self.timeout;
+        let client = self.inner.client.clone();
+        let timeout = self.inner.timeout;
         async move {
             let _ = tokio::time::timeout(timeout, client.flush()).await;
         }
