@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::{HeaderName, IntoHeaderName};
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{ConnectOptions, HeaderMap};
 use futures_util::future::BoxFuture;
@@ -142,23 +142,14 @@ fn stream_subjects(router: &Router) -> Vec<String> {
 }
 
 /// The message's headers as async-nats wants them. The values are moved, not copied, and the
-/// names (a small fixed set of `&'static str`) are parsed into `HeaderName`s once per process:
-/// per message, that validation and the copies were a visible share of the publish path.
+/// names (a small fixed set of `&'static str`) become `HeaderName`s without parsing or
+/// allocating: per message, that validation and the copies were a visible share of the publish
+/// path.
 fn headers(headers: Vec<(&'static str, String)>, id: Option<String>) -> HeaderMap {
-    static NAMES: std::sync::RwLock<Vec<(&'static str, HeaderName)>> =
-        std::sync::RwLock::new(Vec::new());
     let name = |n: &'static str| -> HeaderName {
-        let known = NAMES.read().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, h)) = known.iter().find(|(k, _)| *k == n) {
-            return h.clone();
-        }
-        drop(known);
-        let h: HeaderName = n.into_header_name();
-        NAMES
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((n, h.clone()));
-        h
+        // `from_static` trusts the name; the names are the forwarder's constants.
+        debug_assert!(n.parse::<HeaderName>().is_ok(), "invalid header name {n:?}");
+        HeaderName::from_static(n)
     };
     let mut h = HeaderMap::new();
     for (n, value) in headers {
