@@ -12,13 +12,14 @@
 //! - **pending**: the first attempt's append is in progress. Another request with the same id
 //!   gets [`Claim::InProgress`] and waits for the outcome (the ingress bounds the wait by
 //!   `auth.dedup_wait`, then answers 503 + `Retry-After`). It is never answered 2xx from here.
-//! - **stored**: [`ClaimGuard::commit`] was called after the append returned `Ok`; later claims
-//!   within the window are [`Claim::Duplicate`].
+//! - **stored**: [`ClaimGuard::commit`] was called after the append's fsync returned; later
+//!   claims within the window are [`Claim::Duplicate`].
 //!
-//! A guard that is dropped without `commit` (the append failed, or the task was torn down)
+//! A guard that is dropped without `commit` (the append failed, or never reached the spool)
 //! returns the id to unknown, and a waiting retry then stores the delivery itself. The ingress
-//! runs the append and the guard in a task of their own, so a request whose connection is closed
-//! mid-append still records the append's real outcome.
+//! hands the guard to the spool with the record (`Spool::append_then`): the writer thread
+//! commits it after the fsync, so a request whose connection is closed mid-append still records
+//! the append's real outcome.
 //!
 //! # What is remembered: a keyed 128-bit fingerprint per id
 //!

@@ -260,28 +260,18 @@ impl Ingress {
         } else {
             routing::action_label(&delivery.action)
         };
-        // The append and the claim's outcome run in a task of their own: if this request is
-        // dropped mid-append (the sender timed out and closed the connection), the append still
-        // finishes and its real outcome is what a retry of the same id finds.
-        // Without a claim there is nothing to record, and dropping the append future is harmless
-        // (a queued append is written anyway), so no task is needed.
+        // With a claim, the spool's writer thread commits it once the record's fsync returned
+        // (invariant 1), whether or not this request is still there to hear the answer: if the
+        // sender timed out and closed the connection mid-append, the append still finishes and
+        // its real outcome is what a retry of the same id finds. A record that is not stored
+        // drops the guard unrun, which releases the id.
         let payload = delivery.encode();
         let result = match claim {
             None => self.spool.append(payload).await,
             Some(guard) => {
-                let spool = self.spool.clone();
-                tokio::spawn(async move {
-                    let result = spool.append(payload).await;
-                    if result.is_ok() {
-                        // Invariant 1: an id is remembered as stored only after its fsync
-                        // returned.
-                        guard.commit(now_ms);
-                    }
-                    // Any other way out drops the guard, which releases the id.
-                    result
-                })
-                .await
-                .unwrap_or_else(|e| Err(spool::Error::Failed(format!("append task ended: {e}"))))
+                self.spool
+                    .append_then(payload, Box::new(move |_seq| guard.commit(now_ms)))
+                    .await
             }
         };
         match result {

@@ -417,6 +417,9 @@ pub enum Error {
     Incompatible { path: PathBuf, version: u32 },
 }
 
+/// What [`Spool::append_then`] runs once a record is durable, with its seq.
+pub type OnDurable = Box<dyn FnOnce(u64) + Send>;
+
 /// Cloneable handle to the spool.
 #[derive(Clone)]
 pub struct Spool {
@@ -487,7 +490,25 @@ impl Spool {
 
     /// Resolves with the record's seq only after an fsync covering it has returned.
     pub async fn append(&self, payload: Bytes) -> Result<u64, Error> {
-        match self.enqueue(payload).await {
+        self.append_inner(payload, None).await
+    }
+
+    /// [`append`](Self::append), and `on_durable` runs with the record's seq on the writer
+    /// thread once the fsync covering it has returned, before the append resolves. It runs
+    /// whether or not this future is still waiting: an append dropped after it was queued still
+    /// finishes, and `on_durable` is how its outcome is recorded. If the record is not stored
+    /// (refused, failed write, spool closed) `on_durable` is dropped without running. Keep it
+    /// short: it delays the rest of its group commit's answers.
+    pub async fn append_then(&self, payload: Bytes, on_durable: OnDurable) -> Result<u64, Error> {
+        self.append_inner(payload, Some(on_durable)).await
+    }
+
+    async fn append_inner(
+        &self,
+        payload: Bytes,
+        on_durable: Option<OnDurable>,
+    ) -> Result<u64, Error> {
+        match self.enqueue(payload, on_durable).await {
             Ok(seq) => Ok(seq),
             Err((e, None)) => Err(e),
             Err((e, Some(reason))) => {
@@ -503,7 +524,11 @@ impl Spool {
     }
 
     /// An error comes with its `spool_rejected` reason label, if it counts as a rejection.
-    async fn enqueue(&self, payload: Bytes) -> Result<u64, (Error, Option<&'static str>)> {
+    async fn enqueue(
+        &self,
+        payload: Bytes,
+        on_durable: Option<OnDurable>,
+    ) -> Result<u64, (Error, Option<&'static str>)> {
         let failed = |reason: String| (Error::Failed(reason), Some("failed"));
         let shared = &self.inner.shared;
         if payload.len() > shared.cfg.max_append_bytes as usize {
@@ -533,6 +558,7 @@ impl Spool {
                     payload,
                     reserved,
                     reply,
+                    on_durable,
                 })
                 .is_err()
             {

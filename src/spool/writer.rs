@@ -25,6 +25,9 @@ pub(crate) struct Request {
     /// Quota bytes reserved by `append` (released when the batch is written or fails).
     pub reserved: u64,
     pub reply: oneshot::Sender<Result<u64, Error>>,
+    /// Run on this thread once the record's fsync returned, before `reply` is sent; dropped
+    /// unrun if the record is not stored (see [`super::Spool::append_then`]).
+    pub on_durable: Option<super::OnDurable>,
 }
 
 /// The segment new frames are appended to.
@@ -190,13 +193,19 @@ impl Writer {
                     .spool_batch_records
                     .observe(batch.len() as f64);
                 for (i, req) in batch.into_iter().enumerate() {
+                    let seq = first_seq + i as u64;
+                    if let Some(on_durable) = req.on_durable {
+                        on_durable(seq);
+                    }
                     // A dropped receiver (the append future was cancelled) is fine: the record is
                     // durable and will be forwarded anyway.
-                    let _ = req.reply.send(Ok(first_seq + i as u64));
+                    let _ = req.reply.send(Ok(seq));
                 }
             }
             Err(reason) => {
                 for req in batch {
+                    // Released before the answer, so a retry never finds the id still pending.
+                    drop(req.on_durable);
                     let _ = req.reply.send(Err(Error::Failed(reason.clone())));
                 }
             }

@@ -439,3 +439,90 @@ async fn failure_deleting_a_confirmed_segment_is_retried_and_not_fatal() {
         assert_eq!(records, acked[7..], "{op:?}");
     }
 }
+
+/// `append_then`'s callback: what the ingress commits a de-duplication claim with (invariant
+/// 1). It must run only after the record's fsync returned, even when the append future was
+/// dropped while waiting, and must be dropped unrun for a record that is not stored.
+#[tokio::test]
+async fn append_then_runs_its_callback_only_after_the_fsync_even_if_the_append_was_dropped() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Counts runs and drops of the callback it is moved into.
+    struct Probe {
+        ran: Arc<AtomicU64>,
+        dropped: Arc<AtomicU64>,
+    }
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let ran = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let probe = || {
+        let p = Probe {
+            ran: ran.clone(),
+            dropped: dropped.clone(),
+        };
+        Box::new(move |seq: u64| {
+            p.ran.store(seq, Ordering::SeqCst);
+        }) as hookbridge::spool::OnDurable
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let fs = FaultFs::new(Arc::new(RealFs));
+    let (spool, _) = open(&cfg, &fs);
+
+    // Stored: runs once, with the seq the append returns.
+    let seq = spool.append_then(payload(1, 100), probe()).await.unwrap();
+    assert_eq!(
+        (ran.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)),
+        (seq, 1)
+    );
+
+    // The append is dropped while its fsync is held: nothing runs until the fsync returns,
+    // then the callback runs anyway.
+    fs.hold(Op::SyncData, ".seg");
+    let pending = tokio::spawn({
+        let spool = spool.clone();
+        let p = probe();
+        async move { spool.append_then(payload(2, 100), p).await }
+    });
+    wait_until(|| fs.is_holding()).await;
+    pending.abort();
+    assert!(pending.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        seq,
+        "ran before the fsync returned"
+    );
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    fs.release(None);
+    wait_until(|| dropped.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(ran.load(Ordering::SeqCst), seq + 1);
+
+    // Refused (too large): dropped unrun.
+    let too_large = payload(3, cfg.max_append_bytes as usize + 1);
+    assert!(matches!(
+        spool.append_then(too_large, probe()).await,
+        Err(Error::TooLarge)
+    ));
+    assert_eq!(dropped.load(Ordering::SeqCst), 3);
+    assert_eq!(ran.load(Ordering::SeqCst), seq + 1);
+
+    // A failed fsync: dropped unrun.
+    fs.fail(Op::SyncData, ".seg", 1, EIO);
+    assert!(matches!(
+        spool.append_then(payload(4, 100), probe()).await,
+        Err(Error::Failed(_))
+    ));
+    assert_eq!(dropped.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        seq + 1,
+        "ran for a failed record"
+    );
+    let _ = spool.close().await;
+}
