@@ -179,6 +179,11 @@ impl Inner {
         true
     }
 
+    /// Whether sends to `topic` can go ahead without [`Inner::ensure_topic`].
+    fn topic_known(&self, topic: &str) -> bool {
+        self.admin.is_none() || self.known_topics.lock().unwrap().contains(topic)
+    }
+
     /// With `create_topics`, makes sure `topic` exists before the first send to it.
     async fn ensure_topic(&self, topic: &str) -> Result<(), SendError> {
         let Some(admin) = &self.admin else {
@@ -293,7 +298,11 @@ impl Sink for KafkaSink {
     fn send(&self, msg: Message) -> BoxFuture<'static, Result<(), SendError>> {
         let inner = self.0.clone();
         async move {
-            inner.ensure_topic(&msg.destination).await?;
+            // Boxed, and only when needed: the admin call's state is large, and inline it would
+            // size every send future (up to `forward.max_in_flight` are alive at once) for it.
+            if !inner.topic_known(&msg.destination) {
+                Box::pin(inner.ensure_topic(&msg.destination)).await?;
+            }
             let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
             for (name, value) in &msg.headers {
                 headers = headers.insert(Header {

@@ -52,6 +52,8 @@ struct Inner {
     stream: Option<StreamSpec>,
     /// Set once the stream is known to exist; cleared when a publish says it is gone.
     stream_ready: AtomicBool,
+    /// Held by the one send that asks the server for the stream while it is not known to exist.
+    stream_check: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
@@ -123,6 +125,7 @@ impl NatsSink {
                 js,
                 stream,
                 stream_ready: AtomicBool::new(false),
+                stream_check: tokio::sync::Mutex::new(()),
                 timeout: cfg.request_timeout,
             }),
         })
@@ -176,6 +179,7 @@ impl Sink for NatsSink {
                 js,
                 stream,
                 stream_ready: ready,
+                stream_check,
                 timeout,
             } = &*inner;
             let timeout = *timeout;
@@ -201,8 +205,16 @@ impl Sink for NatsSink {
                 Some(js) => {
                     if let Some(spec) = stream {
                         if !ready.load(Ordering::Acquire) {
-                            ensure_stream(js, spec).await?;
-                            ready.store(true, Ordering::Release);
+                            // One send at a time asks the server; the others wait for its
+                            // answer instead of sending up to `forward.max_in_flight` stream
+                            // requests at once while the broker is away or just back.
+                            let _one = stream_check.lock().await;
+                            if !ready.load(Ordering::Acquire) {
+                                // Boxed: its state is large (kilobytes), and inline it would
+                                // size every send future for it.
+                                Box::pin(ensure_stream(js, spec)).await?;
+                                ready.store(true, Ordering::Release);
+                            }
                         }
                     }
                     let h = headers(msg.headers, Some(msg.id));
