@@ -112,10 +112,11 @@ pub fn backoff(cfg: &ForwardConfig, attempt: u32) -> Duration {
 /// body: destination and key come from routing alone, in every mode.
 pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Message {
     let route = router.route(&d.action);
-    let mut headers = vec![
-        ("webhook-id", d.id.clone()),
-        ("content-type", "application/json".to_owned()),
-    ];
+    // Sized for every header this function and binary CloudEvents add (2 + 5 + 6), so building
+    // one never reallocates.
+    let mut headers = Vec::with_capacity(13);
+    headers.push(("webhook-id", d.id.clone()));
+    headers.push(("content-type", "application/json".to_owned()));
     let optional = [
         ("sessionboard-action", Some(d.action.as_str())),
         ("sessionboard-resource-id", Some(d.resource_id.as_str())),
