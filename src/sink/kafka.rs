@@ -184,14 +184,12 @@ impl Inner {
         self.admin.is_none() || self.known_topics.lock().unwrap().contains(topic)
     }
 
-    /// With `create_topics`, makes sure `topic` exists before the first send to it.
+    /// With `create_topics`, creates `topic` (an existing one is fine) and remembers it; called
+    /// once [`Inner::topic_known`] said it is not known yet.
     async fn ensure_topic(&self, topic: &str) -> Result<(), SendError> {
         let Some(admin) = &self.admin else {
             return Ok(());
         };
-        if self.known_topics.lock().unwrap().contains(topic) {
-            return Ok(());
-        }
         let new = NewTopic::new(
             topic,
             self.partitions,
