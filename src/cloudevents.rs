@@ -67,6 +67,9 @@ pub struct Attributes {
 }
 
 impl CloudEvents {
+    /// The most headers [`CloudEvents::apply`] adds to a message (binary mode: one per name).
+    pub const MAX_HEADERS: usize = NATS_NAMES.len();
+
     /// From a configuration that passed `validate()`.
     pub fn from_config(c: &Config) -> CloudEvents {
         CloudEvents {

@@ -112,11 +112,6 @@ pub fn backoff(cfg: &ForwardConfig, attempt: u32) -> Duration {
 /// body: destination and key come from routing alone, in every mode.
 pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Message {
     let route = router.route(&d.action);
-    // Sized for every header this function and binary CloudEvents add (2 + 5 + 6), so building
-    // one never reallocates.
-    let mut headers = Vec::with_capacity(13);
-    headers.push(("webhook-id", d.id.clone()));
-    headers.push(("content-type", "application/json".to_owned()));
     let optional = [
         ("sessionboard-action", Some(d.action.as_str())),
         ("sessionboard-resource-id", Some(d.resource_id.as_str())),
@@ -124,6 +119,11 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
         ("sessionboard-event-id", d.event_id.as_deref()),
         ("webhook-timestamp", d.timestamp.as_deref()),
     ];
+    // Room for every header this function and CloudEvents can add: building one never
+    // reallocates.
+    let mut headers = Vec::with_capacity(2 + optional.len() + CloudEvents::MAX_HEADERS);
+    headers.push(("webhook-id", d.id.clone()));
+    headers.push(("content-type", "application/json".to_owned()));
     for (name, value) in optional {
         if let Some(v) = value.and_then(sink::header_safe) {
             headers.push((name, v.to_owned()));
