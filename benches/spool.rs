@@ -31,6 +31,7 @@ fn config(dir: PathBuf) -> SpoolConfig {
         max_bytes: 16 << 30,
         max_append_bytes: 1 << 20,
         max_batch_bytes: 4 << 20,
+        preallocate_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(100),
         min_free_bytes: 256 << 20,
         retain_confirmed: Duration::ZERO,

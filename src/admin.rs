@@ -97,7 +97,10 @@ impl Admin {
                 "spool": spool,
                 "broker": broker,
                 "backlog_records": stats.records,
-                "backlog_bytes": stats.bytes.saturating_sub(stats.retained_bytes),
+                "backlog_bytes": stats
+                    .bytes
+                    .saturating_sub(stats.retained_bytes)
+                    .saturating_sub(stats.preallocated_bytes),
                 "retained_bytes": stats.retained_bytes,
                 "dead_letters": self.dead_letters.len(),
             }),
@@ -115,6 +118,7 @@ impl Admin {
             .set(s.oldest_unconfirmed_age.map_or(0.0, |d| d.as_secs_f64()));
         m.spool_retained_records.set(s.retained_records as i64);
         m.spool_retained_bytes.set(s.retained_bytes as i64);
+        m.spool_preallocated_bytes.set(s.preallocated_bytes as i64);
         m.spool_oldest_retained_age
             .set(s.oldest_retained_age.map_or(0.0, |d| d.as_secs_f64()));
         if let Some(d) = &self.dedup {

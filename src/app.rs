@@ -82,6 +82,7 @@ pub fn spool_config(c: &Config) -> SpoolConfig {
         max_bytes: c.spool.max_bytes,
         max_append_bytes: c.http.max_body_bytes.saturating_add(RECORD_OVERHEAD),
         max_batch_bytes: c.spool.max_batch_bytes,
+        preallocate_bytes: c.spool.preallocate_bytes,
         confirm_interval: c.spool.confirm_interval,
         min_free_bytes: c.spool.min_free_bytes,
         retain_confirmed: c.spool.retain_confirmed,

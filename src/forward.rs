@@ -864,6 +864,7 @@ mod tests {
                     max_bytes: 1 << 30,
                     max_append_bytes: 64 << 10,
                     max_batch_bytes: 1 << 20,
+                    preallocate_bytes: 1 << 20,
                     confirm_interval: Duration::from_millis(5),
                     min_free_bytes: 0,
                     retain_confirmed: Duration::ZERO,

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub spool_rejected: IntCounterVec,
     pub spool_retained_records: IntGauge,
     pub spool_retained_bytes: IntGauge,
+    pub spool_preallocated_bytes: IntGauge,
     pub spool_oldest_retained_age: prometheus::Gauge,
     pub spool_evicted_segments: IntCounter,
     pub spool_evicted_records: IntCounter,
@@ -237,6 +238,11 @@ impl Metrics {
                 "Bytes of segment files holding only confirmed records: counted in hookbridge_spool_bytes, evicted first when space is needed.",
             )
             .unwrap(),
+            spool_preallocated_bytes: IntGauge::new(
+                "hookbridge_spool_preallocated_bytes",
+                "Zero bytes written ahead of the newest segment's last record (spool.preallocate_bytes), so group commits overwrite existing blocks: counted in hookbridge_spool_bytes, filled by the next records.",
+            )
+            .unwrap(),
             spool_oldest_retained_age: prometheus::Gauge::new(
                 "hookbridge_spool_oldest_retained_age_seconds",
                 "Age (since append) of the oldest confirmed record still on disk (0 when none): how far back `spool replay` can reach.",
@@ -371,6 +377,7 @@ impl Metrics {
             Box::new(self.spool_rejected.clone()),
             Box::new(self.spool_retained_records.clone()),
             Box::new(self.spool_retained_bytes.clone()),
+            Box::new(self.spool_preallocated_bytes.clone()),
             Box::new(self.spool_oldest_retained_age.clone()),
             Box::new(self.spool_evicted_segments.clone()),
             Box::new(self.spool_evicted_records.clone()),

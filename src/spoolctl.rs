@@ -264,6 +264,9 @@ struct StatsJson {
     /// Bytes of an incomplete write at the end of the newest segment (in progress while a
     /// bridge runs; truncated on its next start otherwise).
     tail_bytes: u64,
+    /// Zero bytes after the newest segment's last frame, preallocated for the next records
+    /// (`spool.preallocate_bytes`; cut on a clean close, or on the next start).
+    preallocated_bytes: u64,
     /// Damaged regions, headers or files the scan found (`hookbridge spool verify` says which).
     damage: usize,
 }
@@ -293,6 +296,7 @@ fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> 
             next_seq: s.next_seq,
             dead_letters,
             tail_bytes: s.torn_tail_bytes(),
+            preallocated_bytes: s.preallocated_bytes(),
             damage,
         };
         say!(
@@ -316,11 +320,15 @@ fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> 
         ),
         None => "none".to_owned(),
     };
-    let tail = match (s.torn_tail_bytes(), s.lock) {
+    let mut tail = match (s.torn_tail_bytes(), s.lock) {
         (0, _) => "clean".to_owned(),
         (n, LockState::Held) => format!("in-progress tail ({n} bytes being written)"),
         (n, _) => format!("torn tail ({n} bytes, never acknowledged; cut on next start)"),
     };
+    match s.preallocated_bytes() {
+        0 => {}
+        n => tail.push_str(&format!(", then {n} preallocated zero bytes")),
+    }
     say!(out, "spool dir      {}", s.dir.display());
     say!(out, "bridge         {}", bridge_state(s.lock));
     say!(

@@ -1038,6 +1038,7 @@ async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside()
         max_bytes: 64 << 20,
         max_append_bytes: 1 << 20,
         max_batch_bytes: 1 << 20,
+        preallocate_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(50),
         min_free_bytes: 0,
         retain_confirmed: Duration::ZERO,

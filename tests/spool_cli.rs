@@ -26,6 +26,7 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
         max_bytes: 64 * 1024 * 1024,
         max_append_bytes: MAX_APPEND_BYTES,
         max_batch_bytes: 1024 * 1024,
+        preallocate_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(10),
         min_free_bytes: 0,
         retain_confirmed: Duration::ZERO,

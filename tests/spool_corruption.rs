@@ -23,6 +23,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_bytes: 1 << 30,
         max_append_bytes: 64 << 10,
         max_batch_bytes: 1 << 20,
+        preallocate_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
         retain_confirmed: Duration::ZERO,
@@ -567,4 +568,142 @@ async fn lowering_the_append_limit_keeps_larger_acknowledged_records() {
         assert_eq!(got.len(), want.len(), "{sizes:?}");
         assert!(got == want, "every record read back byte-exact ({sizes:?})");
     }
+}
+
+/// Appends `n` records of `len` bytes to a spool preallocating 64 KiB, then copies its files as
+/// they are while it is open: what `kill -9` leaves. Returns the copy's directory, its config
+/// and the seqs acknowledged.
+async fn crashed_spool(n: u64, len: usize) -> (tempfile::TempDir, SpoolConfig, Vec<u64>) {
+    let live = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        preallocate_bytes: 64 << 10,
+        ..config(live.path())
+    };
+    let (spool, _, _) = open(&cfg);
+    let acked = append_n(&spool, n, len).await;
+    for e in std::fs::read_dir(live.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.ends_with(".seg") || name == "confirmed" {
+            std::fs::copy(e.path(), crashed.path().join(name)).unwrap();
+        }
+    }
+    spool.close().await.unwrap();
+    let cfg = SpoolConfig {
+        dir: crashed.path().to_owned(),
+        ..cfg
+    };
+    (crashed, cfg, acked)
+}
+
+#[tokio::test]
+async fn the_newest_segment_is_preallocated_and_a_clean_close_cuts_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        segment_bytes: 64 << 10,
+        preallocate_bytes: 16 << 10,
+        ..config(dir.path())
+    };
+    let (spool, _, _) = open(&cfg);
+    append_n(&spool, 5, 100).await;
+    let data_end = frame_offset(5, 100);
+    let seg = &segments(dir.path())[0];
+    // The first commit wrote its frames and 16 KiB of zeros after them; the next four went
+    // into those zeros without growing the file.
+    let len = std::fs::metadata(seg).unwrap().len();
+    assert_eq!(len, frame_offset(1, 100) + (16 << 10));
+    let stats = spool.stats();
+    assert_eq!(stats.bytes, len, "the zeros count as spool bytes");
+    assert_eq!(stats.preallocated_bytes, len - data_end);
+    let bytes = std::fs::read(seg).unwrap();
+    assert!(bytes[data_end as usize..].iter().all(|&b| b == 0));
+
+    // Enough to pass the zeros: the file grows by another 16 KiB ahead, never past
+    // segment_bytes, and a rotation cuts the sealed segment back to its last frame.
+    append_n(&spool, 200, 1000).await;
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    for sealed in &segs[..segs.len() - 1] {
+        let b = std::fs::read(sealed).unwrap();
+        assert!(b.len() as u64 <= cfg.segment_bytes, "{}", b.len());
+        assert_ne!(b[b.len() - 1], 0, "sealed segment ends in zeros");
+    }
+    let newest = segs.last().unwrap();
+    assert!(std::fs::metadata(newest).unwrap().len() <= cfg.segment_bytes);
+
+    let reader = spool.reader();
+    let records = close_and_drain(&spool, reader).await;
+    assert_eq!(seqs(&records), (1..=205).collect::<Vec<_>>());
+    let b = std::fs::read(newest).unwrap();
+    assert_ne!(b[b.len() - 1], 0, "close cuts the zeros");
+
+    // Nothing to cut, nothing skipped: the next append continues the same segment.
+    let (spool, report, _) = open(&cfg);
+    assert_eq!(
+        (report.torn_tail_bytes, report.unused_tail_bytes),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(spool.append(payload(0, 10)).await.unwrap(), 206);
+    assert_eq!(segments(dir.path()).len(), segs.len());
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_crash_the_preallocated_zeros_are_cut_and_their_seqs_skipped() {
+    let (crashed, cfg, acked) = crashed_spool(10, 300).await;
+    let (spool, report, metrics) = open(&cfg);
+    let data_end = frame_offset(10, 300);
+    let zeros = frame_offset(1, 300) + (64 << 10) - data_end;
+    assert_eq!(report.records, 10);
+    assert_eq!(report.torn_tail_bytes, 0, "zeros are not a torn write");
+    assert_eq!(report.unused_tail_bytes, zeros);
+    assert_eq!(report.corrupt_records_skipped, 0);
+    assert_eq!(metrics.spool_corrupt_records.get(), 0);
+    let seg = &segments(crashed.path())[0];
+    assert_eq!(
+        std::fs::metadata(seg).unwrap().len(),
+        data_end,
+        "cut to the last frame"
+    );
+
+    // The zeros could have been acknowledged records damaged in place, so the seqs they could
+    // have held are never handed out; the next record opens a new segment.
+    let next = spool.append(payload(11, 300)).await.unwrap();
+    assert!(
+        next > 10 + zeros / FRAME_HEADER,
+        "seq {next} may reuse a cut one"
+    );
+    assert_eq!(segments(crashed.path()).len(), 2);
+    let records = close_and_drain(&spool, spool.reader()).await;
+    let mut want = acked;
+    want.push(next);
+    assert_eq!(seqs(&records), want);
+    for (r, i) in records.iter().zip(1..=10) {
+        assert_eq!(r.payload, payload(i, 300));
+    }
+}
+
+#[tokio::test]
+async fn a_torn_write_into_preallocated_zeros_is_told_apart_from_the_zeros() {
+    let (crashed, cfg, _) = crashed_spool(4, 300).await;
+    // Half of a fifth frame reached the disk before the power went.
+    let seg = &segments(crashed.path())[0];
+    let mut frame = vec![0u8; 100];
+    frame[..4].copy_from_slice(&300u32.to_le_bytes());
+    frame[8..16].copy_from_slice(&5u64.to_le_bytes());
+    frame[20..].fill(0xAB);
+    let mut b = std::fs::read(seg).unwrap();
+    let at = frame_offset(4, 300) as usize;
+    b[at..at + 100].copy_from_slice(&frame);
+    std::fs::write(seg, &b).unwrap();
+
+    let (spool, report, _) = open(&cfg);
+    assert_eq!(report.records, 4);
+    assert_eq!(report.torn_tail_bytes, 100);
+    assert_eq!(report.unused_tail_bytes, b.len() as u64 - at as u64 - 100);
+    assert_eq!(report.corrupt_records_skipped, 0);
+    let records = close_and_drain(&spool, spool.reader()).await;
+    assert_eq!(seqs(&records), vec![1, 2, 3, 4]);
 }

@@ -27,6 +27,7 @@ fn config(dir: &Path, retain: bool) -> SpoolConfig {
         max_bytes: if retain { RETAIN_MAX_BYTES } else { 1 << 30 },
         max_append_bytes: 16 << 10,
         max_batch_bytes: 64 << 10,
+        preallocate_bytes: 1000,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
         retain_confirmed: if retain {

@@ -21,6 +21,12 @@ pub struct SpoolSection {
     pub segment_bytes: u64,
     /// Most bytes written by one group commit. Default 4 MiB.
     pub max_batch_bytes: usize,
+    /// How far ahead of its last record the newest segment is extended with zeros, so that a
+    /// group commit overwrites blocks that already exist instead of growing the file: its
+    /// `fdatasync` then writes no file size or block allocation, only the data. Counted in
+    /// `max_bytes` (and taken only from free quota); cut off when the segment is sealed or the
+    /// spool closes. 0 appends by growing the file. Default 1 MiB.
+    pub preallocate_bytes: u64,
     /// How often the confirmed position is persisted while it moves. Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub confirm_interval: Duration,
@@ -45,6 +51,7 @@ impl Default for SpoolSection {
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,
+            preallocate_bytes: 1024 * 1024,
             confirm_interval: Duration::from_millis(100),
             min_free_bytes: 256 * 1024 * 1024,
             retain_confirmed: Duration::from_secs(5 * 60),
@@ -68,6 +75,12 @@ impl SpoolSection {
             return Err(invalid(
                 "spool.min_free_bytes",
                 "is in bytes: use 0 to disable the check, or at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.preallocate_bytes > self.segment_bytes {
+            return Err(invalid(
+                "spool.preallocate_bytes",
+                "must be at most spool.segment_bytes (0 disables preallocation)",
             ));
         }
         if self.max_batch_bytes == 0 {

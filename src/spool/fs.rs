@@ -232,6 +232,20 @@ impl SpoolFs for RealFs {
     }
 }
 
+/// Writes `len` zero bytes at `offset` (not durable until synced), a block at a time from one
+/// static buffer, so preallocating costs no heap.
+pub(crate) fn write_zeros(file: &dyn FsFile, offset: u64, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let n = (end - at).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// Cuts the file to `len` bytes and makes the new size durable.
 pub(crate) fn truncate(file: &dyn FsFile, len: u64) -> io::Result<()> {
     file.set_len(len)?;

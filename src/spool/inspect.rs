@@ -23,7 +23,7 @@ use super::format::{
     HeaderError, FRAME_HEADER_LEN, MAX_RECORD_BYTES, SEGMENT_HEADER_LEN,
 };
 use super::fs::{self, RealFs, SpoolFile, SpoolFs, DAMAGED_DIR, DEAD_LETTER_DIR};
-use super::scan::{SegmentCursor, Step};
+use super::scan::{self, SegmentCursor, Step};
 use super::{CONFIRMED_FILE, CONFIRMED_TMP_FILE};
 
 /// Read size while scanning.
@@ -122,6 +122,10 @@ pub enum FindingKind {
     /// commit in progress (bridge running) or interrupted by a crash (never acknowledged).
     /// Not damage; recovery truncates it on the next start.
     TornTail { bytes: u64 },
+    /// Zeros after the newest segment's last frame (and after any torn tail): space the writer
+    /// preallocated (`spool.preallocate_bytes`) for the next records. Not damage; a clean close
+    /// cuts it, and so does recovery after a crash.
+    Preallocated { bytes: u64 },
     /// The `confirmed` file is unreadable. Damage: recovery moves it aside and replays every
     /// record on disk (duplicates, no loss).
     ConfirmedCorrupt,
@@ -190,6 +194,14 @@ impl Finding {
                     "note   {at}: incomplete tail ({bytes} bytes): a write in progress, or torn by a crash (the next start truncates it)"
                 ),
             },
+            FindingKind::Preallocated { bytes } => match lock {
+                LockState::Held => format!(
+                    "note   {at}: {bytes} zero bytes preallocated for the next records"
+                ),
+                _ => format!(
+                    "note   {at}: {bytes} zero bytes preallocated and not used (the bridge did not close the spool); the next start cuts them"
+                ),
+            },
             FindingKind::ConfirmedCorrupt => format!(
                 "DAMAGE {at}: confirmed-position file is unreadable; the next start moves it aside and replays every record on disk"
             ),
@@ -254,6 +266,17 @@ impl Survey {
             .iter()
             .map(|f| match f.kind {
                 FindingKind::TornTail { bytes } => bytes,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Zero bytes preallocated after the newest segment's last frame.
+    pub fn preallocated_bytes(&self) -> u64 {
+        self.findings
+            .iter()
+            .map(|f| match f.kind {
+                FindingKind::Preallocated { bytes } => bytes,
                 _ => 0,
             })
             .sum()
@@ -410,12 +433,24 @@ pub fn survey(
                     resumed: None,
                     ..
                 } if Some(base) == newest => {
-                    s.findings.push(note(
-                        FindingKind::TornTail {
-                            bytes: len - offset,
-                        },
-                        Some(offset),
-                    ));
+                    let torn_end =
+                        scan::nonzero_end(cursor.file(), offset, len).map_err(io_err(path))?;
+                    if torn_end > offset {
+                        s.findings.push(note(
+                            FindingKind::TornTail {
+                                bytes: torn_end - offset,
+                            },
+                            Some(offset),
+                        ));
+                    }
+                    if len > torn_end {
+                        s.findings.push(note(
+                            FindingKind::Preallocated {
+                                bytes: len - torn_end,
+                            },
+                            Some(torn_end),
+                        ));
+                    }
                 }
                 Step::Corrupt {
                     offset,
@@ -592,6 +627,30 @@ mod tests {
         assert_eq!(s.torn_tail_bytes(), b.len() as u64 - offsets[4]);
         assert!(s.findings.iter().any(|f| f.kind == FindingKind::TempFile));
         assert_eq!(s.next_seq, 10);
+    }
+
+    #[test]
+    fn zeros_after_the_newest_frame_are_preallocated_space_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3);
+        let (path, _) = write_segment(dir.path(), 4, 3);
+        let mut b = std::fs::read(&path).unwrap();
+        let end = b.len() as u64;
+        b.resize(b.len() + 5000, 0);
+        std::fs::write(&path, &b).unwrap();
+        let s = survey(dir.path(), &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(s.damage().count(), 0, "{:?}", s.findings);
+        assert_eq!((s.torn_tail_bytes(), s.preallocated_bytes()), (0, 5000));
+        assert_eq!(s.records_on_disk, 6);
+
+        // A frame torn half-way into the zeros: both, each for its own bytes.
+        b[end as usize..end as usize + 10].fill(0x5A);
+        std::fs::write(&path, &b).unwrap();
+        let s = survey(dir.path(), &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(s.damage().count(), 0, "{:?}", s.findings);
+        assert_eq!((s.torn_tail_bytes(), s.preallocated_bytes()), (10, 4990));
+        let offsets: Vec<_> = s.findings.iter().map(|f| f.offset).collect();
+        assert_eq!(offsets, vec![Some(end), Some(end + 10)]);
     }
 
     #[test]

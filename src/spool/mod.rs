@@ -35,7 +35,8 @@
 //!
 //! A 24-byte header — magic `b"HBSPOOL\0"` (8), format version u32 (4), reserved u32 = 0 (4),
 //! base seq u64 (8) — followed by frames back to back. The base seq is also the file name, and
-//! recovery rejects a header that disagrees with its name.
+//! recovery rejects a header that disagrees with its name. The newest segment may end in zeros
+//! after its last frame (see "Preallocation"); every other segment ends at its last frame.
 //!
 //! Invariant: the i-th frame of a segment carries seq `base + i`, and every record in a segment
 //! is below the next segment's base. The writer keeps this by starting a new segment whenever the
@@ -69,11 +70,13 @@
 //! 1. A frame's bytes are fdatasync'd before its append is answered.
 //! 2. A new segment's header is fsync'd, then the file is renamed into place and the directory
 //!    fsync'd, before any frame is written to it.
-//! 3. Frames for the old segment are fsync'd before the next segment is created, so only the
-//!    newest segment can end in a torn write.
+//! 3. Frames for the old segment are fsync'd, and its preallocated zeros cut off with the new
+//!    length fsync'd, before the next segment is created, so only the newest segment can end in
+//!    a torn write or in zeros.
 //! 4. `confirmed.tmp` is fsync'd before it is renamed, and the directory is fsync'd before any
 //!    segment the new position covers is deleted.
-//! 5. A torn tail is truncated, and the truncation fsync'd, before new frames follow it.
+//! 5. A torn tail (zeros included) is truncated, and the truncation fsync'd, before new frames
+//!    follow it.
 //! 6. A segment is deleted — when its retention runs out, or evicted early for room — only if
 //!    every record in it is at or below the *persisted* confirmed position (invariant 3), and only
 //!    by the writer thread. Eviction happens only right before a batch is written that would
@@ -104,6 +107,39 @@
 //! `NAME.seg`, directory fsync'd) and the batch continues there. So a batch that straddles a
 //! rotation costs one fsync per segment, and only the newest segment can ever end in a torn
 //! write. A record larger than `segment_bytes` gets a segment of its own.
+//!
+//! ## Preallocation
+//!
+//! A group commit whose frames grow the file makes its `fdatasync` write more than the data: the
+//! new file size in the inode, and the blocks the filesystem just allocated (on ext4 without a
+//! journal that is two more synchronous device writes; with one, a journal commit). So when a
+//! run of frames reaches past the end of the file, the writer also writes
+//! `SpoolConfig::preallocate_bytes` of zeros after it (never past `segment_bytes`), covered by
+//! the same `fdatasync`; the commits after it overwrite blocks that exist, with the size
+//! unchanged, and their `fdatasync` writes only the data. `benches/fsync_prealloc.py` measures
+//! the difference on a given disk. Zeros, not `fallocate`: writing into an unwritten extent
+//! still changes metadata at every commit.
+//!
+//! The zeros are not records and change nothing a reader sees: readers stop at the commit point,
+//! and the scanner's resync crosses zeros as it crosses any bytes that are not a frame (a frame's
+//! seq is never 0). What they change is the end of the newest segment:
+//!
+//! * a clean `close`, and every rotation, cut the file back to its last frame and fsync the new
+//!   length first (rule 3), so sealed segments never hold zeros and a restart after a clean
+//!   close continues the same segment with the next seq;
+//! * after a crash, recovery cuts them like a torn tail (rule 5), reporting them as
+//!   `RecoveryReport::unused_tail_bytes` rather than `torn_tail_bytes`, and skips every seq
+//!   they could have held, as it does for any cut bytes (an acknowledged frame zeroed in place
+//!   would look the same). A power cut can leave frames of an unacknowledged commit in the
+//!   zeros, whole or torn, even after a page that never reached the disk: the resync rules
+//!   handle that shape already (frames after a hole are replayed; the client got no 2xx).
+//!
+//! The zeros count in `disk` (and `max_bytes`) as file bytes, and as free room when an append is
+//! admitted or a batch needs eviction, since the next frames go into them; they are only ever
+//! taken from quota and disk space nothing else may claim (what queued appends reserved, the
+//! `min_free_bytes` margin), so preallocation never refuses an append nor evicts a retained
+//! segment. None of this is a format change: the frames are the same, and a build without
+//! preallocation reads the zeros of a crashed spool as a torn tail and cuts them too.
 //!
 //! # Fail closed
 //!
@@ -260,7 +296,9 @@
 //! file completed; a create, rename or unlink once a fsync of its directory completed; at a cut
 //! everything else reverts (directory entries to their last synced set; file contents to their
 //! last synced bytes, except that some prefix of unsynced appended bytes may survive, its end
-//! possibly garbage or zeros — a torn page). It does not model lying disks (a completed fsync
+//! possibly garbage or zeros — a torn page — and that unsynced overwrites of synced bytes, such
+//! as frames written into preallocated zeros, survive page by page: whole, not at all, or torn).
+//! It does not model lying disks (a completed fsync
 //! that is not durable) or corruption of synced data; the corruption tests and recovery's CRC
 //! checks cover the latter.
 
@@ -316,6 +354,10 @@ pub struct SpoolConfig {
     pub max_append_bytes: u32,
     /// Upper bound on the bytes written by one group commit.
     pub max_batch_bytes: usize,
+    /// Zeros written ahead of the newest segment's last frame, so that group commits overwrite
+    /// existing blocks and their `fdatasync` has no file size or allocation to write (see
+    /// "Preallocation"). Taken only from free quota; counted in `Stats::bytes`. 0 disables.
+    pub preallocate_bytes: u64,
     /// How often the confirmed position is persisted (and fully confirmed segments deleted) while it moves.
     pub confirm_interval: Duration,
     /// Appends fail with `Error::Full` while the filesystem holding `dir` has less free space
@@ -348,8 +390,12 @@ pub struct RecoveryReport {
     pub records: u64,
     /// The confirmed position read from disk (0 if missing or corrupt).
     pub confirmed: u64,
-    /// Bytes cut off the end of the newest segment as a torn write.
+    /// Bytes cut off the end of the newest segment as a torn write: from the first bad frame
+    /// to the last non-zero byte.
     pub torn_tail_bytes: u64,
+    /// Zero bytes cut off after that: space the writer had preallocated and not used yet (a
+    /// crash left it; a clean close cuts it itself).
+    pub unused_tail_bytes: u64,
     /// Records lost to corruption and skipped (judged from the seqs around each damaged region).
     pub corrupt_records_skipped: u64,
     /// Where files that could not be used were moved (inside `dir/damaged/`).
@@ -363,6 +409,9 @@ pub struct Stats {
     pub records: u64,
     /// Bytes in segment files on disk.
     pub bytes: u64,
+    /// Zeros preallocated after the newest segment's last frame: included in `bytes`, and what
+    /// the next records are written into.
+    pub preallocated_bytes: u64,
     pub segments: usize,
     /// Highest sequence number such that every record at or below it is confirmed.
     pub confirmed: u64,
@@ -609,9 +658,9 @@ impl Spool {
             let (retained, oldest_retained) = table.retained(confirmed);
             (records, oldest, retained, oldest_retained, table.segs.len())
         };
-        let (bytes, retained_bytes) = {
+        let (bytes, retained_bytes, preallocated_bytes) = {
             let q = lock(&shared.quota);
-            (q.disk, q.retained)
+            (q.disk, q.retained, q.preallocated)
         };
         let now = now_ms();
         Stats {
@@ -621,6 +670,7 @@ impl Spool {
                 .map(|at| Duration::from_millis(now.saturating_sub(at))),
             records,
             bytes,
+            preallocated_bytes,
             segments,
             confirmed,
             next_seq: shared.next_seq.load(Ordering::Acquire),

@@ -8,7 +8,7 @@ use super::format::{
     FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use super::fs::{self, DirLock, SpoolFile, SpoolFs};
-use super::scan::{SegmentCursor, Step};
+use super::scan::{self, SegmentCursor, Step};
 use super::state::{CommitPoint, SegmentMeta, SegmentTable};
 use super::writer::ActiveSegment;
 use super::{Error, RecoveryReport, SpoolConfig, CONFIRMED_FILE, CONFIRMED_TMP_FILE};
@@ -199,6 +199,7 @@ pub(crate) fn recover(
                 base,
                 file,
                 len: meta.len,
+                alloc: meta.len,
                 next_seq: next,
             });
         }
@@ -341,16 +342,24 @@ fn scan_segment(
                 resumed: None,
             } if is_newest => {
                 // Torn tail: the end of the newest segment is the only place an interrupted,
-                // never-acknowledged group commit can leave a partial frame (older segments were
-                // fsync'd before the next one was created). Cut it off so new frames follow the
-                // last good one. The cut bytes could also be an acknowledged record damaged in
-                // place, so every seq they could hold is skipped (`cut_seqs`), never reused.
+                // never-acknowledged group commit can leave a partial frame, or zeros the
+                // writer preallocated and had not used yet (older segments were cut to their
+                // last frame and fsync'd before the next one was created). Cut it off so new
+                // frames follow the last good one. The cut bytes could also be an acknowledged
+                // record damaged in place (even zeroed), so every seq they could hold is
+                // skipped (`cut_seqs`), never reused.
+                let torn_end = scan::nonzero_end(cursor.file(), offset, len)?;
                 fs::truncate(cursor.file().as_ref(), offset)?;
                 let cut = len - offset;
-                report.torn_tail_bytes += cut;
+                report.torn_tail_bytes += torn_end - offset;
+                report.unused_tail_bytes += len - torn_end;
                 meta.len = offset;
                 cut_seqs = last_good + cut / FRAME_HEADER_LEN;
-                tracing::warn!(segment = %path.display(), offset, bytes = cut, "truncated torn tail of the newest segment");
+                if torn_end > offset {
+                    tracing::warn!(segment = %path.display(), offset, bytes = torn_end - offset, zeros = len - torn_end, "truncated torn tail of the newest segment");
+                } else {
+                    tracing::info!(segment = %path.display(), offset, zeros = cut, "cut the unused preallocated end of the newest segment (the last run did not close the spool)");
+                }
             }
             Step::Corrupt {
                 offset,

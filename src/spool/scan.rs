@@ -19,7 +19,10 @@
 //! window widens by one seq per 24 skipped bytes. Zeroed or stale bytes therefore fail cheaply
 //! before any CRC is computed, and a frame that happens to be embedded in some payload (payloads
 //! are untrusted webhook bodies) is accepted during resync only if it also guesses a sequence
-//! number within that narrow window and a valid CRC.
+//! number within that narrow window and a valid CRC. Since no frame carries seq 0, resync also
+//! jumps over a run of zero bytes (preallocated space, or pages that never reached the disk) to
+//! 15 bytes before the next non-zero byte, at memory speed: the rules above reject every
+//! offset it skips.
 
 use std::io;
 
@@ -134,6 +137,14 @@ impl SegmentCursor {
         let bad = self.pos;
         let mut candidate = bad + 1;
         while candidate + FRAME_HEADER_LEN <= limit {
+            // A frame's seq (bytes 8..16) is never zero, so a frame cannot start more than 15
+            // bytes before the next non-zero byte: zeroed space (preallocated, or a page that
+            // never reached the disk) is crossed at memory speed, not byte by byte.
+            let nonzero = self.next_nonzero(candidate, limit)?;
+            candidate = candidate.max(nonzero.saturating_sub(15));
+            if candidate + FRAME_HEADER_LEN > limit {
+                break;
+            }
             if let Some(f) = self.frame_at(candidate, limit)? {
                 self.pos = candidate;
                 return Ok(Step::Corrupt {
@@ -185,6 +196,19 @@ impl SegmentCursor {
         }))
     }
 
+    /// Offset of the first non-zero byte at or after `off` and before `limit`, else `limit`.
+    fn next_nonzero(&mut self, mut off: u64, limit: u64) -> io::Result<u64> {
+        while off < limit {
+            self.ensure(off, 1, limit)?;
+            let i = (off - self.buf_off) as usize;
+            if let Some(n) = self.buf[i..].iter().position(|&b| b != 0) {
+                return Ok(off + n as u64);
+            }
+            off = self.buf_off + self.buf.len() as u64;
+        }
+        Ok(limit)
+    }
+
     /// Makes file bytes `[off, off + n)` available in `buf` (`off + n <= limit`), reading at least
     /// a chunk at a time but never past `limit`.
     fn ensure(&mut self, off: u64, n: u64, limit: u64) -> io::Result<()> {
@@ -200,6 +224,25 @@ impl SegmentCursor {
         self.buf_off = off;
         Ok(())
     }
+}
+
+/// End of the last non-zero byte in `[from, limit)` of `file` (`from` if they are all zero):
+/// splits the bytes after a segment's last frame into a torn write and the zeros the writer
+/// had preallocated after it.
+pub(crate) fn nonzero_end(file: &SpoolFile, from: u64, limit: u64) -> io::Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK.min(limit.saturating_sub(from)) as usize];
+    let mut end = limit;
+    while end > from {
+        let start = end.saturating_sub(BLOCK).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(from)
 }
 
 #[cfg(test)]
@@ -342,6 +385,32 @@ mod tests {
         bytes[offsets[1] as usize + 4] ^= 0xFF; // CRC of seq 2: the frame holding the fake
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(seqs(&scan(&path, 16)), vec![1, 3]);
+    }
+
+    #[test]
+    fn resync_jumps_zeros_without_missing_the_frame_after_them() {
+        // An empty payload puts the first non-zero byte of a frame as late as it can be, in
+        // its seq (a zero len, and a CRC that may start with zero bytes).
+        for zeros in [1, 15, 16, 24, 4096, 100_000] {
+            let mut bytes = encode_segment_header(1).to_vec();
+            encode_frame(&mut bytes, 1, 1000, b"a");
+            bytes.resize(bytes.len() + zeros, 0);
+            let second = bytes.len() as u64;
+            encode_frame(&mut bytes, 2, 0, b"");
+            encode_frame(&mut bytes, 3, 0, b"c");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("seg");
+            std::fs::write(&path, &bytes).unwrap();
+            let steps = scan(&path, 512);
+            assert_eq!(seqs(&steps), vec![1, 2, 3], "{zeros} zeros");
+            let Step::Corrupt {
+                resumed: Some(f), ..
+            } = steps[1]
+            else {
+                panic!("{steps:?}")
+            };
+            assert_eq!(f.offset, second);
+        }
     }
 
     #[test]

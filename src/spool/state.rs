@@ -44,7 +44,7 @@ pub(crate) struct CommitPoint {
 /// move of a batch from `queued` to `disk` are each atomic (no transient double or under count).
 #[derive(Debug, Default)]
 pub(crate) struct Quota {
-    /// Bytes of all segment files in the table.
+    /// Bytes of all segment files in the table, the newest one's preallocated zeros included.
     pub disk: u64,
     /// Reservations of appends accepted but not yet written.
     pub queued: u64,
@@ -56,9 +56,21 @@ pub(crate) struct Quota {
     /// needs the room, so an append counts them as free (rule 6 of the module docs). Maintained
     /// by the writer together with `disk`, under this same lock.
     pub retained: u64,
+    /// Zero bytes preallocated after the newest segment's last frame (`spool.preallocate_bytes`):
+    /// counted in `disk`, but the next records are written into them (or a rotation cuts them
+    /// off), so an append counts them as free as well. Maintained by the writer.
+    pub preallocated: u64,
 }
 
 impl Quota {
+    /// Bytes that the writer cannot reuse without deleting a file: `disk` less what eviction
+    /// frees (`retained`) and the zeros the next frames overwrite (`preallocated`).
+    pub(crate) fn used(&self) -> u64 {
+        self.disk
+            .saturating_sub(self.retained)
+            .saturating_sub(self.preallocated)
+    }
+
     /// Releases reserved bytes. Saturating so that an accounting bug degrades to a slightly
     /// lenient quota rather than a wrapped counter that refuses every append forever.
     pub(crate) fn release(&mut self, reserved: u64) {
@@ -322,6 +334,7 @@ impl Shared {
                 queued: 0,
                 fs_free,
                 retained: 0,
+                preallocated: 0,
             }),
             confirmed: AtomicU64::new(confirmed),
             next_seq: AtomicU64::new(next_seq),
@@ -340,13 +353,17 @@ impl Shared {
     /// reason: `full` for the quota, `disk_low` for `min_free_bytes`. The caller holds `quota`.
     pub(crate) fn refusal(&self, quota: &Quota, reserved: u64) -> Option<&'static str> {
         // Retained bytes count as free: the writer evicts them before it writes (rule 6), so
-        // retention never causes a refusal.
-        let wanted = quota.disk.saturating_sub(quota.retained) + quota.queued + reserved;
+        // retention never causes a refusal. So do preallocated zeros, which the next frames
+        // overwrite: preallocation never causes one either.
+        let wanted = quota.used() + quota.queued + reserved;
         if wanted > self.cfg.max_bytes {
             return Some("full");
         }
         let min_free = self.cfg.min_free_bytes;
-        let free = quota.fs_free.saturating_add(quota.retained);
+        let free = quota
+            .fs_free
+            .saturating_add(quota.retained)
+            .saturating_add(quota.preallocated);
         if min_free > 0 && free.saturating_sub(quota.queued + reserved) < min_free {
             return Some("disk_low");
         }
@@ -491,6 +508,7 @@ mod tests {
             max_bytes: 10_000,
             max_append_bytes: 1_000,
             max_batch_bytes: 1 << 20,
+            preallocate_bytes: 1 << 20,
             confirm_interval: std::time::Duration::from_millis(1),
             min_free_bytes: 2_000_000,
             retain_confirmed: std::time::Duration::from_secs(300),
@@ -512,6 +530,7 @@ mod tests {
             queued: 0,
             fs_free: 1_000_000,
             retained: 0,
+            preallocated: 0,
         };
         assert_eq!(shared.refusal(&q, max), Some("full"));
         q.retained = 9_000;
@@ -527,6 +546,12 @@ mod tests {
             shared.refusal(&q, max),
             Some("disk_low"),
             "unconfirmed bytes are never counted as free"
+        );
+        q.preallocated = 1_000;
+        assert_eq!(
+            shared.refusal(&q, max),
+            None,
+            "preallocated zeros are room the next frames go into"
         );
     }
 }

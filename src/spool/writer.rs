@@ -35,8 +35,12 @@ pub(crate) struct Request {
 pub(crate) struct ActiveSegment {
     pub base: u64,
     pub file: SpoolFile,
-    /// Bytes in the file that are written and fsync'd.
+    /// Bytes in the file that are written and fsync'd: the end of the last frame.
     pub len: u64,
+    /// File length: `len` plus the zeros preallocated after it (`spool.preallocate_bytes`),
+    /// which the next frames overwrite. Cut back to `len` when the segment is sealed or the
+    /// spool closes.
+    pub alloc: u64,
     /// Seq the next frame in this segment must carry to keep its seqs consecutive.
     pub next_seq: u64,
 }
@@ -280,8 +284,24 @@ impl Writer {
         if run.is_empty() {
             return Ok(());
         }
+        let a = self.active.as_ref().expect("rotate precedes the first run");
+        let end = a.len + run.len() as u64;
+        // Extend only once frames reach past the zeros, so that most commits overwrite blocks
+        // that exist already: their fdatasync then has no size or allocation to write.
+        let zeros = if end > a.alloc {
+            self.preallocation(end)
+        } else {
+            0
+        };
         let a = self.active.as_mut().expect("rotate precedes the first run");
-        if let Err(e) = a.file.write_all_at(run, a.len) {
+        let written = a.file.write_all_at(run, a.len).and_then(|()| {
+            if zeros > 0 {
+                fs::write_zeros(a.file.as_ref(), end, zeros)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
             let reason = format!("write to segment {} failed: {e}", a.base);
             self.shared.poison("write", reason.clone());
             return Err(reason);
@@ -300,8 +320,11 @@ impl Writer {
             .spool_fsync
             .observe(started.elapsed().as_secs_f64());
         let offset = a.len;
-        a.len += run.len() as u64;
+        let grown = (end + zeros).saturating_sub(a.alloc);
+        a.len = end;
+        a.alloc = a.alloc.max(end + zeros);
         a.next_seq = first_seq + frames;
+        let preallocated = a.alloc - a.len;
         let mut table = lock(&self.shared.segments);
         let meta = table
             .segs
@@ -316,7 +339,57 @@ impl Writer {
         // newest segment never counts in `Quota::retained`, so that needs no change.)
         meta.confirmed_at_ms = None;
         drop(table);
-        lock(&self.shared.quota).wrote(run.len() as u64);
+        let mut quota = lock(&self.shared.quota);
+        quota.wrote(grown);
+        quota.preallocated = preallocated;
+        Ok(())
+    }
+
+    /// How many zeros to write after a run that ends at `end`: `spool.preallocate_bytes`, but
+    /// never past `segment_bytes` and only from room nothing else may claim (what admitted
+    /// appends reserved, and `min_free_bytes`, are left alone), so preallocation never makes an
+    /// append fail or evicts a retained segment.
+    fn preallocation(&self, end: u64) -> u64 {
+        let cfg = &self.shared.cfg;
+        let want = cfg
+            .preallocate_bytes
+            .min(cfg.segment_bytes.saturating_sub(end));
+        if want == 0 {
+            return 0;
+        }
+        let q = lock(&self.shared.quota);
+        let quota_room = cfg.max_bytes.saturating_sub(q.disk + q.queued);
+        let fs_room = match cfg.min_free_bytes {
+            0 => u64::MAX,
+            min_free => q.fs_free.saturating_sub(min_free + q.queued),
+        };
+        want.min(quota_room).min(fs_room)
+    }
+
+    /// Cuts the active segment's preallocated zeros and makes its length durable, so that a
+    /// sealed segment ends at its last frame (rule 3: only the newest segment may end in
+    /// anything else). Any error poisons the spool and is returned as the reason.
+    fn trim_active(&mut self, op: &'static str) -> Result<(), String> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        if a.alloc == a.len {
+            return Ok(());
+        }
+        if let Err(e) = fs::truncate(a.file.as_ref(), a.len) {
+            let reason = format!(
+                "cutting the preallocated end of segment {} failed: {e}",
+                a.base
+            );
+            self.shared.poison(op, reason.clone());
+            return Err(reason);
+        }
+        let cut = a.alloc - a.len;
+        a.alloc = a.len;
+        let mut quota = lock(&self.shared.quota);
+        quota.freed(cut);
+        quota.fs_free = quota.fs_free.saturating_add(cut);
+        quota.preallocated = 0;
         Ok(())
     }
 
@@ -324,6 +397,7 @@ impl Writer {
     /// file published by rename plus a directory fsync before any record goes in: a record in
     /// a file whose directory entry is not durable could vanish with it on power loss.
     fn rotate(&mut self, base: u64) -> Result<(), String> {
+        self.trim_active("rotate")?;
         let name = segment_file_name(base);
         let file = match fs::publish_file(
             self.shared.fs.as_ref(),
@@ -347,6 +421,7 @@ impl Writer {
             base,
             file,
             len: SEGMENT_HEADER_LEN,
+            alloc: SEGMENT_HEADER_LEN,
             next_seq: base,
         });
         let mut table = lock(&self.shared.segments);
@@ -527,9 +602,12 @@ impl Writer {
         loop {
             let pressed = {
                 let q = lock(&self.shared.quota);
+                // The batch goes into the preallocated zeros first (or a rotation cuts them).
+                let used = q.disk.saturating_sub(q.preallocated);
+                let free = q.fs_free.saturating_add(q.preallocated);
                 q.retained > 0
-                    && (q.disk + reserved > max_bytes
-                        || (min_free > 0 && q.fs_free.saturating_sub(reserved) < min_free))
+                    && (used + reserved > max_bytes
+                        || (min_free > 0 && free.saturating_sub(reserved) < min_free))
             };
             if !pressed {
                 break;
@@ -571,17 +649,17 @@ impl Writer {
 
     /// Drops a deleted segment from the table and the quota (with the retained bytes it held).
     fn forget_segment(&mut self, base: u64, len: u64) {
+        // The newest segment's file is longer than its frames by what was preallocated.
+        let active = self.active.take_if(|a| a.base == base);
         let mut table = lock(&self.shared.segments);
         table.segs.retain(|s| s.base != base);
         let (_, retained) = table.stamp_retained(self.persisted, now_ms());
         let mut quota = lock(&self.shared.quota);
-        quota.freed(len);
-        quota.retained = retained;
-        drop(quota);
-        drop(table);
-        if self.active.as_ref().is_some_and(|a| a.base == base) {
-            self.active = None;
+        quota.freed(active.as_ref().map_or(len, |a| a.alloc));
+        if active.is_some() {
+            quota.preallocated = 0;
         }
+        quota.retained = retained;
     }
 
     /// Recomputes the retained bytes (and starts the retention clock of newly fully confirmed
@@ -607,12 +685,19 @@ impl Writer {
     /// is fully confirmed, can make room.
     fn quota_pressed(&self) -> bool {
         let q = lock(&self.shared.quota);
-        let used = q.disk.saturating_sub(q.retained) + q.queued;
+        let used = q.used() + q.queued;
         self.shared.cfg.max_bytes.saturating_sub(used) < self.shared.max_reservation()
     }
 
     /// After the last request: persist the final confirmed position, mark the spool closed.
     fn shutdown(mut self) -> Result<(), Error> {
+        // A clean close leaves the newest segment ending at its last frame, so the next open
+        // continues it without skipping seqs (a crash leaves the zeros: recovery cuts them).
+        // A failure poisons the spool, so `close` reports it and the confirmed position is not
+        // written after it.
+        if self.shared.poison_reason().is_none() {
+            let _ = self.trim_active("write");
+        }
         let result = match self.shared.poison_reason() {
             Some(reason) => Err(Error::Failed(reason.to_owned())),
             None => {

@@ -35,6 +35,7 @@ fn config(dir: &Path) -> SpoolConfig {
         max_bytes: 1 << 30,
         max_append_bytes: 16 << 10,
         max_batch_bytes: 1 << 20,
+        preallocate_bytes: 1 << 20,
         confirm_interval: Duration::from_millis(5),
         min_free_bytes: 0,
         retain_confirmed: Duration::ZERO,
@@ -287,6 +288,9 @@ async fn low_free_space_refuses_appends_with_full() {
     let cfg = SpoolConfig {
         min_free_bytes: MIN_FREE,
         retain_confirmed: Duration::ZERO,
+        // Counted byte for byte below; preallocated zeros would be room of their own
+        // (`preallocation_takes_only_room_nothing_else_may_claim`).
+        preallocate_bytes: 0,
         ..config(dir.path())
     };
     let fs = FaultFs::new(Arc::new(RealFs));
@@ -330,6 +334,66 @@ async fn low_free_space_refuses_appends_with_full() {
     spool.close().await.expect("close");
 }
 
+/// Preallocated zeros come only from room that nothing else may claim: neither the quota an
+/// append could use nor the `min_free_bytes` margin. So a spool that preallocates accepts
+/// exactly the appends one that does not would, and its files never exceed `max_bytes`.
+#[tokio::test]
+async fn preallocation_takes_only_room_nothing_else_may_claim() {
+    const MIN_FREE: u64 = 64 << 20;
+    // The quota: the same appends are accepted with and without preallocation.
+    let mut accepted = Vec::new();
+    for preallocate_bytes in [0, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            segment_bytes: 16 << 10,
+            max_bytes: 40_000,
+            preallocate_bytes,
+            ..config(dir.path())
+        };
+        let fs = FaultFs::new(Arc::new(RealFs));
+        let (spool, _) = open(&cfg, &fs);
+        let (mut n, mut preallocated) = (0, 0);
+        loop {
+            match spool.append(payload(n, 900)).await {
+                Ok(_) => n += 1,
+                Err(Error::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            let on_disk: u64 = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            assert!(on_disk <= cfg.max_bytes, "{on_disk} bytes on disk");
+            assert_eq!(spool.stats().bytes, on_disk, "LOCK is empty");
+            preallocated = preallocated.max(spool.stats().preallocated_bytes);
+        }
+        spool.close().await.unwrap();
+        assert_eq!(preallocated > 0, preallocate_bytes > 0);
+        accepted.push(n);
+    }
+    assert_eq!(
+        accepted[0], accepted[1],
+        "appends accepted without / with preallocation"
+    );
+
+    // The free-space margin: 3,000 bytes above it, so at most that is preallocated.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        min_free_bytes: MIN_FREE,
+        ..config(dir.path())
+    };
+    let fs = FaultFs::new(Arc::new(RealFs));
+    fs.set_free(MIN_FREE + 3000);
+    let (spool, _) = open(&cfg, &fs);
+    spool.append(payload(1, 100)).await.unwrap();
+    let stats = spool.stats();
+    assert!(
+        stats.preallocated_bytes > 0 && stats.preallocated_bytes < 3000,
+        "{stats:?}"
+    );
+    spool.close().await.unwrap();
+}
+
 /// Retained confirmed segments count as free space for `min_free_bytes` too: a disk below the
 /// margin evicts them instead of answering 503, and only when none are left is it refused.
 #[tokio::test]
@@ -340,6 +404,8 @@ async fn low_free_space_evicts_retained_segments_before_refusing() {
         min_free_bytes: MIN_FREE,
         segment_bytes: 4096,
         retain_confirmed: Duration::from_secs(3600),
+        // The record below must need new room; preallocated zeros would hold it.
+        preallocate_bytes: 0,
         ..config(dir.path())
     };
     let fs = FaultFs::new(Arc::new(RealFs));

@@ -7,7 +7,9 @@
 //! contents revert to their last synced bytes, except that bytes appended after the last sync
 //! may survive in part: an arbitrary prefix, whose end is sometimes garbage or zeros (a torn
 //! page), or all of them except some 4 KiB pages that read back as zeros (writeback out of
-//! order). A file's contents are tracked by inode, so a synced file renamed into place without a
+//! order). Unsynced overwrites of synced bytes (frames written into a segment's preallocated
+//! zeros) survive page by page: each 4 KiB page whole, not at all, or torn at some byte. A
+//! truncation that was not synced is undone. A file's contents are tracked by inode, so a synced file renamed into place without a
 //! directory sync survives under its old name (or not at all), as on a real filesystem.
 //!
 //! The cut is armed at a mutating-operation index: that operation and every later one on this
@@ -201,7 +203,26 @@ impl State {
         for ino in referenced {
             let old = self.inodes[&ino].clone();
             let mut data = old.durable.clone();
-            if old.data.len() > data.len() && old.data.starts_with(&data) {
+            // Unsynced overwrites of durable bytes (a segment's preallocated zeros taking
+            // frames): each 4 KiB page reached the disk whole, not at all, or torn at some byte.
+            let common = data.len().min(old.data.len());
+            let mut page = 0;
+            while page < common {
+                let end = (page + 4096).min(common);
+                if old.data[page..end] != data[page..end] {
+                    let new = &old.data[page..end];
+                    match self.next_random() % 3 {
+                        0 => {}
+                        1 => data[page..end].copy_from_slice(new),
+                        _ => {
+                            let k = (self.next_random() % (end - page) as u64) as usize;
+                            data[page..page + k].copy_from_slice(&new[..k]);
+                        }
+                    }
+                }
+                page = end;
+            }
+            if old.data.len() > data.len() {
                 // Unsynced appended bytes: some prefix may have reached the disk, and a torn
                 // page may hold garbage instead.
                 let extra = old.data.len() - data.len();

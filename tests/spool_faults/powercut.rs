@@ -44,6 +44,8 @@ fn config(seed: u64) -> SpoolConfig {
         max_bytes: if retain { 8 * segment_bytes } else { 1 << 30 },
         max_append_bytes: 8 << 10,
         max_batch_bytes: 32 << 10,
+        // Off, a fraction of a segment, or the rest of it at every extension.
+        preallocate_bytes: [0, 3000, 1 << 20][(seed / 3 % 3) as usize],
         confirm_interval: Duration::from_millis(1),
         min_free_bytes: 0,
         retain_confirmed: if retain {
@@ -123,8 +125,10 @@ pub struct Tally {
     recovery_cuts: Mutex<BTreeMap<String, u64>>,
     acked: AtomicU64,
     replayed: AtomicU64,
-    /// Recoveries that cut a torn tail / skipped corrupt records / moved a file aside.
+    /// Recoveries that cut a torn tail / preallocated zeros / skipped corrupt records / moved a
+    /// file aside.
     torn: AtomicU64,
+    unused: AtomicU64,
     corrupt: AtomicU64,
     moved_aside: AtomicU64,
     /// Cases whose spool evicted a retained segment before the cut.
@@ -146,12 +150,13 @@ impl Tally {
         let cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
         eprintln!(
             "{name}: {} cut points run; {} acknowledged appends checked, {} records replayed; \
-             recoveries with a torn tail cut: {}, with corrupt records skipped: {}, moving a \
-             file aside: {}; evicting retained segments: {}",
+             recoveries with a torn tail cut: {}, with preallocated zeros cut: {}, with corrupt \
+             records skipped: {}, moving a file aside: {}; evicting retained segments: {}",
             self.cases.load(Ordering::Relaxed),
             self.acked.load(Ordering::Relaxed),
             self.replayed.load(Ordering::Relaxed),
             self.torn.load(Ordering::Relaxed),
+            self.unused.load(Ordering::Relaxed),
             self.corrupt.load(Ordering::Relaxed),
             self.moved_aside.load(Ordering::Relaxed),
             self.evicting.load(Ordering::Relaxed),
@@ -347,6 +352,7 @@ async fn case(ops: &[WOp], cut_at: u64, recovery_cut: Option<u64>, seed: u64, ta
     let persisted = report.confirmed;
     for (hit, counter) in [
         (report.torn_tail_bytes > 0, &tally.torn),
+        (report.unused_tail_bytes > 0, &tally.unused),
         (report.corrupt_records_skipped > 0, &tally.corrupt),
         (!report.segments_moved_aside.is_empty(), &tally.moved_aside),
     ] {
