@@ -73,6 +73,9 @@ struct Inner {
     unknown_topic_attempts: u32,
     /// Topics this process created or found existing (with `create_topics`).
     known_topics: Mutex<HashSet<String>>,
+    /// Held while one send asks the broker to create a topic: the others wait for its answer
+    /// instead of each sending its own CreateTopics (up to `forward.max_in_flight` at once).
+    topic_check: tokio::sync::Mutex<()>,
     /// Consecutive unknown-topic failures per topic (with `create_topics = false`).
     unknown_topic_failures: Mutex<HashMap<String, u32>>,
     queue_gauge: prometheus::IntGauge,
@@ -131,6 +134,7 @@ impl KafkaSink {
             message_timeout: cfg.message_timeout,
             unknown_topic_attempts: cfg.unknown_topic_attempts,
             known_topics: Mutex::new(HashSet::new()),
+            topic_check: tokio::sync::Mutex::new(()),
             unknown_topic_failures: Mutex::new(HashMap::new()),
             queue_gauge,
         })))
@@ -299,7 +303,10 @@ impl Sink for KafkaSink {
             // Boxed, and only when needed: the admin call's state is large, and inline it would
             // size every send future (up to `forward.max_in_flight` are alive at once) for it.
             if !inner.topic_known(&msg.destination) {
-                Box::pin(inner.ensure_topic(&msg.destination)).await?;
+                let _one = inner.topic_check.lock().await;
+                if !inner.topic_known(&msg.destination) {
+                    Box::pin(inner.ensure_topic(&msg.destination)).await?;
+                }
             }
             let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
             for (name, value) in &msg.headers {
