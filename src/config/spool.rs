@@ -25,7 +25,8 @@ pub struct SpoolSection {
     /// group commit overwrites blocks that already exist instead of growing the file: its
     /// `fdatasync` then writes no file size or block allocation, only the data. Counted in
     /// `max_bytes` (and taken only from free quota); cut off when the segment is sealed or the
-    /// spool closes. 0 appends by growing the file. Default 1 MiB.
+    /// spool closes. Never past `segment_bytes`, so a smaller segment size caps it. 0 appends by
+    /// growing the file. Default 1 MiB.
     pub preallocate_bytes: u64,
     /// How often the confirmed position is persisted while it moves. Default 100 ms.
     #[serde(with = "humantime_serde")]
@@ -75,12 +76,6 @@ impl SpoolSection {
             return Err(invalid(
                 "spool.min_free_bytes",
                 "is in bytes: use 0 to disable the check, or at least 1048576 (1 MiB)",
-            ));
-        }
-        if self.preallocate_bytes > self.segment_bytes {
-            return Err(invalid(
-                "spool.preallocate_bytes",
-                "must be at most spool.segment_bytes (0 disables preallocation)",
             ));
         }
         if self.max_batch_bytes == 0 {
