@@ -200,6 +200,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn small_segments_cap_preallocation_instead_of_refusing_it() {
+        let c = load_str(
+            "[http]\nmax_body_bytes = 16384\n[spool]\nsegment_bytes = 65536\nmax_bytes = 262144\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.spool.preallocate_bytes,
+            1 << 20,
+            "the default, capped by the writer"
+        );
+        let c = load_str("[spool]\npreallocate_bytes = 0\n").unwrap();
+        assert_eq!(c.spool.preallocate_bytes, 0);
+    }
+
+    #[test]
     fn retain_confirmed_is_a_duration_with_a_bound() {
         let c = load_str("[spool]\nretain_confirmed = \"0s\"\n").unwrap();
         assert!(c.spool.retain_confirmed.is_zero());
