@@ -3,14 +3,17 @@
 //!
 //! * appends/s with 1, 16, 64 and 256 concurrent appenders of a 1.2 KB payload (each append
 //!   resolves after the group-commit `fdatasync` covering it), with the records per fsync and the
-//!   mean fsync time from the spool's own metrics;
+//!   mean fsync time from the spool's own metrics, and the process's CPU time per append;
 //! * reopening a spool holding N records (recovery scans every frame), then reading them all in
 //!   order with a `Reader`: MB/s. The segments were just written, so this reads the page cache.
 //!
 //! ```text
 //! cargo bench --bench spool [-- --smoke] [-- --json target/bench/spool.json] [-- --dir DIR]
+//!                           [-- --preallocate BYTES]
 //! ```
 //! The spool lives under `--dir` (default `target/bench/work`): put it on a real disk.
+//! `--preallocate` sets `spool.preallocate_bytes` (default the bridge's, 1 MiB); `0` shows what
+//! growing the file with every commit costs on the same disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,14 +27,14 @@ use serde_json::json;
 
 const PAYLOAD: usize = 1200;
 
-fn config(dir: PathBuf) -> SpoolConfig {
+fn config(dir: PathBuf, preallocate_bytes: u64) -> SpoolConfig {
     SpoolConfig {
         dir,
         segment_bytes: 64 << 20,
         max_bytes: 16 << 30,
         max_append_bytes: 1 << 20,
         max_batch_bytes: 4 << 20,
-        preallocate_bytes: 1 << 20,
+        preallocate_bytes,
         confirm_interval: Duration::from_millis(100),
         min_free_bytes: 256 << 20,
         retain_confirmed: Duration::ZERO,
@@ -39,9 +42,15 @@ fn config(dir: PathBuf) -> SpoolConfig {
 }
 
 /// `appenders` tasks append for `duration`; returns (appends/s, records per fsync, mean fsync ms).
-async fn append_run(dir: PathBuf, appenders: usize, duration: Duration) -> serde_json::Value {
+async fn append_run(
+    dir: PathBuf,
+    preallocate: u64,
+    appenders: usize,
+    duration: Duration,
+) -> serde_json::Value {
     let metrics = Arc::new(Metrics::new());
-    let (spool, _) = Spool::open(config(dir), metrics.clone()).expect("open spool");
+    let (spool, _) = Spool::open(config(dir, preallocate), metrics.clone()).expect("open spool");
+    let cpu_before = cpu_seconds();
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -64,6 +73,7 @@ async fn append_run(dir: PathBuf, appenders: usize, duration: Duration) -> serde
         t.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     spool.close().await.expect("close");
     let n = count.load(Ordering::Relaxed) as f64;
     let batches = metrics.spool_batch_records.get_sample_count() as f64;
@@ -75,14 +85,29 @@ async fn append_run(dir: PathBuf, appenders: usize, duration: Duration) -> serde
         "mib_per_s": n * PAYLOAD as f64 / elapsed / (1 << 20) as f64,
         "records_per_fsync": n / batches.max(1.0),
         "fsync_mean_ms": metrics.spool_fsync.get_sample_sum() / fsyncs.max(1.0) * 1e3,
+        "cpu_us_per_append": cpu / n.max(1.0) * 1e6,
     })
 }
 
+/// User + system CPU time of this process so far (every thread: the appenders' runtime and the
+/// spool writer).
+fn cpu_seconds() -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 /// Appends `records` (256 appenders), closes, reopens (timed: recovery) and reads all back.
-async fn read_run(dir: PathBuf, records: u64) -> serde_json::Value {
+async fn read_run(dir: PathBuf, preallocate: u64, records: u64) -> serde_json::Value {
     {
         let metrics = Arc::new(Metrics::new());
-        let (spool, _) = Spool::open(config(dir.clone()), metrics).expect("open spool");
+        let (spool, _) =
+            Spool::open(config(dir.clone(), preallocate), metrics).expect("open spool");
         let payload = Bytes::from(vec![b'y'; PAYLOAD]);
         let next = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..256)
@@ -101,7 +126,8 @@ async fn read_run(dir: PathBuf, records: u64) -> serde_json::Value {
         spool.close().await.expect("close");
     }
     let t = Instant::now();
-    let (spool, report) = Spool::open(config(dir), Arc::new(Metrics::new())).expect("reopen spool");
+    let (spool, report) =
+        Spool::open(config(dir, preallocate), Arc::new(Metrics::new())).expect("reopen spool");
     let open_s = t.elapsed().as_secs_f64();
     assert_eq!(report.records, records);
     let mut reader = spool.reader();
@@ -127,12 +153,21 @@ fn main() {
     let mut smoke = false;
     let mut json_out: Option<PathBuf> = None;
     let mut base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/work");
+    let mut preallocate = hookbridge::config::Config::default()
+        .spool
+        .preallocate_bytes;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--json" => json_out = args.next().map(PathBuf::from),
             "--dir" => base = args.next().map(PathBuf::from).expect("--dir DIR"),
+            "--preallocate" => {
+                preallocate = args
+                    .next()
+                    .and_then(|b| b.parse().ok())
+                    .expect("--preallocate BYTES")
+            }
             "--bench" => {} // added by `cargo bench`
             other => {
                 eprintln!("spool bench: unknown argument {other}");
@@ -165,21 +200,25 @@ fn main() {
         })
         .unwrap_or_default();
     let mut appends = Vec::new();
-    println!("spool micro-benchmark ({PAYLOAD} B payloads, spool on {fs})\n");
-    println!("| appenders | appends/s | MiB/s | records per fsync | mean fsync |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "spool micro-benchmark ({PAYLOAD} B payloads, spool on {fs}, preallocate_bytes {preallocate})\n"
+    );
+    println!("| appenders | appends/s | MiB/s | records per fsync | mean fsync | CPU per append |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for (i, n) in [1, 16, 64, 256].into_iter().enumerate() {
-        let r = rt.block_on(append_run(tmp.path().join(format!("a{i}")), n, duration));
+        let dir = tmp.path().join(format!("a{i}"));
+        let r = rt.block_on(append_run(dir, preallocate, n, duration));
         println!(
-            "| {n} | {:.0} | {:.1} | {:.1} | {:.2} ms |",
+            "| {n} | {:.0} | {:.1} | {:.1} | {:.2} ms | {:.1} µs |",
             r["appends_per_s"].as_f64().unwrap(),
             r["mib_per_s"].as_f64().unwrap(),
             r["records_per_fsync"].as_f64().unwrap(),
-            r["fsync_mean_ms"].as_f64().unwrap()
+            r["fsync_mean_ms"].as_f64().unwrap(),
+            r["cpu_us_per_append"].as_f64().unwrap()
         );
         appends.push(r);
     }
-    let read = rt.block_on(read_run(tmp.path().join("read"), records));
+    let read = rt.block_on(read_run(tmp.path().join("read"), preallocate, records));
     println!(
         "\nreopen with {records} records: {:.2} s; sequential read: {:.0} records/s, {:.0} MiB/s (page cache)",
         read["reopen_s"].as_f64().unwrap(),
@@ -190,7 +229,7 @@ fn main() {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).unwrap();
         }
-        let doc = json!({"smoke": smoke, "fs": fs, "payload_bytes": PAYLOAD, "append": appends, "read": read});
+        let doc = json!({"smoke": smoke, "fs": fs, "payload_bytes": PAYLOAD, "preallocate_bytes": preallocate, "append": appends, "read": read});
         std::fs::write(&p, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     }
 }
