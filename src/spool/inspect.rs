@@ -262,24 +262,23 @@ impl Survey {
 
     /// Bytes of the incomplete tail of the newest segment, if it has one.
     pub fn torn_tail_bytes(&self) -> u64 {
-        self.findings
-            .iter()
-            .map(|f| match f.kind {
-                FindingKind::TornTail { bytes } => bytes,
-                _ => 0,
-            })
-            .sum()
+        self.bytes_of(|k| match k {
+            FindingKind::TornTail { bytes } => Some(*bytes),
+            _ => None,
+        })
     }
 
     /// Zero bytes preallocated after the newest segment's last frame.
     pub fn preallocated_bytes(&self) -> u64 {
-        self.findings
-            .iter()
-            .map(|f| match f.kind {
-                FindingKind::Preallocated { bytes } => bytes,
-                _ => 0,
-            })
-            .sum()
+        self.bytes_of(|k| match k {
+            FindingKind::Preallocated { bytes } => Some(*bytes),
+            _ => None,
+        })
+    }
+
+    /// Sum of the bytes `pick` finds in the findings.
+    fn bytes_of(&self, pick: fn(&FindingKind) -> Option<u64>) -> u64 {
+        self.findings.iter().filter_map(|f| pick(&f.kind)).sum()
     }
 }
 
@@ -433,23 +432,15 @@ pub fn survey(
                     resumed: None,
                     ..
                 } if Some(base) == newest => {
-                    let torn_end =
-                        scan::nonzero_end(cursor.file(), offset, len).map_err(io_err(path))?;
-                    if torn_end > offset {
-                        s.findings.push(note(
-                            FindingKind::TornTail {
-                                bytes: torn_end - offset,
-                            },
-                            Some(offset),
-                        ));
+                    let (torn, zeros) =
+                        scan::split_tail(cursor.file(), offset, len).map_err(io_err(path))?;
+                    if torn > 0 {
+                        let kind = FindingKind::TornTail { bytes: torn };
+                        s.findings.push(note(kind, Some(offset)));
                     }
-                    if len > torn_end {
-                        s.findings.push(note(
-                            FindingKind::Preallocated {
-                                bytes: len - torn_end,
-                            },
-                            Some(torn_end),
-                        ));
+                    if zeros > 0 {
+                        let kind = FindingKind::Preallocated { bytes: zeros };
+                        s.findings.push(note(kind, Some(offset + torn)));
                     }
                 }
                 Step::Corrupt {

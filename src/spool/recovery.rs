@@ -348,17 +348,16 @@ fn scan_segment(
                 // frames follow the last good one. The cut bytes could also be an acknowledged
                 // record damaged in place (even zeroed), so every seq they could hold is
                 // skipped (`cut_seqs`), never reused.
-                let torn_end = scan::nonzero_end(cursor.file(), offset, len)?;
+                let (torn, zeros) = scan::split_tail(cursor.file(), offset, len)?;
                 fs::truncate(cursor.file().as_ref(), offset)?;
-                let cut = len - offset;
-                report.torn_tail_bytes += torn_end - offset;
-                report.unused_tail_bytes += len - torn_end;
+                report.torn_tail_bytes += torn;
+                report.unused_tail_bytes += zeros;
                 meta.len = offset;
-                cut_seqs = last_good + cut / FRAME_HEADER_LEN;
-                if torn_end > offset {
-                    tracing::warn!(segment = %path.display(), offset, bytes = torn_end - offset, zeros = len - torn_end, "truncated torn tail of the newest segment");
+                cut_seqs = last_good + (len - offset) / FRAME_HEADER_LEN;
+                if torn > 0 {
+                    tracing::warn!(segment = %path.display(), offset, bytes = torn, zeros, "truncated torn tail of the newest segment");
                 } else {
-                    tracing::info!(segment = %path.display(), offset, zeros = cut, "cut the unused preallocated end of the newest segment (the last run did not close the spool)");
+                    tracing::info!(segment = %path.display(), offset, zeros, "cut the unused preallocated end of the newest segment (the last run did not close the spool)");
                 }
             }
             Step::Corrupt {

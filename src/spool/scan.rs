@@ -226,10 +226,15 @@ impl SegmentCursor {
     }
 }
 
-/// End of the last non-zero byte in `[from, limit)` of `file` (`from` if they are all zero):
-/// splits the bytes after a segment's last frame into a torn write and the zeros the writer
-/// had preallocated after it.
-pub(crate) fn nonzero_end(file: &SpoolFile, from: u64, limit: u64) -> io::Result<u64> {
+/// Splits the bytes `[from, limit)` after a segment's last frame at its last non-zero byte: the
+/// torn write before it and the zeros the writer had preallocated after it, in bytes.
+pub(crate) fn split_tail(file: &SpoolFile, from: u64, limit: u64) -> io::Result<(u64, u64)> {
+    let end = nonzero_end(file, from, limit)?;
+    Ok((end - from, limit - end))
+}
+
+/// End of the last non-zero byte in `[from, limit)` of `file` (`from` if they are all zero).
+fn nonzero_end(file: &SpoolFile, from: u64, limit: u64) -> io::Result<u64> {
     const BLOCK: u64 = 64 * 1024;
     let mut buf = vec![0u8; BLOCK.min(limit.saturating_sub(from)) as usize];
     let mut end = limit;

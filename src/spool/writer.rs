@@ -284,16 +284,15 @@ impl Writer {
         if run.is_empty() {
             return Ok(());
         }
-        let a = self.active.as_ref().expect("rotate precedes the first run");
+        let a = self.active.as_mut().expect("rotate precedes the first run");
         let end = a.len + run.len() as u64;
         // Extend only once frames reach past the zeros, so that most commits overwrite blocks
         // that exist already: their fdatasync then has no size or allocation to write.
         let zeros = if end > a.alloc {
-            self.preallocation(end)
+            preallocation(&self.shared, end)
         } else {
             0
         };
-        let a = self.active.as_mut().expect("rotate precedes the first run");
         let written = a.file.write_all_at(run, a.len).and_then(|()| {
             if zeros > 0 {
                 fs::write_zeros(a.file.as_ref(), end, zeros)
@@ -343,27 +342,6 @@ impl Writer {
         quota.wrote(grown);
         quota.preallocated = preallocated;
         Ok(())
-    }
-
-    /// How many zeros to write after a run that ends at `end`: `spool.preallocate_bytes`, but
-    /// never past `segment_bytes` and only from room nothing else may claim (what admitted
-    /// appends reserved, and `min_free_bytes`, are left alone), so preallocation never makes an
-    /// append fail or evicts a retained segment.
-    fn preallocation(&self, end: u64) -> u64 {
-        let cfg = &self.shared.cfg;
-        let want = cfg
-            .preallocate_bytes
-            .min(cfg.segment_bytes.saturating_sub(end));
-        if want == 0 {
-            return 0;
-        }
-        let q = lock(&self.shared.quota);
-        let quota_room = cfg.max_bytes.saturating_sub(q.disk + q.queued);
-        let fs_room = match cfg.min_free_bytes {
-            0 => u64::MAX,
-            min_free => q.fs_free.saturating_sub(min_free + q.queued),
-        };
-        want.min(quota_room).min(fs_room)
     }
 
     /// Cuts the active segment's preallocated zeros and makes its length durable, so that a
@@ -716,6 +694,27 @@ impl Writer {
         self.shared.commit.send_modify(|c| c.closed = true);
         result
     }
+}
+
+/// How many zeros to write after a run that ends at `end`: `spool.preallocate_bytes`, but never
+/// past `segment_bytes` and only from room nothing else may claim (what admitted appends
+/// reserved, and `min_free_bytes`, are left alone), so preallocation never makes an append fail
+/// or evicts a retained segment.
+fn preallocation(shared: &Shared, end: u64) -> u64 {
+    let cfg = &shared.cfg;
+    let want = cfg
+        .preallocate_bytes
+        .min(cfg.segment_bytes.saturating_sub(end));
+    if want == 0 {
+        return 0;
+    }
+    let q = lock(&shared.quota);
+    let quota_room = cfg.max_bytes.saturating_sub(q.disk + q.queued);
+    let fs_room = match cfg.min_free_bytes {
+        0 => u64::MAX,
+        min_free => q.fs_free.saturating_sub(min_free + q.queued),
+    };
+    want.min(quota_room).min(fs_room)
 }
 
 /// Poisons the spool and wakes readers if the writer thread panics, so nothing waits forever
