@@ -32,12 +32,13 @@
 //! bits it would be 3·10⁻⁸ per million, and every new id would be another draw). The key makes
 //! the fingerprints of any set of ids behave as random numbers, however the ids are chosen.
 //!
-//! The stored set is two compact structures ([`Remembered`]), about 25 bytes per id in all at
+//! The stored set is two compact structures ([`Remembered`]), about 21 bytes per id in all at
 //! the default bound (instead of two heap strings, ~200 bytes per id before):
 //!
-//! - a **ring** of 20-byte entries `{fingerprint, seconds}` in insertion order, for expiry and
-//!   eviction, in blocks of [`BLOCK`] entries (growing never copies the ring, and the memory of
-//!   forgotten ids goes back block by block);
+//! - a **ring** of 16-byte fingerprints in insertion order, for expiry and eviction, in blocks
+//!   of [`BLOCK`] entries (growing never copies the ring, and the memory of forgotten ids goes
+//!   back block by block), and beside it when each was stored, as runs of entries stored in the
+//!   same second (8 bytes a run: a handful of runs per second of traffic, not 4 bytes per id);
 //! - an **index** ([`Index`]): open addressing over 32-bit slots, each a ring position plus a
 //!   tag from the fingerprint, at most 4/5 full and never larger than `max_entries` needs
 //!   (5 bytes per id when full; a power-of-two table such as hashbrown's took 10.5 at a
@@ -129,7 +130,7 @@ const IO_RECORDS: usize = 1 << 15;
 /// loses at most this much of the journal's tail (which the page cache would not have kept from
 /// a power cut anyway): a retry of those ids is stored and published again, at-least-once.
 const JOURNAL_FLUSH: Duration = Duration::from_millis(10);
-/// Ring entries per block (80 KiB).
+/// Ring entries per block (64 KiB).
 const BLOCK: usize = 4096;
 
 pub struct Dedup {
@@ -386,8 +387,8 @@ impl Dedup {
             return Claim::InProgress(InProgress(rx.clone()));
         }
         // Invariant 1: a duplicate only for a full 128-bit match of an id that was committed.
-        if let Some(e) = s.remembered.find(fingerprint) {
-            if live(e.secs, self.window_ms, now_ms) {
+        if let Some(secs) = s.remembered.find(fingerprint) {
+            if live(secs, self.window_ms, now_ms) {
                 return Claim::Duplicate;
             }
         }
@@ -441,8 +442,8 @@ impl Key {
     }
 }
 
-/// A keyed 128-bit fingerprint of an id. Four words rather than a `u128`, whose 16-byte
-/// alignment would pad a ring entry from 20 bytes to 32.
+/// A keyed 128-bit fingerprint of an id, as four words (the index takes its tag and home from
+/// them).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 struct Fingerprint([u32; 4]);
 
@@ -502,19 +503,28 @@ fn live(secs: u32, window_ms: u64, now_ms: u64) -> bool {
     (u64::from(secs) * 1000).saturating_add(window_ms) >= now_ms
 }
 
-#[derive(Clone, Copy, Default)]
-struct Entry {
-    fingerprint: Fingerprint,
+/// Ring entries stored in the same second: from `start` up to the next run's start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Run {
+    /// The first entry's sequence number, mod 2^32: the ring never holds more than
+    /// [`MAX_ENTRIES`] < 2^32 entries, so it is read as an offset from the ring's head.
+    start: u32,
     secs: u32,
 }
 
-/// Entries in insertion order, each with a sequence number (`head..tail`), in blocks of
-/// [`BLOCK`]: the first block holds `head`, and a block is released once `head` has left it.
+/// Entries in insertion order, each with a sequence number (`head..tail`): the fingerprints in
+/// blocks of [`BLOCK`] (the first block holds `head`, and a block is released once `head` has
+/// left it), and when each was stored as [`Run`]s beside them. Entries arrive a second at a
+/// time, so a run stands for many of them: 16 bytes per entry plus 8 per run, instead of 20 per
+/// entry with the time in it. The runs keep every entry's own time, in or out of order.
 #[derive(Default)]
 struct Ring {
-    blocks: VecDeque<Box<[Entry]>>,
+    blocks: VecDeque<Box<[Fingerprint]>>,
     /// One released block kept for the next push, so a full ring turning over does not allocate.
-    spare: Option<Box<[Entry]>>,
+    spare: Option<Box<[Fingerprint]>>,
+    /// In sequence order; the first starts at `head` (or is the last one left, when the ring is
+    /// empty). Never empty once something was pushed.
+    times: VecDeque<Run>,
     head: u64,
     tail: u64,
 }
@@ -524,26 +534,51 @@ impl Ring {
         (self.tail - self.head) as usize
     }
 
-    fn get(&self, seq: u64) -> &Entry {
+    fn get(&self, seq: u64) -> &Fingerprint {
         let block = (seq / BLOCK as u64 - self.head / BLOCK as u64) as usize;
         &self.blocks[block][(seq % BLOCK as u64) as usize]
     }
 
-    fn front(&self) -> Option<Entry> {
-        (self.head < self.tail).then(|| *self.get(self.head))
+    /// When the entry `seq` (in `head..tail`) was stored.
+    fn secs(&self, seq: u64) -> u32 {
+        debug_assert!(self.head <= seq && seq < self.tail);
+        let head = self.head as u32;
+        let at = (seq - self.head) as u32;
+        let i = self
+            .times
+            .partition_point(|r| r.start.wrapping_sub(head) <= at);
+        self.times[i - 1].secs
     }
 
-    fn push(&mut self, e: Entry) -> u64 {
+    fn front(&self) -> Option<(Fingerprint, u32)> {
+        (self.head < self.tail).then(|| (*self.get(self.head), self.times[0].secs))
+    }
+
+    fn push(&mut self, fp: Fingerprint, secs: u32) -> u64 {
         if self.tail.is_multiple_of(BLOCK as u64) {
             let block = self
                 .spare
                 .take()
-                .unwrap_or_else(|| vec![Entry::default(); BLOCK].into_boxed_slice());
+                .unwrap_or_else(|| vec![Fingerprint::default(); BLOCK].into_boxed_slice());
             self.blocks.push_back(block);
         }
         let seq = self.tail;
         let last = self.blocks.back_mut().expect("a block holds the tail");
-        last[(seq % BLOCK as u64) as usize] = e;
+        last[(seq % BLOCK as u64) as usize] = fp;
+        match self.times.back() {
+            Some(r) if r.secs == secs => {}
+            // The ring is empty: the run left over from before starts here instead.
+            _ if self.times.len() == 1 && self.head == self.tail => {
+                self.times[0] = Run {
+                    start: seq as u32,
+                    secs,
+                };
+            }
+            _ => self.times.push_back(Run {
+                start: seq as u32,
+                secs,
+            }),
+        }
         self.tail += 1;
         seq
     }
@@ -553,6 +588,16 @@ impl Ring {
         self.head += 1;
         if self.head.is_multiple_of(BLOCK as u64) {
             self.spare = self.blocks.pop_front();
+        }
+        // The first run now starts at the new head, or is over and the next one does.
+        if self
+            .times
+            .get(1)
+            .is_some_and(|r| r.start == self.head as u32)
+        {
+            self.times.pop_front();
+        } else {
+            self.times[0].start = self.head as u32;
         }
     }
 }
@@ -582,11 +627,12 @@ impl Remembered {
         self.index.len
     }
 
-    fn find(&self, fp: Fingerprint) -> Option<&Entry> {
+    /// When `fp` was stored (its newest entry), if it is remembered.
+    fn find(&self, fp: Fingerprint) -> Option<u32> {
         let slot = self.index.find(&self.ring, fp, None)?;
         Some(
             self.ring
-                .get(self.index.seq(&self.ring, self.index.slots[slot])),
+                .secs(self.index.seq(&self.ring, self.index.slots[slot])),
         )
     }
 
@@ -596,20 +642,16 @@ impl Remembered {
         while self.ring.len() >= self.max_entries {
             self.pop_front();
         }
-        let seq = self.ring.push(Entry {
-            fingerprint: fp,
-            secs,
-        });
+        let seq = self.ring.push(fp, secs);
         self.index.insert(&self.ring, fp, seq);
     }
 
     /// Forgets the oldest entry (if it is not stale, its fingerprint too).
     fn pop_front(&mut self) {
-        let Some(e) = self.ring.front() else { return };
-        if let Some(slot) = self
-            .index
-            .find(&self.ring, e.fingerprint, Some(self.ring.head))
-        {
+        let Some((fp, _)) = self.ring.front() else {
+            return;
+        };
+        if let Some(slot) = self.index.find(&self.ring, fp, Some(self.ring.head)) {
             self.index.remove(&self.ring, slot);
         }
         self.ring.pop_front();
@@ -617,8 +659,8 @@ impl Remembered {
 
     /// Forgets, oldest first, what is past the window and what is over `max_entries`.
     fn evict(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some(e) = self.ring.front() {
-            let expired = !live(e.secs, window_ms, now_ms);
+        while let Some((_, secs)) = self.ring.front() {
+            let expired = !live(secs, window_ms, now_ms);
             let over = self.ring.len() > self.max_entries;
             if !expired && !over {
                 break;
@@ -631,10 +673,10 @@ impl Remembered {
     fn live_entries(&self) -> impl Iterator<Item = (u32, Fingerprint)> + '_ {
         let ring = &self.ring;
         (ring.head..ring.tail).filter_map(move |seq| {
-            let e = ring.get(seq);
+            let fp = *ring.get(seq);
             self.index
-                .find(ring, e.fingerprint, Some(seq))
-                .map(|_| (e.secs, e.fingerprint))
+                .find(ring, fp, Some(seq))
+                .map(|_| (ring.secs(seq), fp))
         })
     }
 }
@@ -716,7 +758,7 @@ impl Index {
                 let seq = self.seq(ring, s);
                 let hit = match at {
                     Some(at) => seq == at,
-                    None => ring.get(seq).fingerprint == fp,
+                    None => *ring.get(seq) == fp,
                 };
                 if hit {
                     return Some(i);
@@ -756,7 +798,7 @@ impl Index {
             if s == 0 {
                 break;
             }
-            let home = self.home(ring.get(self.seq(ring, s)).fingerprint);
+            let home = self.home(*ring.get(self.seq(ring, s)));
             // It may move back into the hole unless its home lies after the hole.
             if (j + size - home) % size >= (j + size - hole) % size {
                 self.slots[hole] = s;
@@ -771,7 +813,7 @@ impl Index {
         let size = Self::size_for(self.len + 1, self.max_slots);
         let old = std::mem::replace(&mut self.slots, vec![0; size].into_boxed_slice());
         for s in old.iter().copied().filter(|&s| s != 0) {
-            let mut i = self.home(ring.get(self.seq(ring, s)).fingerprint);
+            let mut i = self.home(*ring.get(self.seq(ring, s)));
             while self.slots[i] != 0 {
                 i = self.next(i);
             }
@@ -1304,6 +1346,54 @@ mod tests {
         let d = open(dir.path(), window, 3, 73_000);
         assert!(is_duplicate(d.claim("a", 73_000)));
         assert!(is_duplicate(d.claim("c", 73_000)));
+    }
+
+    #[test]
+    fn the_ring_keeps_each_entry_s_own_time() {
+        let mut ring = Ring::default();
+        let mut want = VecDeque::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut secs = 1_000u32;
+        for step in 0..50_000u32 {
+            // Mostly the same second as the last entry, sometimes later, sometimes earlier:
+            // out-of-order times must come back as they went in.
+            if rng.random_ratio(1, 50) {
+                secs += rng.random_range(1..3);
+            } else if rng.random_ratio(1, 200) {
+                secs -= 1;
+            }
+            if !want.is_empty() && rng.random_ratio(45, 100) {
+                // Empty the ring now and then, so pushes onto an empty ring are covered.
+                let n = if rng.random_ratio(1, 500) {
+                    want.len()
+                } else {
+                    1
+                };
+                for _ in 0..n {
+                    ring.pop_front();
+                    want.pop_front();
+                }
+            } else {
+                let fp = Fingerprint([step, 0, 0, 0]);
+                let seq = ring.push(fp, secs);
+                want.push_back((seq, fp, secs));
+            }
+            assert_eq!(ring.len(), want.len());
+            assert_eq!(ring.front(), want.front().map(|&(_, fp, s)| (fp, s)));
+            if step % 97 == 0 {
+                for &(seq, fp, s) in &want {
+                    assert_eq!((*ring.get(seq), ring.secs(seq)), (fp, s), "step {step}");
+                }
+            }
+        }
+        // A run per change of second among the entries held, not one per entry.
+        let changes = want
+            .iter()
+            .zip(want.iter().skip(1))
+            .filter(|(a, b)| a.2 != b.2)
+            .count();
+        assert_eq!(ring.times.len(), changes + 1);
+        assert!(want.len() > 10 * (changes + 1), "{} {changes}", want.len());
     }
 
     /// The old string set, as the reference for the compact one (with times in seconds

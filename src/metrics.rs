@@ -104,7 +104,7 @@ impl Metrics {
             .unwrap(),
             dedup_ids: IntGauge::new(
                 "hookbridge_dedup_ids",
-                "Delivery ids remembered as stored (at most auth.dedup_max_entries), as keyed 128-bit fingerprints of about 25 bytes each.",
+                "Delivery ids remembered as stored (at most auth.dedup_max_entries), as keyed 128-bit fingerprints of about 21 bytes each.",
             )
             .unwrap(),
             dedup_journal_bytes: IntGauge::new(

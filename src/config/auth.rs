@@ -27,7 +27,7 @@ pub struct AuthConfig {
     /// How long delivery ids are remembered to drop the sender's repeats. Default 24 h; 0 disables.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
-    /// Most delivery ids remembered; the oldest are forgotten first. About 25 bytes of memory
+    /// Most delivery ids remembered; the oldest are forgotten first. About 21 bytes of memory
     /// each; at most 100,000,000 (the `dedup` module's `MAX_ENTRIES`). Default 1,000,000.
     pub dedup_max_entries: usize,
     /// How long a request waits when an earlier attempt with the same delivery id is still being
