@@ -186,6 +186,37 @@ impl Conn {
     async fn exchange(&mut self, req: &[u8]) -> std::io::Result<u16> {
         let stream = self.stream.as_mut().expect("connected");
         stream.write_all(req).await?;
+        self.response().await
+    }
+
+    /// A second handle on the connection for writing from another thread (the same socket:
+    /// non-blocking, as tokio set it).
+    fn std_clone(&self) -> std::net::TcpStream {
+        use std::os::fd::AsFd;
+        let fd = self
+            .stream
+            .as_ref()
+            .expect("connected")
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("dup the connection");
+        std::net::TcpStream::from(fd)
+    }
+
+    /// Reads the next response; returns its status code. Closes the connection on an error
+    /// (and when the server says it closes).
+    async fn response(&mut self) -> std::io::Result<u16> {
+        let result = self.read_response().await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn read_response(&mut self) -> std::io::Result<u16> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
         loop {
             if let Some((status, len, close)) = parse_response(&self.buf)? {
                 self.buf.drain(..len);
@@ -361,12 +392,32 @@ pub fn closed_loop(
     })
 }
 
-/// A request sent later than this after its due time missed its send slot. tokio's timer wakes
-/// on whole milliseconds, so up to 1 ms late is on time.
+/// A request sent later than this after its due time missed its send slot.
 const MISSED_AFTER: Duration = Duration::from_millis(1);
 
-/// Open loop: request `i` is due at `start + i / rate`; `conns` connections take the due
-/// requests in order. Latency is counted from the due time.
+/// How often the open loop's pacer wakes: it sends every request that has come due since, so a
+/// request goes out at most about this late (plus the time the pacer waits for a core), and the
+/// server sees small bursts (4–5 requests at 45k/s) rather than a tick's worth at once.
+const PACE: Duration = Duration::from_micros(100);
+
+/// One open-loop connection as the pacer and its reader share it.
+struct Slot {
+    /// A clone of the connection for writing (the reader task owns the tokio half); replaced
+    /// when the reader reconnects.
+    writer: Option<std::net::TcpStream>,
+    /// The request in flight: (due, sent).
+    inflight: Option<(Instant, Instant)>,
+}
+
+/// Open loop: request `i` is due at `start + i / rate`. A pacer thread of its own sends each
+/// due request on a free connection (one request per connection at a time, `conns` of them),
+/// waking every [`PACE`]; the generator's thread reads the responses. Latency is counted from
+/// the due time, so a slow server is not hidden by the generator waiting for it (no
+/// coordinated omission); `service` (sent → answer) and `lateness` (due → sent) split it.
+///
+/// The pacer is not tokio's timer: that wakes on whole milliseconds, so every request of a
+/// millisecond went out in one burst up to a millisecond late, which a server then answers as a
+/// queue (measured against the no-op server at 45k/s: p99 8.6 ms, 60 % of requests late).
 pub fn open_loop(
     addr: SocketAddr,
     conns: usize,
@@ -376,61 +427,157 @@ pub fn open_loop(
 ) -> LoadResult {
     on_own_thread(move || {
         Box::pin(async move {
-            let shared = Arc::new(Shared {
-                next: AtomicU64::new(0),
-            });
-            let missed = Arc::new(AtomicU64::new(0));
             let cs = connect_all(addr, conns).await;
-            let start = Instant::now() + Duration::from_millis(10);
+            let slots: Arc<Vec<std::sync::Mutex<Slot>>> = Arc::new(
+                cs.iter()
+                    .map(|c| {
+                        std::sync::Mutex::new(Slot {
+                            writer: Some(c.std_clone()),
+                            inflight: None,
+                        })
+                    })
+                    .collect(),
+            );
+            let free = Arc::new(std::sync::Mutex::new((0..conns).collect::<Vec<_>>()));
+            let done = Arc::new(AtomicU64::new(0));
             let total_reqs = (rate * duration.as_secs_f64()) as u64;
+            let start = Instant::now() + Duration::from_millis(10);
+
+            let (stop, stopped) = tokio::sync::watch::channel(false);
             let mut tasks = Vec::new();
-            for mut c in cs {
-                let (shared, reqs, missed) = (shared.clone(), reqs.clone(), missed.clone());
+            for (i, mut c) in cs.into_iter().enumerate() {
+                let (slots, free, done) = (slots.clone(), free.clone(), done.clone());
+                let mut stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut r = Partial::default();
                     let mut service = histogram();
                     let mut lateness = histogram();
-                    let mut buf = Vec::with_capacity(2048);
                     loop {
-                        let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                        if n >= total_reqs || !reqs.build(n, &mut buf) {
+                        // Reading is cancel-safe: what arrived stays in the connection's buffer.
+                        let res = tokio::select! {
+                            res = c.response() => res,
+                            _ = stopped.wait_for(|s| *s) => break,
+                        };
+                        let now = Instant::now();
+                        let Some((due, sent)) = slots[i].lock().unwrap().inflight.take() else {
+                            // The server closed an idle connection (or spoke unasked).
+                            if c.stream.is_none() && c.reconnect().await.is_ok() {
+                                slots[i].lock().unwrap().writer = Some(c.std_clone());
+                                continue;
+                            }
                             break;
-                        }
-                        let due = start + Duration::from_secs_f64(n as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        let sent = Instant::now();
-                        if sent > due + MISSED_AFTER {
-                            // Every connection was busy when the slot came, or the generator
-                            // itself was not scheduled in time (`lateness` tells which).
-                            missed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let res = c.roundtrip(&buf).await;
-                        let done = Instant::now();
+                        };
                         if res.as_ref().is_ok_and(|s| (200..300).contains(s)) {
-                            service.saturating_record(us(done - sent));
+                            service.saturating_record(us(now - sent));
                             lateness.saturating_record(us(sent.saturating_duration_since(due)));
                         }
-                        r.record(res, done - due);
+                        r.record(res, now - due);
+                        if c.stream.is_none() {
+                            // Failed or closed by the server: a new connection for the next one.
+                            if c.reconnect().await.is_err() {
+                                done.fetch_add(1, Ordering::Release);
+                                break;
+                            }
+                            slots[i].lock().unwrap().writer = Some(c.std_clone());
+                        }
+                        free.lock().unwrap().push(i);
+                        done.fetch_add(1, Ordering::Release);
                     }
                     (r, service, lateness)
                 }));
             }
+
+            let pacer = {
+                let (slots, free, reqs) = (slots.clone(), free.clone(), reqs.clone());
+                std::thread::spawn(move || pace(start, rate, total_reqs, &reqs, &slots, &free))
+            };
+            let (sent, missed) = tokio::task::spawn_blocking(move || pacer.join().unwrap())
+                .await
+                .unwrap();
+            // Every answer, or 30 s for the stragglers.
+            let wait_until = Instant::now() + Duration::from_secs(30);
+            while done.load(Ordering::Acquire) < sent && Instant::now() < wait_until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let elapsed = start.elapsed();
             let mut total = Partial::default();
             let (mut service, mut lateness) = (histogram(), histogram());
+            stop.send_replace(true);
             for t in tasks {
                 let (r, s, l) = t.await.unwrap();
                 total.merge(r);
                 service.add(s).unwrap();
                 lateness.add(l).unwrap();
             }
-            total.finish(
-                start.elapsed(),
-                missed.load(Ordering::Relaxed),
-                service,
-                lateness,
-            )
+            total.finish(elapsed, missed, service, lateness)
         })
     })
+}
+
+/// The open loop's pacer: sends requests `0..total` at their due times. Returns how many were
+/// sent and how many missed their slot.
+fn pace(
+    start: Instant,
+    rate: f64,
+    total: u64,
+    reqs: &Requests,
+    slots: &[std::sync::Mutex<Slot>],
+    free: &std::sync::Mutex<Vec<usize>>,
+) -> (u64, u64) {
+    // nanosleep's default slack is 50 µs on top of the PACE asked for.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+    let (mut sent, mut missed) = (0u64, 0u64);
+    let mut buf = Vec::with_capacity(2048);
+    let mut n = 0u64;
+    while n < total {
+        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep((due - now).max(PACE));
+            continue;
+        }
+        // Everything due by now goes out, oldest first, each on a free connection; with none
+        // free, the request waits (its lateness counts in its latency).
+        let Some(i) = free.lock().unwrap().pop() else {
+            std::thread::sleep(PACE);
+            continue;
+        };
+        if !reqs.build(n, &mut buf) {
+            free.lock().unwrap().push(i);
+            break;
+        }
+        let mut slot = slots[i].lock().unwrap();
+        let at = Instant::now();
+        if at > due + MISSED_AFTER {
+            missed += 1;
+        }
+        slot.inflight = Some((due, at));
+        let ok = slot.writer.as_mut().is_some_and(|w| write_all_nb(w, &buf));
+        if !ok {
+            // The reader sees the connection fail and counts the error.
+            slot.writer = None;
+        }
+        drop(slot);
+        sent += 1;
+        n += 1;
+    }
+    (sent, missed)
+}
+
+/// Writes all of `buf` to a non-blocking socket (the send buffer has room for a request; a full
+/// one means the server stopped reading, and waiting a little is right).
+fn write_all_nb(w: &mut std::net::TcpStream, mut buf: &[u8]) -> bool {
+    use std::io::Write;
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return false,
+            Ok(k) => buf = &buf[k..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(PACE),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// One connection's tally, merged at the end.

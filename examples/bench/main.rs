@@ -270,14 +270,23 @@ async fn open(run: &mut Run) {
         eprintln!("bench: open loop needs the ceiling; skipped");
         return;
     };
+    // The same load on the no-op server first: what the generator and the machine add to any
+    // subject's latency at this rate (the floor the bridge's figures are read against).
+    open_noop(run, "open_loop_noop", ceiling * OPEN_FRACTION).await;
     open_at(run, "open_loop", ceiling * OPEN_FRACTION).await;
     if let Some(acks) = run.get("spool_only", "per_s") {
         open_at(run, "open_loop_half_acks", acks * 0.5).await;
     }
 }
 
+async fn open_noop(run: &mut Run, key: &str, rate: f64) {
+    let server = procs::noop_server().await;
+    let v = open_json(run, key, server.addr, rate);
+    let v = merge(v, rss_json(server.pid()));
+    run.record(key, v);
+}
+
 async fn open_at(run: &mut Run, key: &str, rate: f64) {
-    let rate = rate.max(100.0);
     let dir = run.scenario_dir(key);
     let bridge = Bridge::start(
         &run.args.bin,
@@ -289,21 +298,58 @@ async fn open_at(run: &mut Run, key: &str, rate: f64) {
         },
     )
     .await;
-    let reqs = Arc::new(run.requests(bridge.http, key));
-    let r = open_loop(bridge.http, OPEN_CONNS, rate, run.args.params.closed, reqs);
+    let v = open_json(run, key, bridge.http, rate);
+    // The bridge's own view (request head → 2xx, fsync included), from its histograms: what
+    // the latency above adds on top of it is queueing in the kernel and waiting for a core.
+    let m = bridge.metrics().await;
+    let bound = |name: &str, q: f64| procs::bucket_quantile(&m, name, q).map(|s| s * 1000.0);
     let v = merge(
+        v,
+        json!({"bridge_ack_ms_bucket": {
+            "p99": bound("hookbridge_ack_latency_seconds", 0.99),
+            "p99_9": bound("hookbridge_ack_latency_seconds", 0.999),
+        }, "fsync_ms_bucket": {
+            "p99": bound("hookbridge_spool_fsync_seconds", 0.99),
+            "p99_9": bound("hookbridge_spool_fsync_seconds", 0.999),
+        }}),
+    );
+    let v = merge(v, rss_json(bridge.pid()));
+    bridge.stop();
+    run.record(key, v);
+}
+
+/// CPU time the hypervisor gave to others while this VM's vCPUs wanted it (`steal` in
+/// `/proc/stat`, all CPUs), in milliseconds; 0 where the kernel does not report it.
+fn steal_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks * 10.0
+}
+
+/// One open-loop run at `rate` against `addr`.
+fn open_json(run: &Run, key: &str, addr: std::net::SocketAddr, rate: f64) -> Value {
+    let rate = rate.max(100.0);
+    let reqs = Arc::new(run.requests(addr, key));
+    let steal = steal_ms();
+    let r = open_loop(addr, OPEN_CONNS, rate, run.args.params.closed, reqs);
+    let steal = steal_ms() - steal;
+    merge(
         load_json(&r),
         json!({
             "rate_target": rate,
             "connections": OPEN_CONNS,
             "missed_slots": r.missed,
+            "steal_ms": steal,
             "service": latency_json(&r.service),
             "send_lateness": latency_json(&r.lateness),
         }),
-    );
-    let v = merge(v, rss_json(bridge.pid()));
-    bridge.stop();
-    run.record(key, v);
+    )
 }
 
 /// End to end for `sustained`: closed-loop load on the bridge while it forwards to the broker;
@@ -601,25 +647,42 @@ fn table(run: &Run, ceiling: Option<f64>) -> String {
         );
     }
     for (key, what) in [
+        ("open_loop_noop", "0.4 × ceiling, no-op server"),
         ("open_loop", "0.4 × ceiling"),
         ("open_loop_half_acks", "0.5 × row 2's acks/s"),
     ] {
         let Some(rate) = f(key, "rate_target") else {
             continue;
         };
+        let p99 = |field: &str| {
+            r[key][field]["p99_ms"]
+                .as_f64()
+                .map_or(String::new(), |x| format!("{x:.2}"))
+        };
+        let noop = key == "open_loop_noop";
         row(
             &format!("3 open loop at {what} (latency from intended send)"),
             format!(
-                "{} req/s offered, {} ok/s; {}; {} missed slots",
+                "{} req/s offered, {} ok/s; {}; {} missed slots; p99 service {} / send lateness {} ms; steal {:.0} ms{}",
                 k(rate),
                 k(f(key, "per_s").unwrap_or(0.0)),
                 lat(key, "latency"),
-                f(key, "missed_slots").unwrap_or(0.0)
+                f(key, "missed_slots").unwrap_or(0.0),
+                p99("service"),
+                p99("send_lateness"),
+                f(key, "steal_ms").unwrap_or(0.0),
+                match (
+                    r[key]["bridge_ack_ms_bucket"]["p99"].as_f64(),
+                    r[key]["bridge_ack_ms_bucket"]["p99_9"].as_f64(),
+                ) {
+                    (Some(a), Some(b)) => format!("; the bridge's own p99 ≤ {a} / p99.9 ≤ {b} ms"),
+                    _ => String::new(),
+                },
             ),
             String::new(),
             rss(key),
-            "(closed loop: p50 2.5 / p99 7.5 ms)",
-            "p99 ≤ 5 ms, p99.9 ≤ 10 ms",
+            if noop { "" } else { "(closed loop: p50 2.5 / p99 7.5 ms)" },
+            if noop { "" } else { "p99 ≤ 5 ms, p99.9 ≤ 10 ms" },
         );
     }
     for (kind, name, now) in [

@@ -244,6 +244,28 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The smallest bucket bound of histogram `name` (one label set) under which at least
+/// fraction `q` of its samples fall: an upper bound of its `q` quantile.
+pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.parse().ok()?, count.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
 /// A process the driver started; killed on drop.
 pub struct Service {
     child: Child,
