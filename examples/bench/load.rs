@@ -1,7 +1,8 @@
-//! The load generator: raw HTTP/1.1 over keep-alive TCP, on one thread (like `wrk -t1`), closed
-//! loop (N connections, each sends its next request when the previous answer arrived) or open
-//! loop (requests due at fixed intervals; latency counted from the *intended* send time, so a
-//! stall of the server is not hidden by the generator waiting for it: no coordinated omission).
+//! The load generator: raw HTTP/1.1 over keep-alive TCP, closed loop on one thread (like `wrk
+//! -t1`: N connections, each sends its next request when the previous answer arrived) or open
+//! loop (requests due at fixed intervals, sent by a pacer thread and read on another; latency
+//! counted from the *intended* send time, so a stall of the server is not hidden by the
+//! generator waiting for it: no coordinated omission).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,8 +307,8 @@ pub enum Until {
     Count(u64),
 }
 
-/// Runs `f` on a thread of its own with a single-threaded runtime (the generator never takes
-/// more than one of the machine's cores).
+/// Runs `f` on a thread of its own with a single-threaded runtime (the closed loop never takes
+/// more than one of the machine's cores; the open loop adds its pacer).
 pub fn on_own_thread<T: Send + 'static>(
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
 ) -> T {
@@ -417,7 +418,8 @@ struct Slot {
 ///
 /// The pacer is not tokio's timer: that wakes on whole milliseconds, so every request of a
 /// millisecond went out in one burst up to a millisecond late, which a server then answers as a
-/// queue (measured against the no-op server at 45k/s: p99 8.6 ms, 60 % of requests late).
+/// queue (against the no-op server at 45k/s: p50 1.5 ms and 60 % of requests more than 1 ms
+/// late; with the pacer p50 0.2 ms and 1.5 %).
 pub fn open_loop(
     addr: SocketAddr,
     conns: usize,
