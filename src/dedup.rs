@@ -522,8 +522,7 @@ struct Ring {
     blocks: VecDeque<Box<[Fingerprint]>>,
     /// One released block kept for the next push, so a full ring turning over does not allocate.
     spare: Option<Box<[Fingerprint]>>,
-    /// In sequence order; the first starts at `head` (or is the last one left, when the ring is
-    /// empty). Never empty once something was pushed.
+    /// In sequence order, the first starting at `head`; empty exactly when the ring is.
     times: VecDeque<Run>,
     head: u64,
     tail: u64,
@@ -554,6 +553,18 @@ impl Ring {
         (self.head < self.tail).then(|| (*self.get(self.head), self.times[0].secs))
     }
 
+    /// Every entry, oldest first: (seq, fingerprint, when it was stored).
+    fn iter(&self) -> impl Iterator<Item = (u64, Fingerprint, u32)> + '_ {
+        let mut runs = self.times.iter().peekable();
+        let mut secs = 0;
+        (self.head..self.tail).map(move |seq| {
+            if let Some(r) = runs.next_if(|r| r.start == seq as u32) {
+                secs = r.secs;
+            }
+            (seq, *self.get(seq), secs)
+        })
+    }
+
     fn push(&mut self, fp: Fingerprint, secs: u32) -> u64 {
         if self.tail.is_multiple_of(BLOCK as u64) {
             let block = self
@@ -565,19 +576,11 @@ impl Ring {
         let seq = self.tail;
         let last = self.blocks.back_mut().expect("a block holds the tail");
         last[(seq % BLOCK as u64) as usize] = fp;
-        match self.times.back() {
-            Some(r) if r.secs == secs => {}
-            // The ring is empty: the run left over from before starts here instead.
-            _ if self.times.len() == 1 && self.head == self.tail => {
-                self.times[0] = Run {
-                    start: seq as u32,
-                    secs,
-                };
-            }
-            _ => self.times.push_back(Run {
+        if self.times.back().is_none_or(|r| r.secs != secs) {
+            self.times.push_back(Run {
                 start: seq as u32,
                 secs,
-            }),
+            });
         }
         self.tail += 1;
         seq
@@ -589,11 +592,13 @@ impl Ring {
         if self.head.is_multiple_of(BLOCK as u64) {
             self.spare = self.blocks.pop_front();
         }
-        // The first run now starts at the new head, or is over and the next one does.
-        if self
-            .times
-            .get(1)
-            .is_some_and(|r| r.start == self.head as u32)
+        // The first run now starts at the new head, or is over (the next one starts there, or
+        // the ring is empty).
+        if self.head == self.tail
+            || self
+                .times
+                .get(1)
+                .is_some_and(|r| r.start == self.head as u32)
         {
             self.times.pop_front();
         } else {
@@ -672,11 +677,8 @@ impl Remembered {
     /// The entries the index points at (stale ones left out), oldest first.
     fn live_entries(&self) -> impl Iterator<Item = (u32, Fingerprint)> + '_ {
         let ring = &self.ring;
-        (ring.head..ring.tail).filter_map(move |seq| {
-            let fp = *ring.get(seq);
-            self.index
-                .find(ring, fp, Some(seq))
-                .map(|_| (ring.secs(seq), fp))
+        ring.iter().filter_map(move |(seq, fp, secs)| {
+            self.index.find(ring, fp, Some(seq)).map(|_| (secs, fp))
         })
     }
 }
@@ -1384,6 +1386,7 @@ mod tests {
                 for &(seq, fp, s) in &want {
                     assert_eq!((*ring.get(seq), ring.secs(seq)), (fp, s), "step {step}");
                 }
+                assert!(ring.iter().eq(want.iter().copied()), "step {step}");
             }
         }
         // A run per change of second among the entries held, not one per entry.
