@@ -463,8 +463,7 @@ pub fn open_loop(
                         let now = Instant::now();
                         let Some((due, sent)) = slots[i].lock().unwrap().inflight.take() else {
                             // The server closed an idle connection (or spoke unasked).
-                            if c.stream.is_none() && c.reconnect().await.is_ok() {
-                                slots[i].lock().unwrap().writer = Some(c.std_clone());
+                            if c.stream.is_none() && reopen(&mut c, &slots[i]).await {
                                 continue;
                             }
                             break;
@@ -474,13 +473,10 @@ pub fn open_loop(
                             lateness.saturating_record(us(sent.saturating_duration_since(due)));
                         }
                         r.record(res, now - due);
-                        if c.stream.is_none() {
-                            // Failed or closed by the server: a new connection for the next one.
-                            if c.reconnect().await.is_err() {
-                                done.fetch_add(1, Ordering::Release);
-                                break;
-                            }
-                            slots[i].lock().unwrap().writer = Some(c.std_clone());
+                        // Failed or closed by the server: a new connection for the next one.
+                        if c.stream.is_none() && !reopen(&mut c, &slots[i]).await {
+                            done.fetch_add(1, Ordering::Release);
+                            break;
                         }
                         free.lock().unwrap().push(i);
                         done.fetch_add(1, Ordering::Release);
@@ -516,6 +512,15 @@ pub fn open_loop(
     })
 }
 
+/// Reconnects `c` and gives the pacer the new connection to write to; false if that failed.
+async fn reopen(c: &mut Conn, slot: &std::sync::Mutex<Slot>) -> bool {
+    if c.reconnect().await.is_err() {
+        return false;
+    }
+    slot.lock().unwrap().writer = Some(c.std_clone());
+    true
+}
+
 /// The open loop's pacer: sends requests `0..total` at their due times. Returns how many were
 /// sent and how many missed their slot.
 fn pace(
@@ -527,8 +532,9 @@ fn pace(
     free: &std::sync::Mutex<Vec<usize>>,
 ) -> (u64, u64) {
     // nanosleep's default slack is 50 µs on top of the PACE asked for.
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and sets it for this thread only.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
-    let (mut sent, mut missed) = (0u64, 0u64);
+    let mut missed = 0u64;
     let mut buf = Vec::with_capacity(2048);
     let mut n = 0u64;
     while n < total {
@@ -560,10 +566,9 @@ fn pace(
             slot.writer = None;
         }
         drop(slot);
-        sent += 1;
         n += 1;
     }
-    (sent, missed)
+    (n, missed)
 }
 
 /// Writes all of `buf` to a non-blocking socket (the send buffer has room for a request; a full

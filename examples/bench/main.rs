@@ -302,16 +302,16 @@ async fn open_at(run: &mut Run, key: &str, rate: f64) {
     // The bridge's own view (request head → 2xx, fsync included), from its histograms: what
     // the latency above adds on top of it is queueing in the kernel and waiting for a core.
     let m = bridge.metrics().await;
-    let bound = |name: &str, q: f64| procs::bucket_quantile(&m, name, q).map(|s| s * 1000.0);
+    let bounds = |name: &str| {
+        let ms = |q| procs::bucket_quantile(&m, name, q).map(|s| s * 1000.0);
+        json!({"p99": ms(0.99), "p99_9": ms(0.999)})
+    };
     let v = merge(
         v,
-        json!({"bridge_ack_ms_bucket": {
-            "p99": bound("hookbridge_ack_latency_seconds", 0.99),
-            "p99_9": bound("hookbridge_ack_latency_seconds", 0.999),
-        }, "fsync_ms_bucket": {
-            "p99": bound("hookbridge_spool_fsync_seconds", 0.99),
-            "p99_9": bound("hookbridge_spool_fsync_seconds", 0.999),
-        }}),
+        json!({
+            "bridge_ack_ms_bucket": bounds("hookbridge_ack_latency_seconds"),
+            "fsync_ms_bucket": bounds("hookbridge_spool_fsync_seconds"),
+        }),
     );
     let v = merge(v, rss_json(bridge.pid()));
     bridge.stop();
