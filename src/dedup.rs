@@ -146,9 +146,10 @@ pub struct Dedup {
 struct State {
     /// Ids stored within the window (and some not yet evicted past it).
     remembered: Remembered,
-    /// Ids whose first append is in progress. The sender lives in the [`ClaimGuard`]; waiters
-    /// clone the receiver and wake when the guard is gone.
-    pending: HashMap<Fingerprint, watch::Receiver<()>, BuildHasherDefault<FirstWord>>,
+    /// Ids whose first append is in progress, with the channel their waiters wait on. The
+    /// channel is made by the first waiter (most claims have none, so a claim costs no
+    /// allocation); the guard takes it out with the entry and drops it, which wakes them.
+    pending: HashMap<Fingerprint, Option<watch::Sender<()>>, BuildHasherDefault<FirstWord>>,
 }
 
 /// Records waiting for the journal thread, which writes them every [`JOURNAL_FLUSH`]: a commit
@@ -190,8 +191,6 @@ pub struct ClaimGuard {
     dedup: Arc<Dedup>,
     fingerprint: Fingerprint,
     committed: bool,
-    /// Dropped last (after `Drop::drop` updated the state), which wakes the waiters.
-    _done: watch::Sender<()>,
 }
 
 /// A concurrent attempt's outcome, to wait for.
@@ -212,10 +211,12 @@ impl ClaimGuard {
         self.committed = true;
         let secs = secs_of(now_ms);
         let mut s = self.dedup.lock();
-        s.pending.remove(&self.fingerprint);
+        let waiters = s.pending.remove(&self.fingerprint);
         // Invariant 1: the only way into the stored set, called only after the append's Ok.
         s.remembered.push(self.fingerprint, secs);
         drop(s);
+        // Waiters wake (their channel's sender is gone) and find the id stored.
+        drop(waiters);
         let mut j = lock(&self.dedup.journal);
         if !j.closed {
             push_record(&mut j.records, &self.dedup.key, secs, self.fingerprint);
@@ -227,7 +228,9 @@ impl ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if !self.committed {
-            self.dedup.lock().pending.remove(&self.fingerprint);
+            // Taken out under the lock, dropped (waking the waiters) after it.
+            let waiters = self.dedup.lock().pending.remove(&self.fingerprint);
+            drop(waiters);
         }
     }
 }
@@ -383,8 +386,13 @@ impl Dedup {
         let fingerprint = self.key.fingerprint(id);
         let mut s = self.lock();
         s.remembered.evict(now_ms, self.window_ms);
-        if let Some(rx) = s.pending.get(&fingerprint) {
-            return Claim::InProgress(InProgress(rx.clone()));
+        if let Some(waiters) = s.pending.get_mut(&fingerprint) {
+            // Subscribed under the lock, so the guard cannot drop the sender before this
+            // receiver exists: no wake-up is lost.
+            let rx = waiters
+                .get_or_insert_with(|| watch::channel(()).0)
+                .subscribe();
+            return Claim::InProgress(InProgress(rx));
         }
         // Invariant 1: a duplicate only for a full 128-bit match of an id that was committed.
         if let Some(secs) = s.remembered.find(fingerprint) {
@@ -392,13 +400,11 @@ impl Dedup {
                 return Claim::Duplicate;
             }
         }
-        let (tx, rx) = watch::channel(());
-        s.pending.insert(fingerprint, rx);
+        s.pending.insert(fingerprint, None);
         Claim::New(ClaimGuard {
             dedup: self.clone(),
             fingerprint,
             committed: false,
-            _done: tx,
         })
     }
 
@@ -1282,6 +1288,15 @@ mod tests {
         drop(g); // the append failed
         waiter.await.unwrap();
         let _retry = new(d.claim("e", 2)); // the retry now stores it itself
+
+        // The first waiter makes the channel, the second shares it; both subscribed while the
+        // id was pending, so both wake even though neither polls before the outcome.
+        let g = new(d.claim("f", 1));
+        let (w1, w2) = (in_progress(d.claim("f", 1)), in_progress(d.claim("f", 1)));
+        g.commit(2);
+        w1.wait().await;
+        w2.wait().await;
+        assert!(is_duplicate(d.claim("f", 3)));
     }
 
     #[test]

@@ -94,7 +94,8 @@
 //! # Appending: group commit
 //!
 //! A dedicated writer thread (blocking file I/O, no async runtime) owns the active segment.
-//! `append` checks the quota, reserves space and queues the payload with a oneshot for the reply.
+//! `append` checks the quota, reserves space and queues the payload with a oneshot for the reply
+//! (which hands the payload back, so the task that allocated it frees it).
 //! The writer blocks for the first request, drains whatever else is queued (up to
 //! `max_batch_bytes`), assigns consecutive seqs, encodes all frames into one buffer, and issues
 //! one positional write and one `fdatasync`; then it publishes the new commit point and replies
@@ -615,10 +616,11 @@ impl Spool {
                 return Err(failed("spool writer thread is gone".to_owned()));
             }
         }
+        // The payload comes back to be freed here (see `writer::Reply`).
         match response.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e @ Error::Failed(_))) => Err((e, Some("failed"))),
-            Ok(Err(e)) => Err((e, None)),
+            Ok((Ok(seq), _payload)) => Ok(seq),
+            Ok((Err(e @ Error::Failed(_)), _)) => Err((e, Some("failed"))),
+            Ok((Err(e), _)) => Err((e, None)),
             Err(_) => Err(failed("spool writer thread is gone".to_owned())),
         }
     }

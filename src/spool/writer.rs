@@ -24,11 +24,17 @@ pub(crate) struct Request {
     pub payload: Bytes,
     /// Quota bytes reserved by `append` (released when the batch is written or fails).
     pub reserved: u64,
-    pub reply: oneshot::Sender<Result<u64, Error>>,
+    pub reply: oneshot::Sender<Reply>,
     /// Run on this thread once the record's fsync returned, before `reply` is sent; dropped
     /// unrun if the record is not stored (see [`super::Spool::append_then`]).
     pub on_durable: Option<super::OnDurable>,
 }
+
+/// The outcome of an append, and its payload back: the payload is freed by the task that
+/// allocated it, not by this thread. (glibc's malloc frees a block into the arena that
+/// allocated it, under that arena's lock: frees from the writer would contend with the runtime's
+/// workers, and in a profile they did.)
+pub(crate) type Reply = (Result<u64, Error>, Bytes);
 
 /// The segment new frames are appended to.
 #[derive(Debug)]
@@ -203,14 +209,16 @@ impl Writer {
                     }
                     // A dropped receiver (the append future was cancelled) is fine: the record is
                     // durable and will be forwarded anyway.
-                    let _ = req.reply.send(Ok(seq));
+                    let _ = req.reply.send((Ok(seq), req.payload));
                 }
             }
             Err(reason) => {
                 for req in batch {
                     // Released before the answer, so a retry never finds the id still pending.
                     drop(req.on_durable);
-                    let _ = req.reply.send(Err(Error::Failed(reason.clone())));
+                    let _ = req
+                        .reply
+                        .send((Err(Error::Failed(reason.clone())), req.payload));
                 }
             }
         }
