@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hookbridge::status::Metrics;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -237,25 +238,15 @@ impl Drop for Bridge {
     }
 }
 
+/// `name` summed over its label sets (0 if absent), read with the bridge's own parser.
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    Metrics::parse(text).sum(name).unwrap_or(0.0)
 }
 
-/// The smallest bucket bound of histogram `name` (one label set) under which at least
-/// fraction `q` of its samples fall: an upper bound of its `q` quantile.
+/// The smallest bucket bound of histogram `name` under which at least fraction `q` of its
+/// samples fall: an upper bound of its `q` quantile.
 pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    let buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((le.parse().ok()?, count.parse().ok()?))
-        })
-        .collect();
+    let buckets = Metrics::parse(text).by(&format!("{name}_bucket"), "le");
     let total = buckets.last()?.1;
     if total == 0.0 {
         return None;
@@ -263,7 +254,7 @@ pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     buckets
         .iter()
         .find(|(_, c)| *c >= q * total)
-        .map(|(le, _)| *le)
+        .and_then(|(le, _)| le.parse().ok())
 }
 
 /// A process the driver started; killed on drop.
