@@ -510,3 +510,85 @@ async fn retained_segments_expire_and_survive_a_restart() {
     );
     spool.close().await.unwrap();
 }
+
+/// libfaketime, which lets a test step the wall clock of the real binary (Debian's `faketime`,
+/// installed by scripts/test).
+fn faketime_lib() -> std::path::PathBuf {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ];
+    candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .expect("libfaketime not found: run scripts/test, which installs Debian's faketime")
+}
+
+/// Retention ages are monotonic: the real binary, its wall clock stepped two days forward (by
+/// libfaketime, monotonic clock untouched) while it retains confirmed segments for an hour,
+/// keeps every one of them. The step is seen by the process: the age of the oldest retained
+/// record, which is an append (wall-clock) time, jumps by two days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_does_not_expire_retained_segments() {
+    let lib = faketime_lib();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("faketime");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let spool_dir = dir.path().join("spool");
+    let id = unique("wallstep");
+    let mut env = bridge_env(&spool_dir, &id, &id.to_uppercase());
+    for (k, v) in [
+        ("HOOKBRIDGE_SPOOL__RETAIN_CONFIRMED", "1h".to_owned()),
+        ("HOOKBRIDGE_SPOOL__SEGMENT_BYTES", "4096".to_owned()),
+        ("HOOKBRIDGE_SPOOL__PREALLOCATE_BYTES", "0".to_owned()),
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", clock.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ] {
+        env.push((k.to_owned(), v));
+    }
+    let bridge = BridgeProcess::spawn(&env).await;
+    let client = http_client();
+    let url = format!("http://{}/webhooks/sessionboard", bridge.http);
+    for i in 0..40u64 {
+        let status = post(
+            &client,
+            &url,
+            &format!("{id}-{i}"),
+            body("session.updated", "r", i),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let gauge = |name: &'static str| {
+        let client = client.clone();
+        let admin = bridge.admin;
+        async move { metric(&client, admin, name, "").await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge("hookbridge_spool_retained_records").await < 40.0 {
+        assert!(Instant::now() < deadline, "never confirmed and retained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let segments = gauge("hookbridge_spool_segments").await;
+    assert!(segments >= 3.0, "several sealed segments: {segments}");
+
+    std::fs::write(&clock, "+2d\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge("hookbridge_spool_oldest_retained_age_seconds").await < 86_400.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never saw the clock step"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The writer checks expiry about once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(gauge("hookbridge_spool_retained_records").await, 40.0);
+    assert_eq!(gauge("hookbridge_spool_segments").await, segments);
+    assert_eq!(gauge("hookbridge_spool_evicted_segments_total").await, 0.0);
+    delete_stream(&jetstream(&nats_url()).await, &id.to_uppercase()).await;
+}

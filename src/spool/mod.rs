@@ -185,7 +185,10 @@
 //!   adding one would be a format change for a figure that only has to err on the long side.
 //!   Recovery therefore knows just that the confirmation came after the segment's last
 //!   `appended_at_ms` and before the open; it takes the open (the longer retention), so a
-//!   restart starts a new window for what is retained. Eviction bounds the cost.
+//!   restart starts a new window for what is retained. Eviction bounds the cost. Ages are
+//!   measured on a monotonic clock (`state::mono_ms`), never the wall clock: a forward step of
+//!   the system time (NTP after a suspend, an operator's `date -s`) must not expire a window
+//!   early. Wall time is never used for retention, so it never counts for more than it says.
 //! * **Expiry.** At each persist, and about once a second while retention is on, the writer
 //!   deletes, oldest first, the fully confirmed segments whose clock is at least
 //!   `retain_confirmed` old (with `0s`: every fully confirmed one, at once), then fsyncs the

@@ -26,6 +26,18 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on a monotonic clock (since the first call in this process): how the retention
+/// clock measures ages, so that a wall-clock step (NTP, an operator's `date -s`) can neither
+/// expire retained segments early nor keep them forever. Meaningless across restarts, which
+/// is fine: the retention clock is in memory only and restarts at open.
+pub(crate) fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// How far the durable, readable part of the spool reaches. Published by the writer after every
 /// group commit; readers never read past it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,9 +138,9 @@ pub(crate) struct SegmentMeta {
     /// again does not count them twice.
     pub known_corrupt: Vec<u64>,
     /// When the writer first saw every record of this segment covered by the persisted
-    /// confirmed position (ms since the epoch): the retention clock. In memory only; recovery
-    /// leaves it `None`, so the writer stamps a segment found fully confirmed at open with the
-    /// open time (see "Retention" in the module docs).
+    /// confirmed position, on the monotonic [`mono_ms`] clock: the retention clock. In memory
+    /// only; recovery leaves it `None`, so the writer stamps a segment found fully confirmed at
+    /// open with the open time (see "Retention" in the module docs).
     pub confirmed_at_ms: Option<u64>,
 }
 

@@ -16,7 +16,7 @@ use super::format::{
     SEGMENT_HEADER_LEN,
 };
 use super::fs::{self, DirLock, SpoolFile};
-use super::state::{lock, now_ms, SegmentMeta, Shared};
+use super::state::{lock, mono_ms, now_ms, SegmentMeta, Shared};
 use super::{Error, CONFIRMED_FILE, CONFIRMED_TMP_FILE};
 
 /// One append waiting for its group commit.
@@ -414,7 +414,7 @@ impl Writer {
         table
             .segs
             .push_back(SegmentMeta::new(base, self.dir.join(&name)));
-        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
         let mut quota = lock(&self.shared.quota);
         quota.wrote(SEGMENT_HEADER_LEN);
         quota.retained = retained;
@@ -479,7 +479,8 @@ impl Writer {
         self.deletions_due = false;
         let persisted = self.persisted;
         let retain_ms = self.shared.cfg.retain_confirmed.as_millis() as u64;
-        let now = now_ms();
+        // Monotonic: a wall-clock step must not expire a retention window early.
+        let now = mono_ms();
         // (base, path, len, records if deleted before its retention ran out)
         let victims: Vec<(u64, PathBuf, u64, Option<u64>)> = {
             let mut table = lock(&self.shared.segments);
@@ -639,7 +640,7 @@ impl Writer {
         let active = self.active.take_if(|a| a.base == base);
         let mut table = lock(&self.shared.segments);
         table.segs.retain(|s| s.base != base);
-        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
         let mut quota = lock(&self.shared.quota);
         quota.freed(active.as_ref().map_or(len, |a| a.alloc));
         if active.is_some() {
@@ -652,7 +653,7 @@ impl Writer {
     /// segments) after the persisted position moved.
     fn refresh_retained(&mut self) {
         let mut table = lock(&self.shared.segments);
-        let (_, retained) = table.stamp_retained(self.persisted, now_ms());
+        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
         lock(&self.shared.quota).retained = retained;
     }
 
