@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
+use crate::forward::Progress;
 use crate::metrics::Metrics;
 use crate::server::{self, HttpResponse};
 use crate::sink::{BrokerState, BrokerStatus};
@@ -27,6 +28,8 @@ pub struct Admin {
     pub dead_letters: Arc<DeadLetters>,
     /// `None` when de-duplication is off.
     pub dedup: Option<Arc<Dedup>>,
+    /// The forwarder's oldest unsettled record.
+    pub forward: Arc<Progress>,
 }
 
 #[derive(Clone)]
@@ -75,6 +78,7 @@ impl Admin {
     /// outage the bridge is exactly what should keep receiving traffic.
     fn readyz(&self) -> HttpResponse {
         let stats = self.spool.stats();
+        let (oldest, stuck) = self.forward.snapshot();
         let (ready, spool) = match self.spool.health() {
             Health::Ok => (true, "ok"),
             Health::Full => (false, "full"),
@@ -103,6 +107,15 @@ impl Admin {
                     .saturating_sub(stats.preallocated_bytes),
                 "retained_bytes": stats.retained_bytes,
                 "dead_letters": self.dead_letters.len(),
+                "stuck_records": stuck,
+                "oldest_unconfirmed": oldest.map(|o| json!({
+                    "seq": o.seq,
+                    "delivery_id": o.delivery_id,
+                    "destination": o.destination,
+                    "attempts": o.attempts,
+                    "age_seconds": o.since.elapsed().as_secs(),
+                    "last_error": o.last_error,
+                })),
             }),
         )
     }
@@ -121,6 +134,15 @@ impl Admin {
         m.spool_preallocated_bytes.set(s.preallocated_bytes as i64);
         m.spool_oldest_retained_age
             .set(s.oldest_retained_age.map_or(0.0, |d| d.as_secs_f64()));
+        let (oldest, stuck) = self.forward.snapshot();
+        m.forward_stuck_records.set(stuck as i64);
+        m.forward_oldest_age.set(
+            oldest
+                .as_ref()
+                .map_or(0.0, |o| o.since.elapsed().as_secs_f64()),
+        );
+        m.forward_oldest_attempts
+            .set(oldest.map_or(0, |o| i64::from(o.attempts)));
         if let Some(d) = &self.dedup {
             m.dedup_ids.set(d.len() as i64);
             m.dedup_journal_bytes.set(d.journal_bytes() as i64);

@@ -19,7 +19,7 @@ use crate::cloudevents::CloudEvents;
 use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
-use crate::forward::Forwarder;
+use crate::forward::{self, Forwarder};
 use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
@@ -287,6 +287,7 @@ impl App {
             let _ = rx.wait_for(|s| *s).await;
         };
 
+        let progress = Arc::new(forward::Progress::default());
         let forwarder = Forwarder {
             spool: spool.clone(),
             sink: sink.clone(),
@@ -296,6 +297,7 @@ impl App {
             metrics: metrics.clone(),
             status: broker.clone(),
             dead_letters: dead_letters.clone(),
+            progress: progress.clone(),
         };
         let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
         let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
@@ -347,6 +349,7 @@ impl App {
             broker,
             dead_letters,
             dedup: dedup.clone(),
+            forward: progress,
         });
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(

@@ -12,13 +12,21 @@
 //!   here (the spool still has it). A permanent one (the broker will never take this record) moves
 //!   the record to the local dead-letter store, durably, before it counts as done — so one bad
 //!   record or topic cannot block the others, and is still there for an operator to requeue.
+//! - One record cannot stop the rest (ARCHITECTURE.md invariant 10). The window bounds the
+//!   records not yet *settled*, not the distance to the confirmed position: a record that keeps
+//!   failing holds one slot while the records behind it are published and leave the window
+//!   (the spool keeps them, unconfirmed, until the stuck one settles). A failure counts against
+//!   `forward.max_attempts` only if the broker confirmed another record since the record's
+//!   previous failure, so during an outage (nothing confirms) nothing is ever given up; a record
+//!   that exhausts its budget is dead-lettered as `retries_exhausted`. A record whose CRC matched
+//!   but which does not decode (written by a newer version) is dead-lettered as `undecodable`.
 //! - A record on its way to the dead-letter store never goes back to the broker: a failed
 //!   dead-letter write is retried as a dead-letter write, with backoff, until it succeeds. A body
 //!   the ingress kept as unusable is never published at all.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -38,6 +46,11 @@ use crate::spool::{self, Spool, StoredRecord};
 /// How many records to read from the spool per batch.
 const READ_BATCH: usize = 256;
 
+/// Dead-letter reason of a record that kept failing while the broker confirmed others.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+/// Dead-letter reason of a spool record whose CRC matched but which does not decode.
+pub const UNDECODABLE: &str = "undecodable";
+
 pub struct Forwarder {
     pub spool: Spool,
     pub sink: Arc<dyn Sink>,
@@ -48,6 +61,46 @@ pub struct Forwarder {
     pub metrics: Arc<Metrics>,
     pub status: Arc<BrokerStatus>,
     pub dead_letters: Arc<DeadLetters>,
+    /// What the admin listener shows of the oldest unsettled record.
+    pub progress: Arc<Progress>,
+}
+
+/// The forwarder's oldest unsettled record and how many records are stuck, for `/readyz`,
+/// `hookbridge status` and the gauges (the admin listener reads it at each scrape, so an age
+/// keeps growing while the forwarder itself has nothing to do).
+#[derive(Default)]
+pub struct Progress(Mutex<ProgressState>);
+
+#[derive(Default, Clone)]
+struct ProgressState {
+    oldest: Option<Oldest>,
+    stuck: usize,
+}
+
+/// The oldest record the forwarder has read and not settled.
+#[derive(Debug, Clone)]
+pub struct Oldest {
+    pub seq: u64,
+    pub delivery_id: String,
+    pub destination: String,
+    /// Failed publish attempts so far.
+    pub attempts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// When the forwarder read it.
+    pub since: Instant,
+}
+
+impl Progress {
+    /// The oldest unsettled record, if any, and the number of stuck records.
+    pub fn snapshot(&self) -> (Option<Oldest>, usize) {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (s.oldest.clone(), s.stuck)
+    }
+
+    fn set(&self, oldest: Option<Oldest>, stuck: usize) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ProgressState { oldest, stuck };
+    }
 }
 
 /// What the forwarder keeps of a message once the sink has it: enough to log it, release its
@@ -69,11 +122,20 @@ struct Slot {
     /// The spool record payload (the message's body is a slice of it, so this costs nothing);
     /// kept for the dead-letter store.
     record: bytes::Bytes,
+    /// When the record was read from the spool.
+    admitted: Instant,
     /// Failed attempts so far.
     attempts: u32,
-    /// Confirmed by the broker, or stored as a dead letter.
-    done: bool,
-    /// The ingress kept this authentic but unroutable body for the dead-letter store (reason).
+    /// Failed attempts during which the broker confirmed other records (see [`Window::confirms`]).
+    strikes: u32,
+    /// `Window::confirms` when this record last failed (or was first sent).
+    confirms_seen: u64,
+    /// The first strike: from here `forward.max_retry_age` counts.
+    stuck_since: Option<Instant>,
+    /// The last failure, for `/readyz`.
+    last_error: Option<String>,
+    /// The ingress kept this authentic but unroutable body for the dead-letter store, or it does
+    /// not decode (reason).
     rejected: Option<&'static str>,
     /// Set once the record is bound for the dead-letter store; from then on it is never sent.
     dead_letter: Option<DeadLetterJob>,
@@ -87,6 +149,34 @@ struct DeadLetterJob {
     reason: &'static str,
     /// Failed writes so far.
     failures: u32,
+}
+
+/// The records read from the spool and not yet settled.
+#[derive(Default)]
+struct Window {
+    /// By seq. A settled record leaves at once: the confirmed position is just below the
+    /// smallest seq here (or the last seq read when it is empty).
+    slots: BTreeMap<u64, Slot>,
+    /// Per ordering key, the seqs waiting in order; the front one is the one being sent.
+    by_key: HashMap<String, VecDeque<u64>>,
+    /// Payload bytes of `slots`.
+    bytes: u64,
+    /// The last seq read from the spool.
+    last_read: u64,
+    /// The position last passed to `Spool::confirm`.
+    confirmed: u64,
+    /// Records the broker confirmed since the start: a failure while this moved is a strike.
+    confirms: u64,
+    /// Slots with at least one strike.
+    stuck: usize,
+    /// (seq, attempts) of the oldest slot as last shown in [`Progress`].
+    shown: Option<(u64, u32)>,
+}
+
+impl Window {
+    fn full(&self, cfg: &ForwardConfig) -> bool {
+        self.slots.len() >= cfg.max_in_flight || self.bytes >= cfg.max_in_flight_bytes
+    }
 }
 
 /// How one attempt at a record ended.
@@ -151,28 +241,28 @@ impl Forwarder {
     pub async fn run(self, shutdown: impl Future<Output = ()>, drain: Duration) {
         let sink_name = self.sink.name();
         let mut reader = self.spool.reader();
-        let mut window: BTreeMap<u64, Slot> = BTreeMap::new();
-        // Per ordering key, the seqs waiting in order; the front one is the one in flight.
-        let mut by_key: HashMap<String, VecDeque<u64>> = HashMap::new();
+        let mut w = Window::default();
         let mut attempts: FuturesUnordered<Attempt> = FuturesUnordered::new();
         let mut reader_done = false;
         tokio::pin!(shutdown);
 
         loop {
-            let room = self.cfg.max_in_flight.saturating_sub(window.len());
+            let room = self.cfg.max_in_flight.saturating_sub(w.slots.len());
+            let room_bytes = self.cfg.max_in_flight_bytes.saturating_sub(w.bytes);
+            let can_read = room > 0 && room_bytes > 0 && !reader_done;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 Some((seq, started, outcome)) = attempts.next(), if !attempts.is_empty() => {
-                    self.settle(seq, started, outcome, &mut window, &mut by_key, &mut attempts);
+                    self.settle(seq, started, outcome, &mut w, &mut attempts);
                 }
-                batch = reader.next_batch(room.min(READ_BATCH)), if room > 0 && !reader_done => {
+                batch = reader.next_batch_within(room.min(READ_BATCH), room_bytes), if can_read => {
                     match batch {
                         Ok(records) => {
                             for r in records {
-                                self.admit(r, &mut window, &mut by_key, &mut attempts);
+                                self.admit(r, &mut w, &mut attempts);
                             }
-                            self.metrics.forward_in_flight.set(window.len() as i64);
+                            self.show(&mut w);
                         }
                         Err(spool::Error::Closed) => reader_done = true,
                         Err(e) => {
@@ -189,18 +279,13 @@ impl Forwarder {
         let deadline = tokio::time::Instant::now() + drain;
         while !attempts.is_empty() {
             match tokio::time::timeout_at(deadline, attempts.next()).await {
-                Ok(Some((seq, started, result))) => self.settle(
-                    seq,
-                    started,
-                    result,
-                    &mut window,
-                    &mut by_key,
-                    &mut attempts,
-                ),
+                Ok(Some((seq, started, result))) => {
+                    self.settle(seq, started, result, &mut w, &mut attempts)
+                }
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        unconfirmed = window.len(),
+                        unconfirmed = w.slots.len(),
                         "shutdown grace ran out with publishes in flight; they stay in the spool"
                     );
                     break;
@@ -212,89 +297,82 @@ impl Forwarder {
     }
 
     /// Takes a record from the spool into the window, and sends it unless its key is busy.
-    fn admit(
-        &self,
-        r: StoredRecord,
-        window: &mut BTreeMap<u64, Slot>,
-        by_key: &mut HashMap<String, VecDeque<u64>>,
-        attempts: &mut FuturesUnordered<Attempt>,
-    ) {
+    fn admit(&self, r: StoredRecord, w: &mut Window, attempts: &mut FuturesUnordered<Attempt>) {
         let seq = r.seq;
         let record = r.payload.clone();
-        let delivery = match Delivery::decode(r.payload) {
-            Ok(d) => d,
-            Err(e) => {
-                // The spool's CRC matched, so this is a record written by an incompatible version,
-                // not disk damage. Keeping it would block the stream forever.
-                tracing::error!(seq, error = %e, "spool record cannot be decoded; skipping it");
-                self.metrics
-                    .publish_errors
-                    .with_label_values(&[self.sink.name(), "undecodable"])
-                    .inc();
-                window.insert(
-                    seq,
-                    Slot {
-                        msg: Sent {
-                            seq,
-                            ..Sent::default()
-                        },
-                        ready: None,
-                        record: bytes::Bytes::new(),
-                        attempts: 0,
-                        done: true,
-                        rejected: None,
-                        dead_letter: None,
-                    },
-                );
-                self.advance(window);
-                return;
-            }
-        };
-        let rejected = delivery
-            .reject_reason
-            .as_deref()
-            .map(crate::delivery::reject_label);
-        let msg = message(&self.router, &self.cloudevents, seq, delivery);
-        let queue = by_key.entry(msg.key.clone()).or_default();
-        queue.push_back(seq);
-        let send_now = queue.len() == 1;
-        window.insert(
-            seq,
-            Slot {
-                msg: Sent {
+        w.last_read = seq;
+        w.bytes += record.len() as u64;
+        let (msg, ready, rejected) = match Delivery::decode(r.payload) {
+            Ok(delivery) => {
+                let rejected = delivery
+                    .reject_reason
+                    .as_deref()
+                    .map(crate::delivery::reject_label);
+                let msg = message(&self.router, &self.cloudevents, seq, delivery);
+                let sent = Sent {
                     seq,
                     id: msg.id.clone(),
                     destination: msg.destination.clone(),
                     key: msg.key.clone(),
-                },
-                ready: Some(msg),
+                };
+                (sent, Some(msg), rejected)
+            }
+            Err(e) => {
+                // The spool's CRC matched, so this is a record written by an incompatible
+                // version, not disk damage. It cannot be published; kept, it would block the
+                // stream forever. It goes to the dead-letter store as it is, queued with the
+                // other unusable records (empty key).
+                tracing::error!(seq, error = %e,
+                    "spool record cannot be decoded; moving it to the dead-letter store");
+                let sent = Sent {
+                    seq,
+                    ..Sent::default()
+                };
+                (sent, None, Some(UNDECODABLE))
+            }
+        };
+        let queue = w.by_key.entry(msg.key.clone()).or_default();
+        queue.push_back(seq);
+        let send_now = queue.len() == 1;
+        w.slots.insert(
+            seq,
+            Slot {
+                msg,
+                ready,
                 record,
+                admitted: Instant::now(),
                 attempts: 0,
-                done: false,
+                strikes: 0,
+                confirms_seen: w.confirms,
+                stuck_since: None,
+                last_error: None,
                 rejected,
                 dead_letter: None,
             },
         );
         if send_now {
-            let slot = window.get_mut(&seq).expect("just inserted");
-            attempts.push(self.dispatch(slot));
+            let confirms = w.confirms;
+            let slot = w.slots.get_mut(&seq).expect("just inserted");
+            attempts.push(self.dispatch(slot, confirms));
         }
     }
 
-    /// Sends, or for a record the ingress kept as unusable, goes straight to the dead-letter
-    /// store.
-    fn dispatch(&self, slot: &mut Slot) -> Attempt {
+    /// Sends, or for a record the ingress kept as unusable (or that does not decode), goes
+    /// straight to the dead-letter store.
+    fn dispatch(&self, slot: &mut Slot, confirms: u64) -> Attempt {
         match slot.rejected {
             // An unusable body is never published (its destination would be `<prefix>unroutable`
             // with an empty key).
             Some(kind) => {
-                let e = SendError::Permanent {
-                    kind,
-                    detail: format!("rejected at ingress: {kind}"),
+                let detail = if kind == UNDECODABLE {
+                    "the spool record does not decode (written by another version?)".to_owned()
+                } else {
+                    format!("rejected at ingress: {kind}")
                 };
-                self.dead_letter(slot, &e)
+                self.dead_letter(slot, &SendError::Permanent { kind, detail })
             }
             None => {
+                slot.confirms_seen = confirms;
                 let msg = self.take_message(slot);
                 self.attempt(msg, Duration::ZERO)
             }
@@ -305,7 +383,7 @@ impl Forwarder {
     fn take_message(&self, slot: &mut Slot) -> Message {
         slot.ready.take().unwrap_or_else(|| {
             let d = Delivery::decode(slot.record.clone())
-                .expect("a record in the window decoded when it was admitted");
+                .expect("a record that is sent decoded when it was admitted");
             message(&self.router, &self.cloudevents, slot.msg.seq, d)
         })
     }
@@ -324,8 +402,9 @@ impl Forwarder {
         .boxed()
     }
 
-    /// Starts moving a record the broker refused permanently (or the ingress kept as unusable)
-    /// to the dead-letter store. From here on the record is only ever written there.
+    /// Starts moving a record the broker refused permanently (or the ingress kept as unusable,
+    /// or that exhausted its retries) to the dead-letter store. From here on the record is only
+    /// ever written there.
     fn dead_letter(&self, slot: &mut Slot, e: &SendError) -> Attempt {
         let action = Delivery::decode(slot.record.clone())
             .map(|d| d.action)
@@ -377,13 +456,14 @@ impl Forwarder {
         seq: u64,
         started: Instant,
         outcome: Outcome,
-        window: &mut BTreeMap<u64, Slot>,
-        by_key: &mut HashMap<String, VecDeque<u64>>,
+        w: &mut Window,
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
         let sink = self.sink.name();
-        let in_window = window.len();
-        let Some(slot) = window.get_mut(&seq) else {
+        let in_window = w.slots.len();
+        let window_full = w.full(&self.cfg);
+        let confirms = w.confirms;
+        let Some(slot) = w.slots.get_mut(&seq) else {
             return;
         };
         match outcome {
@@ -409,7 +489,8 @@ impl Forwarder {
                 if slot.attempts > 0 {
                     tracing::debug!(seq, delivery_id = %slot.msg.id, attempts = slot.attempts + 1, "published after retries");
                 }
-                self.finish(seq, window, by_key, attempts);
+                w.confirms += 1;
+                self.finish(seq, w, attempts);
             }
             Outcome::DeadLettered(Ok(())) => {
                 let job = slot
@@ -428,7 +509,7 @@ impl Forwarder {
                     tracing::info!(seq, delivery_id = %slot.msg.id, failed_writes = job.failures,
                         "dead letter written after failed attempts");
                 }
-                self.finish(seq, window, by_key, attempts);
+                self.finish(seq, w, attempts);
             }
             Outcome::DeadLettered(Err(e)) => {
                 // Retry the write, never the broker: the broker refused this record for good, or
@@ -453,24 +534,55 @@ impl Forwarder {
             }
             Outcome::Sent(Err(e)) => {
                 slot.attempts += 1;
+                slot.last_error = Some(e.to_string());
                 let n = slot.attempts;
                 self.metrics
                     .publish_errors
                     .with_label_values(&[sink, e.kind()])
                     .inc();
+                // A strike: the broker confirmed other records since this one last failed (or
+                // was sent), so this is about the record, not an outage.
+                if confirms != slot.confirms_seen {
+                    slot.strikes += 1;
+                    if slot.stuck_since.is_none() {
+                        slot.stuck_since = Some(Instant::now());
+                        w.stuck += 1;
+                    }
+                }
+                slot.confirms_seen = confirms;
                 match &e {
+                    SendError::Retryable { .. } if self.exhausted(slot, window_full) => {
+                        let age = slot.stuck_since.map(|t| t.elapsed()).unwrap_or_default();
+                        tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                            attempts = n, strikes = slot.strikes, ?age, error = %e,
+                            "record kept failing while the broker confirmed others; moving it to the dead-letter store");
+                        let given_up = SendError::Permanent {
+                            kind: RETRIES_EXHAUSTED,
+                            detail: format!(
+                                "{n} failed attempts ({} while the broker confirmed other records) over {:.0?}; last error: {e}",
+                                slot.strikes, age
+                            ),
+                        };
+                        attempts.push(self.dead_letter(slot, &given_up));
+                    }
                     SendError::Retryable { .. } => {
-                        self.metrics.broker_up.with_label_values(&[sink]).set(0);
                         let delay = backoff(&self.cfg, n);
-                        // During an outage every record in flight fails: say so once when the
-                        // broker goes away (and when it is back), not once per record.
-                        if self.status.get() != BrokerState::Down {
-                            self.status.set(BrokerState::Down);
-                            tracing::warn!(sink, destination = %slot.msg.destination, error = %e,
-                                "publishing failed; holding deliveries in the spool and retrying with backoff");
+                        if slot.strikes == 0 {
+                            self.metrics.broker_up.with_label_values(&[sink]).set(0);
+                            // During an outage every record in flight fails: say so once when
+                            // the broker goes away (and when it is back), not once per record.
+                            if self.status.get() != BrokerState::Down {
+                                self.status.set(BrokerState::Down);
+                                tracing::warn!(sink, destination = %slot.msg.destination, error = %e,
+                                    "publishing failed; holding deliveries in the spool and retrying with backoff");
+                            }
+                        } else if slot.strikes == 1 {
+                            tracing::warn!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                                error = %e, max_attempts = self.cfg.max_attempts,
+                                "record failed while the broker confirmed others; retrying it within its budget");
                         }
                         tracing::debug!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-                            attempts = n, retry_in = ?delay, error = %e, "publish failed; will retry");
+                            attempts = n, strikes = slot.strikes, retry_in = ?delay, error = %e, "publish failed; will retry");
                         self.metrics
                             .forward_retries
                             .with_label_values(&[sink])
@@ -485,25 +597,35 @@ impl Forwarder {
                         attempts.push(self.dead_letter(slot, &e));
                     }
                 }
+                self.show(w);
             }
         }
     }
 
-    /// The record is done (confirmed or dead-lettered): release its key for the next record of
-    /// the same resource and advance the confirmed prefix.
-    fn finish(
-        &self,
-        seq: u64,
-        window: &mut BTreeMap<u64, Slot>,
-        by_key: &mut HashMap<String, VecDeque<u64>>,
-        attempts: &mut FuturesUnordered<Attempt>,
-    ) {
-        let slot = window
-            .get_mut(&seq)
-            .expect("finished record is in the window");
-        slot.done = true;
+    /// Whether a record that just failed has used up its budget: `forward.max_attempts` strikes,
+    /// and either `forward.max_retry_age` since the first one or a full window (the record is
+    /// then holding up records that could be published).
+    fn exhausted(&self, slot: &Slot, window_full: bool) -> bool {
+        let Some(since) = slot.stuck_since else {
+            return false;
+        };
+        slot.strikes >= self.cfg.max_attempts
+            && (window_full || since.elapsed() >= self.cfg.max_retry_age)
+    }
+
+    /// The record is settled (confirmed or dead-lettered): it leaves the window, its key is
+    /// released for the next record of the same resource, and the confirmed position advances.
+    fn finish(&self, seq: u64, w: &mut Window, attempts: &mut FuturesUnordered<Attempt>) {
+        let slot = w
+            .slots
+            .remove(&seq)
+            .expect("settled record is in the window");
+        w.bytes -= slot.record.len() as u64;
+        if slot.stuck_since.is_some() {
+            w.stuck -= 1;
+        }
         let key = slot.msg.key.as_str();
-        let (next, empty) = match by_key.get_mut(key) {
+        let (next, empty) = match w.by_key.get_mut(key) {
             Some(q) => {
                 q.pop_front();
                 (q.front().copied(), q.is_empty())
@@ -511,31 +633,47 @@ impl Forwarder {
             None => (None, false),
         };
         if empty {
-            by_key.remove(key);
+            w.by_key.remove(key);
         }
         if let Some(next) = next {
-            let slot = window
+            let confirms = w.confirms;
+            let slot = w
+                .slots
                 .get_mut(&next)
                 .expect("queued record is in the window");
-            attempts.push(self.dispatch(slot));
+            attempts.push(self.dispatch(slot, confirms));
         }
-        self.advance(window);
+        let upto = match w.slots.first_key_value() {
+            Some((&oldest, _)) => oldest - 1,
+            None => w.last_read,
+        };
+        if upto > w.confirmed {
+            w.confirmed = upto;
+            self.spool.confirm(upto);
+        }
+        self.show(w);
     }
 
-    /// Pops the confirmed prefix of the window and tells the spool.
-    fn advance(&self, window: &mut BTreeMap<u64, Slot>) {
-        let mut upto = None;
-        while let Some(entry) = window.first_entry() {
-            if !entry.get().done {
-                break;
-            }
-            upto = Some(*entry.key());
-            entry.remove();
+    /// Updates the gauges and, when the oldest record or its attempts changed, [`Progress`].
+    fn show(&self, w: &mut Window) {
+        self.metrics.forward_in_flight.set(w.slots.len() as i64);
+        self.metrics.forward_in_flight_bytes.set(w.bytes as i64);
+        self.metrics.forward_stuck_records.set(w.stuck as i64);
+        let oldest = w.slots.first_key_value();
+        let now = oldest.map(|(&seq, s)| (seq, s.attempts));
+        if now == w.shown {
+            return;
         }
-        if let Some(seq) = upto {
-            self.spool.confirm(seq);
-        }
-        self.metrics.forward_in_flight.set(window.len() as i64);
+        w.shown = now;
+        let oldest = oldest.map(|(&seq, s)| Oldest {
+            seq,
+            delivery_id: s.msg.id.clone(),
+            destination: s.msg.destination.clone(),
+            attempts: s.attempts,
+            last_error: s.last_error.clone(),
+            since: s.admitted,
+        });
+        self.progress.set(oldest, w.stuck);
     }
 }
 
@@ -549,6 +687,7 @@ mod tests {
             max_in_flight: 1,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            ..ForwardConfig::default()
         };
         for attempt in 1..40 {
             let d = backoff(&cfg, attempt);
@@ -669,6 +808,8 @@ mod tests {
 
         #[derive(Default)]
         struct SinkState {
+            /// While set, every send fails as retryable after 1 ms (a broker outage).
+            down: bool,
             /// Per delivery id, the steps of its successive calls; once used up, `Ok` after 1 ms.
             script: HashMap<String, VecDeque<Step>>,
             /// Every call, in call order: (delivery id, destination).
@@ -722,10 +863,14 @@ mod tests {
                             msg.id, msg.key
                         ));
                     }
-                    s.script
-                        .get_mut(&msg.id)
-                        .and_then(|q| q.pop_front())
-                        .unwrap_or_else(|| step(Reply::Ok, 1))
+                    if s.down {
+                        step(Reply::Retryable, 1)
+                    } else {
+                        s.script
+                            .get_mut(&msg.id)
+                            .and_then(|q| q.pop_front())
+                            .unwrap_or_else(|| step(Reply::Ok, 1))
+                    }
                 };
                 let me = self.clone();
                 async move {
@@ -847,6 +992,7 @@ mod tests {
             dead_letters: Arc<DeadLetters>,
             metrics: Arc<Metrics>,
             sink: Arc<ScriptedSink>,
+            progress: Arc<crate::forward::Progress>,
             /// Delivery id → (seq, stored payload), in spool order.
             records: BTreeMap<u64, (String, bytes::Bytes)>,
         }
@@ -883,6 +1029,7 @@ mod tests {
                     dead_letters,
                     metrics,
                     sink: Arc::default(),
+                    progress: Arc::default(),
                     records,
                 }
             }
@@ -925,6 +1072,7 @@ mod tests {
                     metrics: self.metrics.clone(),
                     status: Arc::new(BrokerStatus::default()),
                     dead_letters: self.dead_letters.clone(),
+                    progress: self.progress.clone(),
                 };
                 let (tx, rx) = oneshot::channel::<()>();
                 let task = tokio::spawn(forwarder.run(
@@ -969,6 +1117,7 @@ mod tests {
                 max_in_flight,
                 retry_initial: Duration::from_millis(10),
                 retry_max: Duration::from_millis(200),
+                ..ForwardConfig::default()
             }
         }
 
@@ -1161,6 +1310,194 @@ mod tests {
                 FAILURES + 3,
                 "one write per failure plus one per record"
             );
+            bed.spool.close().await.unwrap();
+        }
+        /// 1 is refused (retryably) forever; 2 has its key and waits behind it. `others` are
+        /// the records of other keys, each sent with `delay_ms`.
+        async fn stuck_bed(others: Vec<Delivery>, delay_ms: u64) -> Bed {
+            let mut deliveries = vec![delivery(1, "stuck"), delivery(2, "stuck")];
+            let ids: Vec<String> = others.iter().map(|d| d.id.clone()).collect();
+            deliveries.extend(others);
+            let bed = Bed::new(deliveries, Arc::new(RealFs)).await;
+            bed.sink
+                .script("msg_1", (0..100_000).map(|_| step(Reply::Retryable, 5)));
+            for id in ids {
+                bed.sink.script(&id, [step(Reply::Ok, delay_ms)]);
+            }
+            bed
+        }
+
+        /// Ends the run and checks that 1 was given up and everything else published.
+        async fn check_given_up(
+            bed: &Bed,
+            stop: oneshot::Sender<()>,
+            task: tokio::task::JoinHandle<()>,
+            others: usize,
+        ) {
+            let last = bed.last_seq();
+            wait_for("everything settled", || bed.confirmed() == last).await;
+            let _ = stop.send(());
+            task.await.unwrap();
+            bed.check_sink_rules();
+            let published = bed.sink.published();
+            assert_eq!(published.len(), others + 1);
+            assert!(
+                published.contains(&"msg_2".to_owned()),
+                "2 follows once 1 is settled"
+            );
+            let (meta, _) = bed.dead_letters.get(1).unwrap().expect("1 dead-lettered");
+            assert_eq!(meta.reason, crate::forward::RETRIES_EXHAUSTED);
+            assert!(meta.error.contains("scripted"), "{}", meta.error);
+            assert_eq!(bed.dead_lettered(crate::forward::RETRIES_EXHAUSTED), 1);
+            assert_eq!(bed.metrics.forward_stuck_records.get(), 0);
+        }
+
+        /// Records of other keys flow past a stuck one: it holds one slot of the window, not the
+        /// window. Without a budget left it stays, shown as the oldest and as stuck.
+        #[tokio::test(start_paused = true)]
+        async fn a_stuck_record_holds_one_slot_and_is_shown() {
+            let others = (3..=202)
+                .map(|i| delivery(i, &format!("k{}", i % 50)))
+                .collect();
+            let bed = stuck_bed(others, 1).await;
+            let cfg = ForwardConfig {
+                max_attempts: u32::MAX,
+                ..forward_cfg(8)
+            };
+            let (stop, task) = bed.start(cfg);
+            wait_for("the other 200 published", || {
+                bed.sink.published().len() == 200
+            })
+            .await;
+            assert_eq!(bed.confirmed(), 0, "1 is not settled: nothing is confirmed");
+            assert_eq!(bed.metrics.forward_stuck_records.get(), 1);
+            assert_eq!(bed.metrics.forward_in_flight.get(), 2, "1, and 2 behind it");
+            let (oldest, stuck) = bed.progress.snapshot();
+            let oldest = oldest.expect("an oldest record");
+            assert_eq!(
+                (oldest.seq, oldest.delivery_id.as_str(), stuck),
+                (1, "msg_1", 1)
+            );
+            assert!(oldest.attempts >= 1 && oldest.last_error.is_some());
+            let _ = stop.send(());
+            task.await.unwrap();
+            bed.check_sink_rules();
+            assert!(bed.dead_letters.is_empty());
+            bed.spool.close().await.unwrap();
+        }
+
+        /// With the window full, `forward.max_attempts` strikes are enough.
+        #[tokio::test(start_paused = true)]
+        async fn a_stuck_record_is_given_up_after_its_attempts_when_the_window_is_full() {
+            let others = (3..=202)
+                .map(|i| delivery(i, &format!("k{}", i % 50)))
+                .collect();
+            let bed = stuck_bed(others, 100).await;
+            let cfg = ForwardConfig {
+                max_attempts: 4,
+                max_retry_age: Duration::from_secs(3600),
+                ..forward_cfg(8)
+            };
+            let (stop, task) = bed.start(cfg);
+            check_given_up(&bed, stop, task, 200).await;
+            assert!(bed.sink.calls_for("msg_1") >= 4);
+            bed.spool.close().await.unwrap();
+        }
+
+        /// With room in the window, the record is given up once it is also
+        /// `forward.max_retry_age` old; until then it keeps being retried.
+        #[tokio::test(start_paused = true)]
+        async fn a_stuck_record_is_given_up_after_its_retry_age() {
+            // One key: its 100 records go one after another, 50 ms each (5 s of confirms).
+            let others = (3..=102).map(|i| delivery(i, "k")).collect();
+            let bed = stuck_bed(others, 50).await;
+            let cfg = ForwardConfig {
+                max_attempts: 3,
+                max_retry_age: Duration::from_secs(2),
+                ..forward_cfg(1024)
+            };
+            let (stop, task) = bed.start(cfg);
+            check_given_up(&bed, stop, task, 100).await;
+            let (meta, _) = bed.dead_letters.get(1).unwrap().unwrap();
+            assert!(
+                bed.sink.calls_for("msg_1") > 3,
+                "retried past max_attempts until old enough: {}",
+                meta.error
+            );
+            bed.spool.close().await.unwrap();
+        }
+
+        /// While nothing confirms, failures are an outage: no record is given up however often
+        /// it fails, and everything is published once the broker is back.
+        #[tokio::test(start_paused = true)]
+        async fn an_outage_dead_letters_nothing() {
+            let deliveries = (1..=40)
+                .map(|i| delivery(i, &format!("k{}", i % 7)))
+                .collect();
+            let bed = Bed::new(deliveries, Arc::new(RealFs)).await;
+            bed.sink.state().down = true;
+            let cfg = ForwardConfig {
+                max_attempts: 1,
+                max_retry_age: Duration::ZERO,
+                ..forward_cfg(16)
+            };
+            let (stop, task) = bed.start(cfg);
+            wait_for("many failed attempts", || {
+                bed.sink.state().calls.len() > 500
+            })
+            .await;
+            assert!(bed.dead_letters.is_empty());
+            assert_eq!(bed.metrics.forward_stuck_records.get(), 0);
+            let (oldest, _) = bed.progress.snapshot();
+            assert!(oldest.expect("oldest").attempts > 5);
+            bed.sink.state().down = false;
+            let last = bed.last_seq();
+            wait_for("everything confirmed", || bed.confirmed() == last).await;
+            let _ = stop.send(());
+            task.await.unwrap();
+            bed.check_sink_rules();
+            assert_eq!(bed.sink.published().len(), 40);
+            assert!(
+                bed.dead_letters.is_empty(),
+                "an outage dead-letters nothing"
+            );
+            assert_eq!(bed.progress.snapshot().0.map(|o| o.seq), None);
+            bed.spool.close().await.unwrap();
+        }
+
+        /// A record whose CRC matched but which does not decode is dead-lettered as it is, never
+        /// published, and the records after it flow.
+        #[tokio::test(start_paused = true)]
+        async fn an_undecodable_record_is_dead_lettered() {
+            let mut bed = Bed::new(vec![delivery(1, "a")], Arc::new(RealFs)).await;
+            let garbage = bytes::Bytes::from_static(b"\xff\xfefrom a newer version");
+            let seq = bed.spool.append(garbage.clone()).await.unwrap();
+            bed.records.insert(seq, (String::new(), garbage.clone()));
+            let after = delivery(3, "b");
+            let seq3 = bed.spool.append(after.encode()).await.unwrap();
+            bed.records.insert(seq3, (after.id.clone(), after.encode()));
+            bed.run_to_end(forward_cfg(16)).await;
+            let mut published = bed.sink.published();
+            published.sort();
+            assert_eq!(published, ["msg_1", "msg_3"]);
+            let (meta, payload) = bed.dead_letters.get(seq).unwrap().expect("dead-lettered");
+            assert_eq!(meta.reason, crate::forward::UNDECODABLE);
+            assert_eq!(payload, garbage, "the record as it was stored");
+            assert_eq!(bed.dead_lettered(crate::forward::UNDECODABLE), 1);
+            bed.spool.close().await.unwrap();
+        }
+
+        /// `forward.max_in_flight_bytes` below one record still moves, one record at a time.
+        #[tokio::test(start_paused = true)]
+        async fn a_byte_bound_below_one_record_still_forwards() {
+            let deliveries = (1..=20).map(|i| delivery(i, &format!("k{i}"))).collect();
+            let bed = Bed::new(deliveries, Arc::new(RealFs)).await;
+            let cfg = ForwardConfig {
+                max_in_flight_bytes: 1,
+                ..forward_cfg(16)
+            };
+            bed.run_to_end(cfg).await;
+            assert_eq!(bed.sink.published().len(), 20);
             bed.spool.close().await.unwrap();
         }
     }

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub broker_up: IntGaugeVec,
     pub forward_in_flight: IntGauge,
     pub forward_retries: IntCounterVec,
+    pub forward_in_flight_bytes: IntGauge,
+    pub forward_stuck_records: IntGauge,
+    pub forward_oldest_age: prometheus::Gauge,
+    pub forward_oldest_attempts: IntGauge,
     pub dead_lettered: IntCounterVec,
     pub dead_letter_records: IntGauge,
     pub kafka_queue_messages: IntGauge,
@@ -296,6 +300,26 @@ impl Metrics {
                 "Records handed to the sink and not yet confirmed (including those waiting for a retry).",
             )
             .unwrap(),
+            forward_in_flight_bytes: IntGauge::new(
+                "hookbridge_forward_in_flight_bytes",
+                "Payload bytes of the records in hookbridge_forward_in_flight (bounded by forward.max_in_flight_bytes).",
+            )
+            .unwrap(),
+            forward_stuck_records: IntGauge::new(
+                "hookbridge_forward_stuck_records",
+                "Unsettled records that failed while the broker confirmed others: refused for a reason retrying may not fix (forward.max_attempts and forward.max_retry_age bound them).",
+            )
+            .unwrap(),
+            forward_oldest_age: prometheus::Gauge::new(
+                "hookbridge_forward_oldest_unconfirmed_age_seconds",
+                "Seconds since the forwarder first sent the oldest record it has not settled; 0 when none. Grows during an outage and for a stuck record.",
+            )
+            .unwrap(),
+            forward_oldest_attempts: IntGauge::new(
+                "hookbridge_forward_oldest_unconfirmed_attempts",
+                "Failed publish attempts of the oldest unsettled record; 0 when none.",
+            )
+            .unwrap(),
             forward_retries: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_forward_retries_total",
@@ -307,7 +331,7 @@ impl Metrics {
             dead_lettered: IntCounterVec::new(
                 Opts::new(
                     "hookbridge_dead_lettered_total",
-                    "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals and unusable bodies; counted once per record, after the write.",
+                    "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.",
                 ),
                 &["reason"],
             )
@@ -387,6 +411,10 @@ impl Metrics {
             Box::new(self.broker_up.clone()),
             Box::new(self.forward_in_flight.clone()),
             Box::new(self.forward_retries.clone()),
+            Box::new(self.forward_in_flight_bytes.clone()),
+            Box::new(self.forward_stuck_records.clone()),
+            Box::new(self.forward_oldest_age.clone()),
+            Box::new(self.forward_oldest_attempts.clone()),
             Box::new(self.dead_lettered.clone()),
             Box::new(self.dead_letter_records.clone()),
             Box::new(self.kafka_queue_messages.clone()),

@@ -106,6 +106,21 @@ pub struct Readyz {
     /// `up`, `down` or `unknown`.
     pub broker: String,
     pub dead_letters: Option<u64>,
+    /// Records failing while the broker confirms others (`stuck_records`).
+    pub stuck_records: Option<u64>,
+    /// The forwarder's oldest unsettled record (`oldest_unconfirmed`), if any.
+    pub oldest: Option<OldestRecord>,
+}
+
+/// `oldest_unconfirmed` in `/readyz`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldestRecord {
+    pub seq: u64,
+    pub delivery_id: String,
+    pub destination: String,
+    pub attempts: u64,
+    pub age_seconds: u64,
+    pub last_error: Option<String>,
 }
 
 impl Readyz {
@@ -117,6 +132,15 @@ impl Readyz {
             spool: v["spool"].as_str().unwrap_or("?").to_owned(),
             broker: v["broker"].as_str().unwrap_or("?").to_owned(),
             dead_letters: v["dead_letters"].as_u64(),
+            stuck_records: v["stuck_records"].as_u64(),
+            oldest: v["oldest_unconfirmed"].as_object().map(|o| OldestRecord {
+                seq: o["seq"].as_u64().unwrap_or(0),
+                delivery_id: o["delivery_id"].as_str().unwrap_or("?").to_owned(),
+                destination: o["destination"].as_str().unwrap_or("?").to_owned(),
+                attempts: o["attempts"].as_u64().unwrap_or(0),
+                age_seconds: o["age_seconds"].as_u64().unwrap_or(0),
+                last_error: o["last_error"].as_str().map(str::to_owned),
+            }),
         })
     }
 }
@@ -370,6 +394,34 @@ impl Status {
                 a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
             ),
         ));
+        // Only a record that has failed is worth a line: during normal flow the oldest record
+        // changes many times a second.
+        if let Some(o) = r.oldest.as_ref().filter(|o| o.attempts > 0) {
+            let stuck = r.stuck_records.unwrap_or(0);
+            let (label, kind) = if stuck > 0 {
+                (
+                    "STUCK",
+                    format!("{stuck} failing while others are confirmed; oldest"),
+                )
+            } else {
+                ("retrying", "oldest".to_owned())
+            };
+            lines.push((
+                label,
+                format!(
+                    "{kind} seq {} ({}) to {}: {} failed attempts over {}{}",
+                    o.seq,
+                    o.delivery_id,
+                    o.destination,
+                    o.attempts,
+                    age(o.age_seconds as f64),
+                    o.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
         lines.push((
             "rates",
             format!(
@@ -622,6 +674,20 @@ errors        publish: connection 2
 http answers  43 2xx, 2 4xx, 1 5xx
 ";
         assert_eq!(s.render(), want);
+    }
+
+    #[test]
+    fn summary_shows_a_stuck_record() {
+        let s = status(
+            r#"{"ready":true,"spool":"ok","broker":"up","backlog_records":10,"backlog_bytes":10,"dead_letters":0,"stuck_records":1,"oldest_unconfirmed":{"seq":7,"delivery_id":"msg_7","destination":"sb.contact.created","attempts":4,"age_seconds":75,"last_error":"timeout"}}"#,
+            METRICS,
+            METRICS,
+        );
+        let text = s.render();
+        assert!(
+            text.contains("STUCK         1 failing while others are confirmed; oldest seq 7 (msg_7) to sb.contact.created: 4 failed attempts over 1m 15s, last error: timeout"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -67,7 +67,7 @@ const CE_ATTRIBUTES: &[(&str, &str, bool)] = &[
     ("time", "`metadata.datetime`, only when it is a valid RFC 3339 timestamp.", false),
 ];
 
-const DEAD_LETTER_STORE: &str = "Records the broker refuses for good (not authorized, too large, invalid or missing topic) and bodies that are authentic but unusable (not JSON, no `metadata.action`, no `data.id`) are not published: they are kept, fsync'd, in the local dead-letter store `<spool.dir>/dead-letter/` for an operator (`hookbridge spool dead-letter list/requeue`).";
+const DEAD_LETTER_STORE: &str = "Records the broker refuses for good (not authorized, too large, invalid or missing topic), records that kept failing while the broker confirmed others (`retries_exhausted`: `forward.max_attempts`, `forward.max_retry_age`) and bodies that are authentic but unusable (not JSON, no `metadata.action`, no `data.id`) are not published: they are kept, fsync'd, in the local dead-letter store `<spool.dir>/dead-letter/` for an operator (`hookbridge spool dead-letter list/requeue`). The resource's later changes are published without it: a consumer sees a gap in that resource's history, never a reordering.";
 
 const KEY: &str =
     "`data.id` (the Kafka record key; on NATS the `sessionboard-resource-id` header).";

@@ -221,14 +221,14 @@ impl Sink for NatsSink {
                     let ack = js
                         .publish_with_headers(msg.destination, h, msg.payload)
                         .await
-                        .map_err(|e| classify_js(e.kind(), e.to_string()))?;
+                        .map_err(|e| classify_js(&e))?;
                     match ack.await {
                         Ok(_) => Ok(()),
                         Err(e) => {
                             if e.kind() == PublishErrorKind::StreamNotFound {
                                 ready.store(false, Ordering::Release);
                             }
-                            Err(classify_js(e.kind(), e.to_string()))
+                            Err(classify_js(&e))
                         }
                     }
                 }
@@ -271,8 +271,36 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
     }
 }
 
-fn classify_js(kind: PublishErrorKind, detail: String) -> SendError {
-    match kind {
+/// JetStream API error codes (`err_code` in the server's answer) that retrying cannot fix.
+fn permanent_api_error(code: u64) -> Option<&'static str> {
+    match code {
+        // "message size exceeds maximum allowed": the stream's max_msg_size.
+        10054 => Some("too_large"),
+        _ => None,
+    }
+}
+
+fn classify_js(e: &jetstream::context::PublishError) -> SendError {
+    use std::error::Error as _;
+    let detail = e.to_string();
+    // `Other` carries the server's API error, if the server answered with one.
+    let api = e
+        .source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(|api| (api.error_code().0, api.to_string()));
+    if let Some((code, text)) = &api {
+        if let Some(kind) = permanent_api_error(*code) {
+            return SendError::Permanent {
+                kind,
+                detail: format!("{detail}: {text}"),
+            };
+        }
+    }
+    let detail = match api {
+        Some((_, text)) => format!("{detail}: {text}"),
+        None => detail,
+    };
+    match e.kind() {
         PublishErrorKind::TimedOut => SendError::Retryable {
             kind: "timeout",
             detail,
@@ -281,8 +309,9 @@ fn classify_js(kind: PublishErrorKind, detail: String) -> SendError {
             kind: "connection",
             detail,
         },
-        // No stream bound to the subject: with create_stream = false the operator has to create
-        // it; either way waiting is the only safe thing to do.
+        // No stream bound to the subject (or, for a moment, no stream leader): retried. With
+        // create_stream = false the operator may be about to create it; if the broker keeps
+        // confirming other subjects meanwhile, `forward.max_attempts` gives the record up.
         PublishErrorKind::StreamNotFound => SendError::Retryable {
             kind: "stream_not_found",
             detail,

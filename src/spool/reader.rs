@@ -60,12 +60,23 @@ impl Reader {
     /// counted in `spool_corrupt_records` unless recovery already did). An I/O error is returned
     /// as `Error::Io` without losing the position: the next call retries the same read.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, Error> {
-        if max == 0 {
+        self.next_batch_within(max, u64::MAX).await
+    }
+
+    /// Like [`Reader::next_batch`], and stops once the batch's payloads reach `max_bytes`: the
+    /// record that reaches it is the last one returned, so a batch is never more than one record
+    /// over (and a single record larger than `max_bytes` still comes back on its own).
+    pub async fn next_batch_within(
+        &mut self,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        if max == 0 || max_bytes == 0 {
             return Ok(Vec::new());
         }
         loop {
             let commit = *self.commit.borrow_and_update();
-            let batch = self.read_committed(&commit, max)?;
+            let batch = self.read_committed(&commit, max, max_bytes)?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -85,11 +96,18 @@ impl Reader {
         &mut self,
         commit: &CommitPoint,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<StoredRecord>, Error> {
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0u64;
+        while out.len() < max && bytes < max_bytes {
+            let before = out.len();
             match self.step(commit, &mut out) {
-                Ok(true) => {}
+                Ok(true) => {
+                    if out.len() > before {
+                        bytes += out[before].payload.len() as u64;
+                    }
+                }
                 Ok(false) => break,
                 Err(e) => {
                     self.shared
