@@ -262,6 +262,7 @@ mod tests {
             event_id: None,
             received_at_ms: 0,
             reject_reason: None,
+            copied: None,
             body: Bytes::from_static(body),
         }
     }

@@ -11,6 +11,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 const FORMAT_V1: u8 = 1;
 /// V1 plus `reject_reason` (authentic bodies kept for the dead-letter store).
 const FORMAT_V2: u8 = 2;
+/// V2 plus `copied` (a copy put back by `spool replay` / `dead-letter requeue`). Written only for
+/// copies: every record the ingress writes stays V2, readable by the versions before this one.
+const FORMAT_V3: u8 = 3;
 
 /// Marks an absent optional string in the encoding.
 const NONE_LEN: u16 = u16::MAX;
@@ -40,8 +43,37 @@ pub struct Delivery {
     /// action, no `data.id`): the record is kept, and the forwarder moves it to the dead-letter
     /// store with this reason instead of publishing it.
     pub reject_reason: Option<String>,
+    /// Set on a copy an operator put back into the spool: it is published after records that
+    /// were received later, so its messages say so (`hookbridge-copy`, `hookbridge-received-at`).
+    pub copied: Option<Copied>,
     /// The request body exactly as received.
     pub body: Bytes,
+}
+
+/// How and when a record was copied back into the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub how: CopyKind,
+    /// When the copy was appended, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    /// `hookbridge spool replay`: a copy of a confirmed (retained) record or of a dead letter.
+    Replay,
+    /// `hookbridge spool dead-letter requeue`: a dead letter put back.
+    Requeue,
+}
+
+impl CopyKind {
+    /// The `hookbridge-copy` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyKind::Replay => "replay",
+            CopyKind::Requeue => "requeue",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,15 +88,20 @@ pub enum DecodeError {
 }
 
 impl Delivery {
-    // Layout, do not reorder (FORMAT_V2):
+    // Layout, do not reorder (FORMAT_V3):
     //   u8 version | str id | opt_str timestamp | str action | str resource_id
     //   | opt_str org_id | opt_str event_id | u64 received_at_ms | opt_str reject_reason
-    //   | u32 body_len | body
-    // FORMAT_V1 is the same without reject_reason.
+    //   | [V3: u8 copy kind (1 replay, 2 requeue) | u64 copied_at_ms] | u32 body_len | body
+    // FORMAT_V2 is the same without the copy fields (written when `copied` is None), FORMAT_V1
+    // also without reject_reason.
     // str = u16 len + UTF-8 bytes; opt_str = str, or u16::MAX for none. Little-endian.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.body.len() + 64 + self.id.len());
-        b.put_u8(FORMAT_V2);
+        b.put_u8(if self.copied.is_some() {
+            FORMAT_V3
+        } else {
+            FORMAT_V2
+        });
         put_str(&mut b, Some(&self.id));
         put_str(&mut b, self.timestamp.as_deref());
         put_str(&mut b, Some(&self.action));
@@ -73,6 +110,13 @@ impl Delivery {
         put_str(&mut b, self.event_id.as_deref());
         b.put_u64_le(self.received_at_ms);
         put_str(&mut b, self.reject_reason.as_deref());
+        if let Some(c) = self.copied {
+            b.put_u8(match c.how {
+                CopyKind::Replay => 1,
+                CopyKind::Requeue => 2,
+            });
+            b.put_u64_le(c.at_ms);
+        }
         b.put_u32_le(self.body.len() as u32);
         b.put_slice(&self.body);
         b.freeze()
@@ -83,7 +127,7 @@ impl Delivery {
             return Err(DecodeError::Malformed("empty"));
         }
         let v = p.get_u8();
-        if v != FORMAT_V1 && v != FORMAT_V2 {
+        if !(FORMAT_V1..=FORMAT_V3).contains(&v) {
             return Err(DecodeError::Version(v));
         }
         let id = get_str(&mut p)?.ok_or(DecodeError::Malformed("id"))?;
@@ -98,6 +142,22 @@ impl Delivery {
         let received_at_ms = p.get_u64_le();
         let reject_reason = if v >= FORMAT_V2 {
             get_str(&mut p)?
+        } else {
+            None
+        };
+        let copied = if v >= FORMAT_V3 {
+            if p.remaining() < 9 {
+                return Err(DecodeError::Malformed("truncated"));
+            }
+            let how = match p.get_u8() {
+                1 => CopyKind::Replay,
+                2 => CopyKind::Requeue,
+                _ => return Err(DecodeError::Malformed("copy kind")),
+            };
+            Some(Copied {
+                how,
+                at_ms: p.get_u64_le(),
+            })
         } else {
             None
         };
@@ -117,6 +177,7 @@ impl Delivery {
             event_id,
             received_at_ms,
             reject_reason,
+            copied,
             body: p,
         })
     }
@@ -187,7 +248,23 @@ mod tests {
             event_id: None,
             received_at_ms: 1_700_000_000_123,
             reject_reason: None,
+            copied: None,
             body: Bytes::from_static("{\"data\":{\"id\":\"é☕\"}}".as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_copy_round_trips_as_v3_and_an_original_stays_v2() {
+        let d = sample();
+        assert_eq!(d.encode()[0], FORMAT_V2);
+        for how in [CopyKind::Replay, CopyKind::Requeue] {
+            let c = Delivery {
+                copied: Some(Copied { how, at_ms: 42 }),
+                ..sample()
+            };
+            let bytes = c.encode();
+            assert_eq!(bytes[0], FORMAT_V3);
+            assert_eq!(Delivery::decode(bytes).unwrap(), c);
         }
     }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::config::{self, Config};
 use crate::deadletter::{self, DeadLetters, Meta};
-use crate::delivery::Delivery;
+use crate::delivery::{Copied, CopyKind, Delivery};
 use crate::metrics::Metrics;
 use crate::spool::inspect::{self, ConfirmedState, LockState, Survey};
 use crate::spool::{self, Spool};
@@ -215,6 +215,19 @@ fn survey(
 ) -> Result<Survey, Error> {
     // Only the directory: frames are judged by the spool format, never by today's limits.
     Ok(inspect::survey(&config.spool.dir, visit)?)
+}
+
+/// The record payload for a copy put back into the spool: the same delivery (id, body, receive
+/// time), marked as a copy so its messages carry `hookbridge-copy` and `hookbridge-received-at`.
+fn mark_copy(d: Delivery, how: CopyKind) -> Bytes {
+    Delivery {
+        copied: Some(Copied {
+            how,
+            at_ms: now_ms(),
+        }),
+        ..d
+    }
+    .encode()
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -759,14 +772,17 @@ fn requeue_locked(
         let Some((_, payload)) = dl.get(m.seq)? else {
             continue;
         };
-        if let Err(e) = Delivery::decode(payload.clone()) {
-            eprintln!(
-                "hookbridge: dead letter seq {} is not a delivery record ({e}); left in the store",
-                m.seq
-            );
-            skipped += 1;
-            continue;
-        }
+        let payload = match Delivery::decode(payload.clone()) {
+            Ok(d) => mark_copy(d, CopyKind::Requeue),
+            Err(e) => {
+                eprintln!(
+                    "hookbridge: dead letter seq {} is not a delivery record ({e}); left in the store",
+                    m.seq
+                );
+                skipped += 1;
+                continue;
+            }
+        };
         let new_seq = rt
             .block_on(spool.append(payload))
             .map_err(|source| Error::Spool {
@@ -875,9 +891,9 @@ fn replay_plan(config: &Config, args: &ReplayArgs) -> Result<(Vec<Pick>, u64), E
         picks.push(Pick {
             seq: r.seq,
             at_ms: r.appended_at_ms,
-            action: d.action,
+            action: d.action.clone(),
             dead_letter: false,
-            payload: Bytes::copy_from_slice(r.payload),
+            payload: mark_copy(d, CopyKind::Replay),
         });
         ControlFlow::Continue(())
     })?;
@@ -902,9 +918,9 @@ fn replay_plan(config: &Config, args: &ReplayArgs) -> Result<(Vec<Pick>, u64), E
                     picks.push(Pick {
                         seq: m.seq,
                         at_ms: d.received_at_ms,
-                        action: d.action,
+                        action: d.action.clone(),
                         dead_letter: true,
-                        payload,
+                        payload: mark_copy(d, CopyKind::Replay),
                     });
                 }
             }

@@ -1054,6 +1054,7 @@ async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside()
             event_id: None,
             received_at_ms: 0,
             reject_reason: None,
+            copied: None,
             body: body(ACTION, &format!("r{}", n % 5), n).into(),
         };
         spool.append(d.encode()).await.unwrap();

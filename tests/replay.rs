@@ -223,6 +223,7 @@ async fn jetstream_that_lost_acknowledged_messages_gets_them_back_by_replay() {
     // stream (the bridge recreates it).
     delete_stream(&js, &stream).await;
 
+    let replayed_at = SystemTime::now();
     let o = spool_cmd_after_close(dir.path(), &["replay", "--since", &started]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
@@ -241,6 +242,14 @@ async fn jetstream_that_lost_acknowledged_messages_gets_them_back_by_replay() {
         .map(|m| {
             let id = m.header("webhook-id").unwrap().to_owned();
             assert_eq!(m.header("Nats-Msg-Id"), Some(id.as_str()), "original id");
+            // Marked as a copy, with the original's receive time (from before the replay).
+            assert_eq!(m.header("hookbridge-copy"), Some("replay"), "{id}");
+            let received = m.header("hookbridge-received-at").expect("receive time");
+            let received = humantime::parse_rfc3339(received).unwrap();
+            assert!(
+                received >= humantime::parse_rfc3339(&started).unwrap() && received < replayed_at,
+                "{id}: {received:?}"
+            );
             (id, m.payload.to_vec())
         })
         .collect();

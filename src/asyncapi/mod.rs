@@ -43,6 +43,8 @@ enum When {
     IfPresent,
     /// NATS JetStream only.
     JetStream,
+    /// Only on a copy an operator put back (`spool replay`, `dead-letter requeue`).
+    Copy,
 }
 
 /// Every header hookbridge sets besides the CloudEvents ones: name, meaning, when.
@@ -55,6 +57,8 @@ const HEADERS: &[(&str, &str, When)] = &[
     ("sessionboard-event-id", "`metadata.event_id` (absent when null).", When::IfPresent),
     ("webhook-timestamp", "The sender's `webhook-timestamp`/`svix-timestamp` (Unix seconds).", When::IfPresent),
     ("Nats-Msg-Id", "The delivery id again: JetStream drops a repeat within the stream's duplicate window.", When::JetStream),
+    ("hookbridge-copy", "`replay` or `requeue`: this message is a copy an operator put back, published after changes received later; compare `hookbridge-received-at` (or `metadata.datetime`) with the newest you applied.", When::Copy),
+    ("hookbridge-received-at", "When hookbridge received the original delivery (RFC 3339, milliseconds).", When::Copy),
 ];
 
 /// The CloudEvents attributes in binary mode (header name suffixes), meaning, required.
@@ -191,6 +195,7 @@ fn header_schema(c: &Config, action: Option<&str>) -> Value {
                     _ => "application/json",
                 })
             }
+            "hookbridge-copy" => s["enum"] = json!(["replay", "requeue"]),
             "sessionboard-action" => {
                 if let Some(a) = action {
                     s["const"] = json!(a);
@@ -198,7 +203,7 @@ fn header_schema(c: &Config, action: Option<&str>) -> Value {
             }
             _ => {}
         }
-        if *when != When::IfPresent {
+        if !matches!(when, When::IfPresent | When::Copy) {
             required.push(json!(name));
         }
         props.insert((*name).to_owned(), s);
@@ -413,6 +418,7 @@ pub fn markdown(router: &Router) -> String {
             When::Always => "always",
             When::IfPresent => "when present and header-safe",
             When::JetStream => "NATS JetStream",
+            When::Copy => "replayed or requeued copies",
         };
         out.push_str(&format!("| `{name}` | {description} | {when} |\n"));
     }

@@ -420,6 +420,7 @@ impl Ingress {
                     event_id: None,
                     received_at_ms,
                     reject_reason: Some(e.code().to_owned()),
+                    copied: None,
                     body,
                 })
             }
@@ -447,6 +448,7 @@ impl Ingress {
             event_id: env.event_id.map(|s| crate::delivery::clip(&s).to_owned()),
             received_at_ms,
             reject_reason: None,
+            copied: None,
             body,
         })
     }
