@@ -89,11 +89,15 @@ async fn trickle(addr: std::net::SocketAddr, bytes: usize, stop: Arc<AtomicBool>
     None
 }
 
-async fn signed_post(client: &HttpClient, url: &str, id: &str) -> (u16, http::HeaderMap) {
+async fn signed_post(
+    client: &HttpClient,
+    url: &str,
+    id: &str,
+) -> (u16, http::HeaderMap, serde_json::Value) {
     let body = common::body("session.updated", "r-1", 1);
     let ts = hookbridge::ingress::auth::system_clock().to_string();
     let sig = sign_v1(SECRET, id, &ts, body.as_bytes());
-    let (status, headers, _) = request(
+    request(
         client,
         "POST",
         url,
@@ -106,15 +110,14 @@ async fn signed_post(client: &HttpClient, url: &str, id: &str) -> (u16, http::He
         body,
     )
     .await
-    .expect("the bridge answers");
-    (status, headers)
+    .expect("the bridge answers")
 }
 
 /// Posts a signed delivery until it is stored (200), for at most 10 s.
 async fn stored_soon(client: &HttpClient, url: &str, id: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _) = signed_post(client, url, id).await;
+        let (status, _, _) = signed_post(client, url, id).await;
         if status == 200 {
             return;
         }
@@ -143,7 +146,8 @@ async fn slow_unauthenticated_bodies_cannot_exceed_the_budget() {
     let pid = bridge.child.id();
     // A first signed delivery, so that the sink connection and the spool's first segment are
     // part of the baseline rather than of the rise.
-    let (status, _) = signed_post(&client, &bridge.url("/webhooks/sessionboard"), "msg_warm").await;
+    let (status, _, _) =
+        signed_post(&client, &bridge.url("/webhooks/sessionboard"), "msg_warm").await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = kib(pid, "VmRSS");
@@ -179,7 +183,7 @@ async fn slow_unauthenticated_bodies_cannot_exceed_the_budget() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         buffered_max = buffered_max
             .max(metric(&client, bridge.admin, "hookbridge_http_buffered_bytes", "").await);
-        let (status, headers) = signed_post(
+        let (status, headers, _) = signed_post(
             &client,
             &bridge.url("/webhooks/sessionboard"),
             &format!("msg_during_{i}"),
@@ -298,4 +302,43 @@ async fn too_many_unfinished_bodies_from_one_address_get_429() {
         t.await.unwrap();
     }
     stored_soon(&client, &bridge.url("/webhooks/sessionboard"), "msg_4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_is_reserved_whole_before_the_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("declared");
+    let bridge = BridgeProcess::spawn(&env(
+        dir.path(),
+        &tag,
+        &[
+            ("HOOKBRIDGE_HTTP__MAX_BODY_BYTES", "65536"),
+            ("HOOKBRIDGE_HTTP__MAX_BUFFERED_BYTES", "65536"),
+        ],
+    ))
+    .await;
+    let client = http_client();
+    // One request declares the largest body and sends 10 bytes of it: it holds the whole budget.
+    let mut holder = TcpStream::connect(bridge.http).await.unwrap();
+    holder
+        .write_all(
+            b"POST /webhooks/sessionboard HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 65536\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&client, bridge.admin, "hookbridge_http_buffered_bytes", "").await < 65536.0 {
+        assert!(std::time::Instant::now() < deadline, "never reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A signed delivery of a few hundred bytes does not fit: 503 buffer_full, Retry-After.
+    let (status, headers, json) =
+        signed_post(&client, &bridge.url("/webhooks/sessionboard"), "msg_1").await;
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(json["error"], "buffer_full");
+    assert_eq!(headers["retry-after"], "5");
+    // The holder goes away: its reservation is given back and the delivery is stored.
+    drop(holder);
+    stored_soon(&client, &bridge.url("/webhooks/sessionboard"), "msg_1").await;
 }

@@ -13,7 +13,8 @@
 //! is what the reservation covers, so the reservation is what the body really weighs. The
 //! reservation is released on drop; the ingress hands it to the spool with the record
 //! (`Spool::append_then`), so it is held until the writer thread is done with the record, whether
-//! or not the request is still waiting.
+//! or not the request is still waiting. (While the record is encoded the body exists twice for a
+//! moment; the ingress drops the body's copy right after, so the record is the one that waits.)
 //!
 //! This module must never read a body or know about HTTP status codes: it only counts.
 
