@@ -288,8 +288,8 @@ impl Ingress {
         // its real outcome is what a retry of the same id finds. A record that is not stored
         // drops the guard unrun, which releases the id.
         //
-        // Invariant 10: the body's reservation travels the same way: given back when the writer is done
-        // with the record (run or dropped), not when this request ends.
+        // Invariant 10: the body's reservation travels the same way, given back when the writer
+        // is done with the record (run or dropped), not when this request ends.
         let payload = delivery.encode();
         // The record is the only copy from here on.
         drop(std::mem::take(&mut delivery.body));
