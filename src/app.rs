@@ -313,6 +313,16 @@ impl App {
             dedup: dedup.clone(),
             dedup_wait: c.auth.dedup_wait,
             metrics: metrics.clone(),
+            budget: {
+                metrics
+                    .http_max_buffered_bytes
+                    .set(c.http.max_buffered_bytes as i64);
+                crate::ingress::budget::Budget::new(
+                    c.http.max_buffered_bytes,
+                    metrics.http_buffered_bytes.clone(),
+                )
+            },
+            per_client: crate::ingress::budget::PerClient::new(c.http.max_bodies_per_client),
         });
         let ingress_limits = Limits {
             max_connections: c.http.max_connections,

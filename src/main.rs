@@ -26,8 +26,14 @@ struct Cli {
 enum Command {
     /// Run the bridge (the default).
     Run,
-    /// Validate the configuration and print the effective values, secrets redacted.
-    CheckConfig,
+    /// Validate the configuration and print the effective values, secrets redacted; the memory
+    /// estimate goes to stderr, with a warning when it exceeds the cgroup's memory limit.
+    CheckConfig {
+        /// Fail (exit 1) when the memory estimate exceeds this many bytes (a number, or with a
+        /// suffix Ki, Mi, Gi as in a Kubernetes manifest: `256Mi`).
+        #[arg(long, value_name = "BYTES", value_parser = hookbridge::config::parse_bytes)]
+        memory_limit: Option<u64>,
+    },
     /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
     /// dead-letter list/requeue, replay). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
     Spool(hookbridge::spoolctl::SpoolArgs),
@@ -60,7 +66,7 @@ fn main() -> ExitCode {
         Command::Spool(args) => return spool_main(cli.config, args),
         Command::Status(args) => return status_main(cli.config, args),
         Command::Probe(args) => return probe_main(cli.config, args),
-        Command::CheckConfig => check_config(cli.config),
+        Command::CheckConfig { memory_limit } => check_config(cli.config, memory_limit),
         Command::Asyncapi { format } => asyncapi(cli.config, format),
         Command::Run => run(cli.config),
     };
@@ -115,10 +121,11 @@ fn probe_main(config: Option<PathBuf>, args: hookbridge::probe::ProbeArgs) -> Ex
     }
 }
 
-fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
+fn check_config(file: Option<PathBuf>, memory_limit: Option<u64>) -> anyhow::Result<()> {
     let config = Config::load(file.as_deref())?;
     let redacted = config.redacted_toml();
     let sink = config.sink.clone();
+    let estimate = config.memory_estimate();
     Settings::new(config)?;
     print!("{redacted}");
     eprintln!(
@@ -129,6 +136,29 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
         },
         sink.cloudevents.as_str()
     );
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!("memory estimate (the most this configuration allows; README \"Memory\"):");
+    for (term, bytes) in estimate.lines() {
+        eprintln!("  {term:<44} {:>9.1} MiB", mib(bytes));
+    }
+    let total = estimate.total();
+    if let Some(limit) = hookbridge::config::cgroup_memory_limit() {
+        if total > limit {
+            eprintln!(
+                "warning: the memory estimate ({:.1} MiB) exceeds this cgroup's memory limit ({:.1} MiB)",
+                mib(total),
+                mib(limit)
+            );
+        }
+    }
+    if let Some(limit) = memory_limit {
+        anyhow::ensure!(
+            total <= limit,
+            "the memory estimate ({:.1} MiB) exceeds --memory-limit ({:.1} MiB); lower http.max_buffered_bytes, http.max_connections, forward.max_in_flight or auth.dedup_max_entries",
+            mib(total),
+            mib(limit)
+        );
+    }
     Ok(())
 }
 

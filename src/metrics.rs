@@ -20,6 +20,9 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// Every `reason` of `hookbridge_http_rejected_bodies_total`, exported at 0 from the start.
+pub const HTTP_REJECTED_BODY_REASONS: &[&str] = &["buffer_full", "too_many_bodies"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
@@ -35,6 +38,9 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     pub http_connections: IntGauge,
     pub http_rejected_connections: IntCounter,
+    pub http_buffered_bytes: IntGauge,
+    pub http_max_buffered_bytes: IntGauge,
+    pub http_rejected_bodies: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGauge,
 
@@ -169,6 +175,24 @@ impl Metrics {
             http_rejected_connections: IntCounter::new(
                 "hookbridge_http_rejected_connections_total",
                 "Ingress connections closed at once because `http.max_connections` was reached.",
+            )
+            .unwrap(),
+            http_buffered_bytes: IntGauge::new(
+                "hookbridge_http_buffered_bytes",
+                "Bytes of request bodies reserved in memory: bodies being read, and read ones until the spool writer has stored them (at most http.max_buffered_bytes).",
+            )
+            .unwrap(),
+            http_max_buffered_bytes: IntGauge::new(
+                "hookbridge_http_max_buffered_bytes",
+                "Configured ingress body memory budget (`http.max_buffered_bytes`).",
+            )
+            .unwrap(),
+            http_rejected_bodies: IntCounterVec::new(
+                Opts::new(
+                    "hookbridge_http_rejected_bodies_total",
+                    "Request bodies refused before being read, by reason (buffer_full: 503, http.max_buffered_bytes reached; too_many_bodies: 429, http.max_bodies_per_client reached).",
+                ),
+                &["reason"],
             )
             .unwrap(),
             spool_records: IntGauge::new(
@@ -349,6 +373,9 @@ impl Metrics {
             registry,
         };
         m.register_all();
+        for reason in HTTP_REJECTED_BODY_REASONS {
+            m.http_rejected_bodies.with_label_values(&[reason]);
+        }
         m
     }
 
@@ -386,6 +413,9 @@ impl Metrics {
             Box::new(self.http_lingering_closes.clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_rejected_connections.clone()),
+            Box::new(self.http_buffered_bytes.clone()),
+            Box::new(self.http_max_buffered_bytes.clone()),
+            Box::new(self.http_rejected_bodies.clone()),
             Box::new(self.tls_reloads.clone()),
             Box::new(self.tls_cert_expiry.clone()),
             Box::new(self.spool_records.clone()),

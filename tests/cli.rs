@@ -263,3 +263,40 @@ fn the_container_config_needs_authentication() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_config_prints_the_memory_estimate_and_enforces_a_limit() {
+    // The defaults allow more than a 256 MiB pod: a window of 1024 records of up to 1 MiB.
+    let out = hookbridge()
+        .args(["check-config", "--memory-limit", "256Mi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("memory estimate"), "{err}");
+    assert!(
+        err.contains("forwarder window (forward.max_in_flight)"),
+        "{err}"
+    );
+    assert!(err.contains("exceeds --memory-limit (256.0 MiB)"), "{err}");
+    // A configuration sized for it passes, and stdout is still the effective TOML alone.
+    let sized = |limit: &str| {
+        hookbridge()
+            .args(["check-config", "--memory-limit", limit])
+            .env("HOOKBRIDGE_FORWARD__MAX_IN_FLIGHT", "64")
+            .env("HOOKBRIDGE_HTTP__MAX_BUFFERED_BYTES", "33554432")
+            .output()
+            .unwrap()
+    };
+    let out = sized("256Mi");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("max_buffered_bytes = 33554432"), "{stdout}");
+    assert!(!stdout.contains("memory estimate"), "{stdout}");
+    assert!(!sized("128Mi").status.success());
+    // A limit that is not a byte count is a usage error.
+    let out = sized("256MB");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown suffix"));
+}

@@ -19,6 +19,15 @@ pub struct HttpConfig {
     /// affects new requests only: a backlog accepted under a larger limit is still delivered.
     /// Default 1 MiB.
     pub max_body_bytes: u32,
+    /// Most bytes of request bodies held in memory at once, across all connections: bodies being
+    /// read, and read ones until the spool writer has stored them. A body that would go over it
+    /// gets 503 `buffer_full` with `Retry-After` before more of it is read. At least
+    /// `max_body_bytes`. Default 64 MiB.
+    pub max_buffered_bytes: u64,
+    /// Most request bodies one client address (the peer, or the address `trusted_proxies`
+    /// vouch for) may have unfinished at once; more get 429 `too_many_bodies`. 0 turns the cap
+    /// off. Default 0.
+    pub max_bodies_per_client: usize,
     /// Time allowed to read a whole request (head and body). Default 30 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -126,6 +135,8 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().unwrap(),
             path: "/webhooks/sessionboard".into(),
             max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            max_bodies_per_client: 0,
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
@@ -165,6 +176,12 @@ impl HttpConfig {
             return Err(invalid(
                 "http.max_body_bytes",
                 "must be between 1 and 64 MiB",
+            ));
+        }
+        if self.max_buffered_bytes < u64::from(self.max_body_bytes) {
+            return Err(invalid(
+                "http.max_buffered_bytes",
+                "must be at least http.max_body_bytes (one largest body must fit)",
             ));
         }
         if self.request_timeout.is_zero() {

@@ -33,6 +33,7 @@ mod auth;
 mod forward;
 mod http;
 mod log;
+mod memory;
 mod routing;
 mod sink;
 mod spool;
@@ -42,6 +43,7 @@ pub use auth::AuthConfig;
 pub use forward::ForwardConfig;
 pub use http::{AdminConfig, HttpConfig, TlsConfig};
 pub use log::{LogConfig, LogFormat, ShutdownConfig};
+pub use memory::{cgroup_memory_limit, parse_bytes, MemoryEstimate};
 pub use sink::{
     CloudEventsMode, Compression, KafkaConfig, NatsConfig, NatsMode, SinkConfig, SinkKind,
     KAFKA_RESERVED_OPTIONS, ORG_ID_PLACEHOLDER,

@@ -4,6 +4,7 @@
 //! The ingress never talks to a broker: a broker outage cannot slow or fail an acknowledgement.
 
 pub mod auth;
+pub mod budget;
 pub mod envelope;
 pub mod signature;
 
@@ -13,8 +14,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::Request;
 
@@ -25,6 +28,7 @@ use crate::routing::{self, Router};
 use crate::server::{self, HttpResponse};
 use crate::spool::{self, Spool};
 use auth::{Gate, Verified};
+use budget::{Budget, PerClient, Reservation};
 
 /// Longest delivery id or timestamp header value accepted.
 const MAX_ID_HEADER_LEN: usize = 256;
@@ -43,6 +47,10 @@ pub struct Ingress {
     /// Longest wait for a concurrent attempt with the same delivery id (`auth.dedup_wait`).
     pub dedup_wait: Duration,
     pub metrics: Arc<Metrics>,
+    /// Bytes of bodies held in memory, across all requests (`http.max_buffered_bytes`).
+    pub budget: Arc<Budget>,
+    /// Unfinished bodies per client address (`http.max_bodies_per_client`); `None`: no cap.
+    pub per_client: Option<Arc<PerClient>>,
 }
 
 /// A refusal: status, error code and a short human explanation.
@@ -201,35 +209,49 @@ impl Ingress {
             .check_head(peer, req.headers())
             .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
         let limit = self.max_body_bytes as usize;
-        if let Some(len) = content_length(req.headers()) {
-            if len > limit as u64 {
-                return Err(too_large(limit));
-            }
+        let length = content_length(req.headers());
+        if length.is_some_and(|len| len > limit as u64) {
+            return Err(too_large(limit));
         }
         let (parts, body) = req.into_parts();
-        let body =
-            match tokio::time::timeout(self.request_timeout, Limited::new(body, limit).collect())
-                .await
-            {
-                Err(_) => {
-                    return Err(reject(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("body not received within {:?}", self.request_timeout),
-                    ))
-                }
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(too_large(limit))
-                }
-                Ok(Err(e)) => {
-                    return Err(reject(
-                        StatusCode::BAD_REQUEST,
-                        "body_read_failed",
-                        e.to_string(),
-                    ))
-                }
-                Ok(Ok(collected)) => collected.to_bytes(),
-            };
+        // Invariant 10: a body is paid for from the budget before it is read, and one client
+        // cannot hold more than its share of unfinished bodies.
+        let slot = match &self.per_client {
+            None => None,
+            Some(per_client) => {
+                let client = self.gate.client_ip(peer, &parts.headers);
+                let slot = per_client.enter(client).ok_or_else(|| {
+                    self.body_rejected("too_many_bodies");
+                    reject(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_bodies",
+                        "too many unfinished request bodies from this client address",
+                    )
+                })?;
+                Some(slot)
+            }
+        };
+        let first = length.unwrap_or(budget::FIRST_STEP.min(limit as u64));
+        let mut reservation = self
+            .budget
+            .reserve(first)
+            .ok_or_else(|| self.buffer_full())?;
+        let body = match tokio::time::timeout(
+            self.request_timeout,
+            self.read_body(body, limit, &mut reservation),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("body not received within {:?}", self.request_timeout),
+                ))
+            }
+            Ok(result) => result?,
+        };
+        drop(slot);
         let headers = &parts.headers;
         let id = id_header(headers, "webhook-id", "svix-id")?;
         let timestamp = id_header(headers, "webhook-timestamp", "svix-timestamp")?;
@@ -237,7 +259,7 @@ impl Ingress {
             .gate
             .check(headers, id.as_deref(), timestamp.as_deref(), body)
             .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
-        let delivery = self.build(verified, id, timestamp)?;
+        let mut delivery = self.build(verified, id, timestamp)?;
         let id = delivery.id.clone();
 
         let now_ms = delivery.received_at_ms;
@@ -265,15 +287,20 @@ impl Ingress {
         // sender timed out and closed the connection mid-append, the append still finishes and
         // its real outcome is what a retry of the same id finds. A record that is not stored
         // drops the guard unrun, which releases the id.
+        //
+        // Invariant 10: the body's reservation travels the same way, given back when the writer
+        // is done with the record (run or dropped), not when this request ends.
         let payload = delivery.encode();
-        let result = match claim {
-            None => self.spool.append(payload).await,
-            Some(guard) => {
-                self.spool
-                    .append_then(payload, Box::new(move |_seq| guard.commit(now_ms)))
-                    .await
-            }
+        // The record is the only copy from here on.
+        drop(std::mem::take(&mut delivery.body));
+        let on_durable: spool::OnDurable = match claim {
+            None => Box::new(move |_seq| drop(reservation)),
+            Some(guard) => Box::new(move |_seq| {
+                guard.commit(now_ms);
+                drop(reservation);
+            }),
         };
+        let result = self.spool.append_then(payload, on_durable).await;
         match result {
             Ok(seq) => {
                 self.metrics
@@ -328,6 +355,55 @@ impl Ingress {
                     )
                 })
             }
+        }
+    }
+
+    /// Reads the body into one buffer whose capacity is what `reservation` covers, growing the
+    /// reservation (and the buffer) as bytes arrive; never more than `limit` bytes.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: usize,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, Reject> {
+        let mut buf: Vec<u8> = Vec::with_capacity(reservation.bytes() as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| reject(StatusCode::BAD_REQUEST, "body_read_failed", e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let needed = buf.len() + data.len();
+            if needed > limit {
+                return Err(too_large(limit));
+            }
+            if needed > buf.capacity() {
+                let size = reservation
+                    .grow(needed as u64, limit as u64)
+                    .ok_or_else(|| self.buffer_full())?;
+                buf.reserve_exact(size as usize - buf.len());
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    fn body_rejected(&self, reason: &'static str) {
+        self.metrics
+            .http_rejected_bodies
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn buffer_full(&self) -> Reject {
+        self.body_rejected("buffer_full");
+        Reject {
+            retry_after: Some(self.retry_after),
+            ..reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "buffer_full",
+                "the bridge holds as many request bodies in memory as http.max_buffered_bytes allows; retry later",
+            )
         }
     }
 
