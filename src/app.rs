@@ -228,6 +228,7 @@ impl App {
                 .map_err(|e| Error::Sink(e.to_string()))?,
             ),
         };
+        metrics.start_sink(sink.name(), broker.get() == crate::sink::BrokerState::Down);
         Ok(App {
             settings,
             ingress,

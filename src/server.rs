@@ -36,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::metrics::Family;
+
 pub type HttpResponse = Response<Full<Bytes>>;
 
 #[derive(Debug, Clone)]
@@ -53,14 +55,14 @@ pub struct Limits {
     /// Most bytes of request head buffered (431 above).
     pub max_header_bytes: usize,
     /// Counts connections ended by an error, by kind.
-    pub error_counter: Option<prometheus::IntCounterVec>,
+    pub error_counter: Option<Family<prometheus::IntCounterVec>>,
     /// Longest a closing connection reads and discards what the client still sends (see
     /// "Lingering close"); zero closes at once.
     pub linger_timeout: Duration,
     /// Most bytes read and discarded while lingering.
     pub linger_bytes: u64,
     /// Counts lingering closes that read something or waited, by how they ended.
-    pub linger_counter: Option<prometheus::IntCounterVec>,
+    pub linger_counter: Option<Family<prometheus::IntCounterVec>>,
 }
 
 /// TLS for a listener: the acceptor (which presents the current certificate) and how long a
