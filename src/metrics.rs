@@ -302,7 +302,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "hookbridge_http_connection_errors_total",
-                        "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, tls_handshake, tls_handshake_timeout, other).",
+                        "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, write_timeout: the client read nothing for http.write_timeout, tls_handshake, tls_handshake_timeout, other).",
                     ),
                     &["kind"],
                 )

@@ -2,9 +2,10 @@
 //!
 //! A metric renamed in `src/metrics.rs`, or a typo in a PromQL expression, would otherwise leave an
 //! alert that can never fire or a panel that is always empty. The reference list is
-//! `Metrics::metric_names` (every registered family, including `*Vec` families that `/metrics`
-//! leaves out until they have a label value); the test first checks that list against what a
-//! running bridge really serves on `/metrics`.
+//! `Metrics::metric_names` (every registered family); the test first checks that list against
+//! what a running bridge really serves on `/metrics`. And a name that exists is not enough: the
+//! first scrape of a fresh bridge must already hold a sample of each, with the label values the
+//! rules select (`first_scrape_of_a_fresh_bridge_holds_every_metric_deploy_files_use`).
 
 mod common;
 
