@@ -233,3 +233,47 @@ async fn idle_slow_and_non_reading_admin_connections_are_closed() {
         .await;
     }
 }
+
+/// The ingress shares the write deadline: a client that pipelines requests and never reads its
+/// answers is closed after `http.write_timeout`, instead of holding its slot and its answers.
+#[tokio::test]
+async fn ingress_closes_a_client_that_stops_reading() {
+    let (_dir, bridge) = bridge("ingress", &[("HOOKBRIDGE_HTTP__WRITE_TIMEOUT", "1s")]).await;
+    let s = connect_small(bridge.http).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // The same delivery again and again: after the first, each is a cheap "duplicate" 200 on a
+    // keep-alive connection; as many as it takes to fill the socket buffers.
+    let body = body("session.updated", "r-1", 1);
+    let one = format!(
+        "POST /webhooks/sessionboard HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+         webhook-id: msg_stall\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let burst = one.repeat(1000).into_bytes();
+        for _ in 0..200 {
+            if wr.write_all(&burst).await.is_err() {
+                return;
+            }
+        }
+    });
+    eventually(
+        Duration::from_secs(30),
+        "write_timeout on the ingress",
+        || async {
+            try_metric(
+                bridge.admin,
+                "hookbridge_http_connection_errors_total",
+                "write_timeout",
+            )
+            .await
+            .is_some_and(|v| v > 0.0)
+        },
+    )
+    .await;
+    // The connection is really gone: reading drains what was sent before, then ends.
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "ingress connection still open");
+    writer.abort();
+}
