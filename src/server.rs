@@ -25,8 +25,9 @@
 //! keep-alive connection waits for its next request), writing an answer by `write_timeout`
 //! ([`WriteDeadline`]: a client that sends and never reads is closed once its answer has made
 //! no progress for that long), lingering by `linger_timeout`. Pipelining is bounded by hyper:
-//! it reads at most `max_buf_size` ahead and does not read the next request before the
-//! answer to the current one is written, so a connection holds one answer at a time.
+//! it serves one request at a time, reads at most `max_buf_size` ahead, and stops taking
+//! answers into its write buffer past `max_buf_size` until the socket takes them, so a client
+//! that does not read holds about one answer of memory, for at most `write_timeout`.
 //!
 //! # The probe reserve
 //!
