@@ -1,10 +1,16 @@
 //! The admin listener: `/metrics` (Prometheus text), `/livez`, `/readyz`. Never on the ingress
 //! port, so the metrics and health of a bridge are not exposed to the webhook sender.
+//!
+//! The probes must answer whatever other clients do (a liveness probe that times out restarts a
+//! healthy pod): the listener keeps connections for [`PROBE_PATHS`] only (`server::Reserve`),
+//! and `/metrics` is rendered one at a time, each render answering every request that was
+//! waiting when it began ([`Renders`]), so stalled or numerous scrapers cannot multiply its cost.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -30,7 +36,25 @@ pub struct Admin {
     pub dedup: Option<Arc<Dedup>>,
     /// The forwarder's oldest unsettled record.
     pub forward: Arc<Progress>,
+    pub renders: Renders,
+    /// Longest a `/metrics` request waits for a render before it gets 503.
+    pub render_wait: Duration,
 }
+
+/// `/metrics` renders, one at a time. A render that began after a request arrived is as fresh
+/// as one made for it, so a request that waited for the lock reuses the last render if that one
+/// began after it arrived. A pipelining client cannot make the bridge render more often than
+/// once per render time, however many requests it sends.
+#[derive(Default)]
+pub struct Renders {
+    /// Renders begun so far.
+    begun: std::sync::atomic::AtomicU64,
+    /// The last render: its number (of `begun`) and text.
+    last: tokio::sync::Mutex<(u64, Bytes)>,
+}
+
+/// The paths the probe reserve serves.
+pub const PROBE_PATHS: &[&str] = &["/livez", "/readyz"];
 
 #[derive(Clone)]
 pub struct AdminService(pub Arc<Admin>);
@@ -42,12 +66,12 @@ impl hyper::service::Service<Request<Incoming>> for AdminService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.0.clone();
-        Box::pin(async move { Ok(this.handle(&req)) })
+        Box::pin(async move { Ok(this.handle(&req).await) })
     }
 }
 
 impl Admin {
-    fn handle(&self, req: &Request<Incoming>) -> HttpResponse {
+    async fn handle(&self, req: &Request<Incoming>) -> HttpResponse {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return server::json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -56,13 +80,29 @@ impl Admin {
         }
         match req.uri().path() {
             "/metrics" => {
-                self.refresh_gauges();
+                use std::sync::atomic::Ordering::SeqCst;
+                let arrived = self.renders.begun.load(SeqCst);
+                let Ok(mut last) =
+                    tokio::time::timeout(self.render_wait, self.renders.last.lock()).await
+                else {
+                    return server::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"error": "busy", "detail": "/metrics renders are taking too long"}),
+                    );
+                };
+                if last.0 <= arrived {
+                    let n = self.renders.begun.fetch_add(1, SeqCst) + 1;
+                    self.refresh_gauges();
+                    *last = (n, Bytes::from(self.metrics.render()));
+                }
+                let text = last.1.clone();
+                drop(last);
                 Response::builder()
                     .header(
                         http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )
-                    .body(Full::new(Bytes::from(self.metrics.render())))
+                    .body(Full::new(text))
                     .expect("static response parts are valid")
             }
             "/livez" => server::json(StatusCode::OK, &json!({"status": "alive"})),

@@ -228,6 +228,7 @@ impl App {
                 .map_err(|e| Error::Sink(e.to_string()))?,
             ),
         };
+        metrics.start_sink(sink.name(), broker.get() == crate::sink::BrokerState::Down);
         Ok(App {
             settings,
             ingress,
@@ -335,6 +336,8 @@ impl App {
             linger_timeout: c.http.linger_timeout,
             linger_bytes: c.http.linger_bytes,
             linger_counter: Some(metrics.http_lingering_closes.clone()),
+            write_timeout: c.http.write_timeout,
+            reserve: None,
         };
         let tls_accept = settings.tls.as_ref().map(|tls| TlsAccept {
             acceptor: tls.acceptor(),
@@ -360,22 +363,43 @@ impl App {
             dead_letters,
             dedup: dedup.clone(),
             forward: progress,
+            renders: Default::default(),
+            render_wait: c.admin.write_timeout,
         });
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(
             admin,
             move |_| AdminService(admin_state.clone()),
             Limits {
-                max_connections: 64,
-                header_timeout: c.http.header_timeout,
-                rejected_counter: None,
-                open_gauge: None,
+                max_connections: c.admin.max_connections,
+                // hyper's head timer also runs while a keep-alive connection waits for its next
+                // request: it is the idle timeout.
+                header_timeout: c.admin.idle_timeout,
+                rejected_counter: Some(
+                    metrics
+                        .admin_rejected_connections
+                        .with_label_values(&["limit"]),
+                ),
+                open_gauge: Some(metrics.admin_connections.clone()),
                 max_headers: 64,
+                // Also what hyper reads ahead of a pipelined request.
                 max_header_bytes: 16 * 1024,
-                error_counter: None,
+                error_counter: Some(metrics.admin_connection_errors.clone()),
                 linger_timeout: c.http.linger_timeout,
                 linger_bytes: c.http.linger_bytes,
                 linger_counter: None,
+                write_timeout: c.admin.write_timeout,
+                // Invariant 10: the probes answer while stalled clients hold every other slot.
+                reserve: Some(server::Reserve {
+                    connections: c.admin.probe_connections,
+                    paths: crate::admin::PROBE_PATHS,
+                    timeout: c.admin.probe_timeout,
+                    not_probe_counter: Some(
+                        metrics
+                            .admin_rejected_connections
+                            .with_label_values(&["not_probe"]),
+                    ),
+                }),
             },
             None,
             stopped(admin_stop_rx),

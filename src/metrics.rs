@@ -1,13 +1,175 @@
 //! Prometheus metrics: one registry per process (or per test app), handles passed as `Arc<Metrics>`.
 //!
-//! Every label set here is bounded: `action` is one of the catalogued Sessionboard actions or
-//! `other` / `unroutable` / `invalid`, `status` is an HTTP status code, `sink` is `nats` or `kafka`, `kind` and
-//! `reason` come from fixed enums in the code.
+//! Every label set here is bounded, and known in advance: each labelled family is a [`Family`]
+//! whose label values come from the tables in [`labels`]. Every combination of known values is
+//! created at 0 when [`Metrics`] is built (the sink's families when the sink is known,
+//! [`Metrics::start_sink`]), so a freshly started bridge already exports every series the alert
+//! rules and the dashboard use: `rate()` has a first sample and panels show 0, not "no data"
+//! (Prometheus' instrumentation guidance). In debug builds a label value missing from its table
+//! panics, so the tables cannot drift from the code that counts.
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+/// The label values each labelled family may take, one table per kind of value. A value the
+/// code counts must be in a table of its dimension (debug builds panic otherwise, see
+/// [`Family`]); every value is exported at 0 from the start. To add a value, add it here; to add
+/// a dimension, add a table and name it in the family's [`Dim`] in [`Metrics::new`].
+pub mod labels {
+    /// `hookbridge_http_requests_total{status}`: every status the ingress service answers with.
+    /// (hyper answers 431 and unparsable requests itself; those are not counted there.)
+    pub const STATUSES: &[&str] = &[
+        "200", "400", "401", "403", "404", "405", "408", "413", "429", "503",
+    ];
+    /// `action`: the routing catalogue ([`crate::routing::KNOWN_ACTIONS`]) plus these.
+    pub const ACTION_FALLBACKS: &[&str] = &["other", "unroutable", "invalid"];
+    /// Why an authentic body cannot be routed ([`crate::delivery::reject_label`]):
+    /// `hookbridge_deliveries_invalid_total{reason}`, and a dead-letter reason.
+    pub const UNUSABLE_REASONS: &[&str] = &["invalid_json", "missing_action", "missing_data_id"];
+    /// `hookbridge_dedup_waits_total{outcome}`.
+    pub const DEDUP_WAIT_OUTCOMES: &[&str] = &["duplicate", "retried", "timeout"];
+    /// Why a connection ended early (`server::ConnError::kind`), ingress and admin.
+    pub const CONNECTION_ERROR_KINDS: &[&str] = &[
+        "header_timeout",
+        "headers_too_large",
+        "incomplete",
+        "write_timeout",
+        "probe_timeout",
+        "tls_handshake",
+        "tls_handshake_timeout",
+        "other",
+    ];
+    /// `hookbridge_http_lingering_closes_total{ended}`.
+    pub const LINGER_ENDS: &[&str] = &["closed", "byte_limit", "timeout", "error"];
+    /// `hookbridge_admin_rejected_connections_total{reason}`: every slot taken (`limit`), or a
+    /// connection in the probe reserve that asked for something other than a probe.
+    pub const ADMIN_REJECT_REASONS: &[&str] = &["limit", "not_probe"];
+    /// `hookbridge_tls_reloads_total{result}`.
+    pub const TLS_RELOAD_RESULTS: &[&str] = &["ok", "error"];
+    /// `hookbridge_spool_errors_total{op}`.
+    pub const SPOOL_OPS: &[&str] = &["write", "fsync", "rotate", "confirm", "read", "statvfs"];
+    /// `hookbridge_spool_rejected_total{reason}`.
+    pub const SPOOL_REJECT_REASONS: &[&str] = &["full", "disk_low", "too_large", "failed"];
+    /// `sink`: [`crate::sink::Sink::name`].
+    pub const SINKS: &[&str] = &["nats", "kafka"];
+    /// `SendError::kind` of the NATS sink (`sink/nats.rs`), retryable and permanent.
+    pub const NATS_ERROR_KINDS: &[&str] = &[
+        "connection",
+        "timeout",
+        "broker",
+        "stream_unavailable",
+        "stream_not_found",
+        "too_large",
+        "invalid_destination",
+    ];
+    /// `SendError::kind` of the Kafka sink (`sink/kafka.rs`), retryable and permanent.
+    pub const KAFKA_ERROR_KINDS: &[&str] = &[
+        "connection",
+        "timeout",
+        "broker",
+        "client",
+        "queue_full",
+        "create_topic",
+        "unknown_topic",
+        "producer_fatal",
+        "topic_authorization_failed",
+        "message_too_large",
+        "invalid_topic",
+        "invalid_message",
+    ];
+    /// What the forwarder itself records: `retries_exhausted` (a record that kept failing while
+    /// the broker confirmed others) and `undecodable` (a record that passed its CRC but does not
+    /// decode); a publish-error kind and a dead-letter reason.
+    pub const FORWARD_REASONS: &[&str] = &["retries_exhausted", "undecodable"];
+    /// `hookbridge_http_rejected_bodies_total{reason}` (the ingress memory budget): the budget
+    /// is spent, or one client has too many unfinished bodies.
+    pub const HTTP_REJECTED_BODY_REASONS: &[&str] = &["buffer_full", "too_many_bodies"];
+    /// Values only the unit tests' sinks use (accepted only in `cfg(test)` builds).
+    pub(super) const TEST_ONLY: &[&str] = &["scripted"];
+}
+
+/// One label dimension: the union of these tables.
+pub type Dim = &'static [&'static [&'static str]];
+
+const STATUS: Dim = &[labels::STATUSES];
+const ACTION: Dim = &[crate::routing::KNOWN_ACTIONS, labels::ACTION_FALLBACKS];
+const SINK: Dim = &[labels::SINKS];
+/// Every kind a sink or the forwarder records as a failed attempt.
+const SEND_ERROR: Dim = &[
+    labels::NATS_ERROR_KINDS,
+    labels::KAFKA_ERROR_KINDS,
+    labels::FORWARD_REASONS,
+];
+/// Why a record is in the dead-letter store: a broker's permanent refusal, an unusable body, or
+/// the forwarder's own reasons.
+const DEAD_LETTER_REASON: Dim = &[
+    labels::NATS_ERROR_KINDS,
+    labels::KAFKA_ERROR_KINDS,
+    labels::UNUSABLE_REASONS,
+    labels::FORWARD_REASONS,
+];
+
+/// A labelled metric family whose label values come from [`labels`]. The vector inside is
+/// reached only through [`Family::with_label_values`], which checks the values in debug builds:
+/// a value missing from its table fails the first test that counts it, instead of becoming a
+/// series that appears only after its first event.
+#[derive(Clone, Debug)]
+pub struct Family<V> {
+    vec: V,
+    dims: &'static [Dim],
+}
+
+impl<T: MetricVecBuilder> Family<MetricVec<T>> {
+    fn new(vec: MetricVec<T>, dims: &'static [Dim]) -> Self {
+        Family { vec, dims }
+    }
+
+    /// The child for `values`, one per dimension, each from its table.
+    pub fn with_label_values(&self, values: &[&str]) -> T::M {
+        debug_assert!(
+            self.known(values),
+            "{}: label values {values:?} are not in metrics::labels; add them to its table",
+            prometheus::core::Collector::desc(&self.vec)[0].fq_name
+        );
+        self.vec.with_label_values(values)
+    }
+
+    fn known(&self, values: &[&str]) -> bool {
+        values.len() == self.dims.len()
+            && values.iter().zip(self.dims).all(|(v, dim)| {
+                dim.iter().any(|t| t.contains(v)) || (cfg!(test) && labels::TEST_ONLY.contains(v))
+            })
+    }
+
+    /// Creates (at 0) the child of every combination of known values; with `first`, only those
+    /// whose first label is `first`.
+    fn precreate(&self, first: Option<&str>) {
+        let mut combos: Vec<Vec<&str>> = vec![Vec::new()];
+        for (i, dim) in self.dims.iter().enumerate() {
+            let mut values: Vec<&str> = match (i, first) {
+                (0, Some(f)) => vec![f],
+                _ => dim.iter().flat_map(|t| t.iter().copied()).collect(),
+            };
+            values.sort_unstable();
+            values.dedup();
+            combos = combos
+                .iter()
+                .flat_map(|c| values.iter().map(move |v| [&c[..], &[*v]].concat()))
+                .collect();
+        }
+        for c in combos {
+            self.with_label_values(&c);
+        }
+    }
+
+    /// The vector itself, to register it.
+    pub fn vec(&self) -> &MetricVec<T> {
+        &self.vec
+    }
+}
 
 /// Latency buckets from 100 µs to 10 s: an fsync on a good disk is well under a millisecond, and
 /// anything near the sender's 15 s timeout must still be visible.
@@ -20,28 +182,28 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Every `reason` of `hookbridge_http_rejected_bodies_total`, exported at 0 from the start.
-pub const HTTP_REJECTED_BODY_REASONS: &[&str] = &["buffer_full", "too_many_bodies"];
-
 pub struct Metrics {
     pub registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub deliveries_accepted: IntCounterVec,
+    pub http_requests: Family<IntCounterVec>,
+    pub deliveries_accepted: Family<IntCounterVec>,
     pub deliveries_unroutable: IntCounter,
     pub deliveries_duplicate: IntCounter,
-    pub dedup_waits: IntCounterVec,
+    pub dedup_waits: Family<IntCounterVec>,
     pub dedup_ids: IntGauge,
     pub dedup_journal_bytes: IntGauge,
-    pub deliveries_invalid: IntCounterVec,
-    pub http_connection_errors: IntCounterVec,
-    pub http_lingering_closes: IntCounterVec,
+    pub deliveries_invalid: Family<IntCounterVec>,
+    pub http_connection_errors: Family<IntCounterVec>,
+    pub http_lingering_closes: Family<IntCounterVec>,
     pub ack_latency: Histogram,
     pub http_connections: IntGauge,
     pub http_rejected_connections: IntCounter,
     pub http_buffered_bytes: IntGauge,
     pub http_max_buffered_bytes: IntGauge,
-    pub http_rejected_bodies: IntCounterVec,
-    pub tls_reloads: IntCounterVec,
+    pub http_rejected_bodies: Family<IntCounterVec>,
+    pub admin_connections: IntGauge,
+    pub admin_rejected_connections: Family<IntCounterVec>,
+    pub admin_connection_errors: Family<IntCounterVec>,
+    pub tls_reloads: Family<IntCounterVec>,
     pub tls_cert_expiry: IntGauge,
 
     pub spool_records: IntGauge,
@@ -52,9 +214,9 @@ pub struct Metrics {
     pub spool_confirmed_seq: IntGauge,
     pub spool_fsync: Histogram,
     pub spool_batch_records: Histogram,
-    pub spool_errors: IntCounterVec,
+    pub spool_errors: Family<IntCounterVec>,
     pub spool_corrupt_records: IntCounter,
-    pub spool_rejected: IntCounterVec,
+    pub spool_rejected: Family<IntCounterVec>,
     pub spool_retained_records: IntGauge,
     pub spool_retained_bytes: IntGauge,
     pub spool_preallocated_bytes: IntGauge,
@@ -62,17 +224,17 @@ pub struct Metrics {
     pub spool_evicted_segments: IntCounter,
     pub spool_evicted_records: IntCounter,
 
-    pub published: IntCounterVec,
-    pub publish_errors: IntCounterVec,
-    pub publish_latency: HistogramVec,
-    pub broker_up: IntGaugeVec,
+    pub published: Family<IntCounterVec>,
+    pub publish_errors: Family<IntCounterVec>,
+    pub publish_latency: Family<HistogramVec>,
+    pub broker_up: Family<IntGaugeVec>,
     pub forward_in_flight: IntGauge,
-    pub forward_retries: IntCounterVec,
+    pub forward_retries: Family<IntCounterVec>,
     pub forward_in_flight_bytes: IntGauge,
     pub forward_stuck_records: IntGauge,
     pub forward_oldest_age: prometheus::Gauge,
     pub forward_oldest_attempts: IntGauge,
-    pub dead_lettered: IntCounterVec,
+    pub dead_lettered: Family<IntCounterVec>,
     pub dead_letter_records: IntGauge,
     pub kafka_queue_messages: IntGauge,
 }
@@ -81,19 +243,25 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
-            http_requests: IntCounterVec::new(
-                Opts::new("hookbridge_http_requests_total", "Ingress HTTP responses by status code."),
-                &["status"],
-            )
-            .unwrap(),
-            deliveries_accepted: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_deliveries_accepted_total",
-                    "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).",
-                ),
-                &["action"],
-            )
-            .unwrap(),
+            http_requests: Family::new(
+                IntCounterVec::new(
+                    Opts::new("hookbridge_http_requests_total", "Ingress HTTP responses by status code."),
+                    &["status"],
+                )
+                .unwrap(),
+                &[STATUS],
+            ),
+            deliveries_accepted: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_deliveries_accepted_total",
+                        "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).",
+                    ),
+                    &["action"],
+                )
+                .unwrap(),
+                &[ACTION],
+            ),
             deliveries_unroutable: IntCounter::new(
                 "hookbridge_deliveries_unroutable_total",
                 "Accepted deliveries whose action is not a valid subject token, routed to the dead-letter subject.",
@@ -104,14 +272,17 @@ impl Metrics {
                 "Deliveries whose id was stored before within auth.dedup_window: acknowledged, not stored again.",
             )
             .unwrap(),
-            dedup_waits: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_dedup_waits_total",
-                    "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).",
-                ),
-                &["outcome"],
-            )
-            .unwrap(),
+            dedup_waits: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_dedup_waits_total",
+                        "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+                &[&[labels::DEDUP_WAIT_OUTCOMES]],
+            ),
             dedup_ids: IntGauge::new(
                 "hookbridge_dedup_ids",
                 "Delivery ids remembered as stored (at most auth.dedup_max_entries), as keyed 128-bit fingerprints of about 21 bytes each.",
@@ -122,38 +293,50 @@ impl Metrics {
                 "Size of the de-duplication journal (<spool.dir>/dedup.journal): 32 bytes of header and 24 per record; compacted when it holds more than twice the remembered ids.",
             )
             .unwrap(),
-            deliveries_invalid: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_deliveries_invalid_total",
-                    "Authentic deliveries that cannot be routed (invalid_json, missing_action, missing_data_id): acknowledged and dead-lettered.",
-                ),
-                &["reason"],
-            )
-            .unwrap(),
-            http_connection_errors: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_http_connection_errors_total",
-                    "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, tls_handshake, tls_handshake_timeout, other).",
-                ),
-                &["kind"],
-            )
-            .unwrap(),
-            http_lingering_closes: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_http_lingering_closes_total",
-                    "Ingress connections that kept reading (and discarding) after the answer before closing, by how that ended (closed: the client closed; byte_limit: http.linger_bytes read; timeout: http.linger_timeout passed; error).",
-                ),
-                &["ended"],
-            )
-            .unwrap(),
-            tls_reloads: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_tls_reloads_total",
-                    "Attempts to load a changed TLS certificate and key (result: ok, error; on error the previous certificate stays in use).",
-                ),
-                &["result"],
-            )
-            .unwrap(),
+            deliveries_invalid: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_deliveries_invalid_total",
+                        "Authentic deliveries that cannot be routed (invalid_json, missing_action, missing_data_id): acknowledged and dead-lettered.",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+                &[&[labels::UNUSABLE_REASONS]],
+            ),
+            http_connection_errors: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_http_connection_errors_total",
+                        "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, write_timeout: the client read nothing for http.write_timeout, tls_handshake, tls_handshake_timeout, other).",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+                &[&[labels::CONNECTION_ERROR_KINDS]],
+            ),
+            http_lingering_closes: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_http_lingering_closes_total",
+                        "Ingress connections that kept reading (and discarding) after the answer before closing, by how that ended (closed: the client closed; byte_limit: http.linger_bytes read; timeout: http.linger_timeout passed; error).",
+                    ),
+                    &["ended"],
+                )
+                .unwrap(),
+                &[&[labels::LINGER_ENDS]],
+            ),
+            tls_reloads: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_tls_reloads_total",
+                        "Attempts to load a changed TLS certificate and key (result: ok, error; on error the previous certificate stays in use).",
+                    ),
+                    &["result"],
+                )
+                .unwrap(),
+                &[&[labels::TLS_RELOAD_RESULTS]],
+            ),
             tls_cert_expiry: IntGauge::new(
                 "hookbridge_tls_cert_expiry_timestamp_seconds",
                 "notAfter of the certificate the ingress serves, as Unix seconds (0 without TLS).",
@@ -187,14 +370,44 @@ impl Metrics {
                 "Configured ingress body memory budget (`http.max_buffered_bytes`).",
             )
             .unwrap(),
-            http_rejected_bodies: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_http_rejected_bodies_total",
-                    "Request bodies refused before being read, by reason (buffer_full: 503, http.max_buffered_bytes reached; too_many_bodies: 429, http.max_bodies_per_client reached).",
-                ),
-                &["reason"],
+            http_rejected_bodies: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_http_rejected_bodies_total",
+                        "Request bodies refused before being read, by reason (buffer_full: 503, http.max_buffered_bytes reached; too_many_bodies: 429, http.max_bodies_per_client reached).",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+                &[&[labels::HTTP_REJECTED_BODY_REASONS]],
+            ),
+            admin_connections: IntGauge::new(
+                "hookbridge_admin_connections",
+                "Open admin connections (metrics and probes).",
             )
             .unwrap(),
+            admin_rejected_connections: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_admin_rejected_connections_total",
+                        "Admin connections closed unserved, by reason (limit: admin.max_connections and the probe reserve were all taken; not_probe: a connection in the probe reserve asked for something other than /livez or /readyz).",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+                &[&[labels::ADMIN_REJECT_REASONS]],
+            ),
+            admin_connection_errors: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_admin_connection_errors_total",
+                        "Admin connections ended by a limit or an error, by kind (header_timeout: idle or no whole request within admin.idle_timeout; write_timeout: the client read nothing for admin.write_timeout; probe_timeout: a reserve connection not done within admin.probe_timeout; headers_too_large, incomplete, other).",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+                &[&[labels::CONNECTION_ERROR_KINDS]],
+            ),
             spool_records: IntGauge::new(
                 "hookbridge_spool_records",
                 "Records in the spool not yet confirmed by the broker.",
@@ -235,27 +448,33 @@ impl Metrics {
                 .buckets(BATCH_BUCKETS.to_vec()),
             )
             .unwrap(),
-            spool_errors: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_spool_errors_total",
-                    "Spool I/O failures by operation (write, fsync, rotate, confirm, read, statvfs).",
-                ),
-                &["op"],
-            )
-            .unwrap(),
+            spool_errors: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_spool_errors_total",
+                        "Spool I/O failures by operation (write, fsync, rotate, confirm, read, statvfs).",
+                    ),
+                    &["op"],
+                )
+                .unwrap(),
+                &[&[labels::SPOOL_OPS]],
+            ),
             spool_corrupt_records: IntCounter::new(
                 "hookbridge_spool_corrupt_records_total",
                 "Records found corrupt (bad CRC or frame) and skipped, at recovery or while reading.",
             )
             .unwrap(),
-            spool_rejected: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_spool_rejected_total",
-                    "Appends refused by the spool, by reason (full, disk_low, too_large, failed).",
-                ),
-                &["reason"],
-            )
-            .unwrap(),
+            spool_rejected: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_spool_rejected_total",
+                        "Appends refused by the spool, by reason (full, disk_low, too_large, failed).",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+                &[&[labels::SPOOL_REJECT_REASONS]],
+            ),
             spool_retained_records: IntGauge::new(
                 "hookbridge_spool_retained_records",
                 "Confirmed records still on disk (kept for spool.retain_confirmed, for `hookbridge spool replay`).",
@@ -286,39 +505,51 @@ impl Metrics {
                 "Confirmed records in the segments counted by hookbridge_spool_evicted_segments_total.",
             )
             .unwrap(),
-            published: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_published_total",
-                    "Records confirmed by the broker.",
-                ),
-                &["sink"],
-            )
-            .unwrap(),
-            publish_errors: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_publish_errors_total",
-                    "Failed publish attempts by sink and error kind (each is retried).",
-                ),
-                &["sink", "kind"],
-            )
-            .unwrap(),
-            publish_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "hookbridge_publish_latency_seconds",
-                    "Time from handing a record to the sink until the broker confirmed it.",
+            published: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_published_total",
+                        "Records confirmed by the broker.",
+                    ),
+                    &["sink"],
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["sink"],
-            )
-            .unwrap(),
-            broker_up: IntGaugeVec::new(
-                Opts::new(
-                    "hookbridge_broker_up",
-                    "1 while the last publish attempt to the broker succeeded, 0 after a failure.",
-                ),
-                &["sink"],
-            )
-            .unwrap(),
+                .unwrap(),
+                &[SINK],
+            ),
+            publish_errors: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_publish_errors_total",
+                        "Failed publish attempts by sink and error kind (each is retried).",
+                    ),
+                    &["sink", "kind"],
+                )
+                .unwrap(),
+                &[SINK, SEND_ERROR],
+            ),
+            publish_latency: Family::new(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "hookbridge_publish_latency_seconds",
+                        "Time from handing a record to the sink until the broker confirmed it.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["sink"],
+                )
+                .unwrap(),
+                &[SINK],
+            ),
+            broker_up: Family::new(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hookbridge_broker_up",
+                        "1 while the last publish attempt to the broker succeeded (and before the first attempt), 0 after a failure.",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+                &[SINK],
+            ),
             forward_in_flight: IntGauge::new(
                 "hookbridge_forward_in_flight",
                 "Records handed to the sink and not yet confirmed (including those waiting for a retry).",
@@ -344,22 +575,28 @@ impl Metrics {
                 "Failed publish attempts of the oldest unsettled record; 0 when none.",
             )
             .unwrap(),
-            forward_retries: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_forward_retries_total",
-                    "Records scheduled for another publish attempt, by sink.",
-                ),
-                &["sink"],
-            )
-            .unwrap(),
-            dead_lettered: IntCounterVec::new(
-                Opts::new(
-                    "hookbridge_dead_lettered_total",
-                    "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.",
-                ),
-                &["reason"],
-            )
-            .unwrap(),
+            forward_retries: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_forward_retries_total",
+                        "Records scheduled for another publish attempt, by sink.",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+                &[SINK],
+            ),
+            dead_lettered: Family::new(
+                IntCounterVec::new(
+                    Opts::new(
+                        "hookbridge_dead_lettered_total",
+                        "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+                &[DEAD_LETTER_REASON],
+            ),
             dead_letter_records: IntGauge::new(
                 "hookbridge_dead_letter_records",
                 "Records in the local dead-letter store.",
@@ -373,10 +610,43 @@ impl Metrics {
             registry,
         };
         m.register_all();
-        for reason in HTTP_REJECTED_BODY_REASONS {
-            m.http_rejected_bodies.with_label_values(&[reason]);
-        }
+        m.precreate();
         m
+    }
+
+    /// Every known label combination at 0, except the sink's (see [`Self::start_sink`]).
+    fn precreate(&self) {
+        for f in [
+            &self.http_requests,
+            &self.deliveries_accepted,
+            &self.dedup_waits,
+            &self.deliveries_invalid,
+            &self.http_connection_errors,
+            &self.http_lingering_closes,
+            &self.admin_rejected_connections,
+            &self.admin_connection_errors,
+            &self.http_rejected_bodies,
+            &self.tls_reloads,
+            &self.spool_errors,
+            &self.spool_rejected,
+            &self.dead_lettered,
+        ] {
+            f.precreate(None);
+        }
+    }
+
+    /// Creates the `sink`-labelled series of the one sink this bridge publishes to (series for
+    /// the other sink would hold a `broker_up` of 0 forever, and page). `hookbridge_broker_up`
+    /// starts at 1 unless the broker is already known to be down: it turns 0 on a failed
+    /// attempt, and "no attempt yet" is not a failure.
+    pub fn start_sink(&self, sink: &str, down: bool) {
+        for f in [&self.published, &self.publish_errors, &self.forward_retries] {
+            f.precreate(Some(sink));
+        }
+        self.publish_latency.precreate(Some(sink));
+        self.broker_up
+            .with_label_values(&[sink])
+            .set(i64::from(!down));
     }
 
     fn register_all(&self) {
@@ -385,8 +655,8 @@ impl Metrics {
         }
     }
 
-    /// The name of every metric family registered, whether or not it has a sample yet (a `*Vec`
-    /// without label values is left out of `/metrics`). `tests/deploy_files.rs` checks the alert
+    /// The name of every metric family registered (a `*Vec` without label values would be left
+    /// out of `/metrics`; [`labels`] makes sure none is). `tests/deploy_files.rs` checks the alert
     /// rules and the dashboard against this list.
     pub fn metric_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -400,23 +670,26 @@ impl Metrics {
 
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         vec![
-            Box::new(self.http_requests.clone()),
-            Box::new(self.deliveries_accepted.clone()),
+            Box::new(self.http_requests.vec().clone()),
+            Box::new(self.deliveries_accepted.vec().clone()),
             Box::new(self.deliveries_unroutable.clone()),
             Box::new(self.ack_latency.clone()),
             Box::new(self.deliveries_duplicate.clone()),
-            Box::new(self.dedup_waits.clone()),
+            Box::new(self.dedup_waits.vec().clone()),
             Box::new(self.dedup_ids.clone()),
             Box::new(self.dedup_journal_bytes.clone()),
-            Box::new(self.deliveries_invalid.clone()),
-            Box::new(self.http_connection_errors.clone()),
-            Box::new(self.http_lingering_closes.clone()),
+            Box::new(self.deliveries_invalid.vec().clone()),
+            Box::new(self.http_connection_errors.vec().clone()),
+            Box::new(self.http_lingering_closes.vec().clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_rejected_connections.clone()),
             Box::new(self.http_buffered_bytes.clone()),
             Box::new(self.http_max_buffered_bytes.clone()),
-            Box::new(self.http_rejected_bodies.clone()),
-            Box::new(self.tls_reloads.clone()),
+            Box::new(self.http_rejected_bodies.vec().clone()),
+            Box::new(self.admin_connections.clone()),
+            Box::new(self.admin_rejected_connections.vec().clone()),
+            Box::new(self.admin_connection_errors.vec().clone()),
+            Box::new(self.tls_reloads.vec().clone()),
             Box::new(self.tls_cert_expiry.clone()),
             Box::new(self.spool_records.clone()),
             Box::new(self.spool_bytes.clone()),
@@ -426,26 +699,26 @@ impl Metrics {
             Box::new(self.spool_confirmed_seq.clone()),
             Box::new(self.spool_fsync.clone()),
             Box::new(self.spool_batch_records.clone()),
-            Box::new(self.spool_errors.clone()),
+            Box::new(self.spool_errors.vec().clone()),
             Box::new(self.spool_corrupt_records.clone()),
-            Box::new(self.spool_rejected.clone()),
+            Box::new(self.spool_rejected.vec().clone()),
             Box::new(self.spool_retained_records.clone()),
             Box::new(self.spool_retained_bytes.clone()),
             Box::new(self.spool_preallocated_bytes.clone()),
             Box::new(self.spool_oldest_retained_age.clone()),
             Box::new(self.spool_evicted_segments.clone()),
             Box::new(self.spool_evicted_records.clone()),
-            Box::new(self.published.clone()),
-            Box::new(self.publish_errors.clone()),
-            Box::new(self.publish_latency.clone()),
-            Box::new(self.broker_up.clone()),
+            Box::new(self.published.vec().clone()),
+            Box::new(self.publish_errors.vec().clone()),
+            Box::new(self.publish_latency.vec().clone()),
+            Box::new(self.broker_up.vec().clone()),
             Box::new(self.forward_in_flight.clone()),
-            Box::new(self.forward_retries.clone()),
+            Box::new(self.forward_retries.vec().clone()),
             Box::new(self.forward_in_flight_bytes.clone()),
             Box::new(self.forward_stuck_records.clone()),
             Box::new(self.forward_oldest_age.clone()),
             Box::new(self.forward_oldest_attempts.clone()),
-            Box::new(self.dead_lettered.clone()),
+            Box::new(self.dead_lettered.vec().clone()),
             Box::new(self.dead_letter_records.clone()),
             Box::new(self.kafka_queue_messages.clone()),
         ]
@@ -465,5 +738,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_a_sample_from_the_start() {
+        let m = Metrics::new();
+        m.start_sink("nats", false);
+        let text = m.render();
+        for name in m.metric_names() {
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(&name)),
+                "{name} has no sample on a fresh registry"
+            );
+        }
+        assert!(text.contains(r#"hookbridge_broker_up{sink="nats"} 1"#));
+        assert!(
+            !text.contains(r#"sink="kafka""#),
+            "only the configured sink's series"
+        );
+        assert!(text.contains(r#"hookbridge_dead_lettered_total{reason="retries_exhausted"} 0"#));
+        assert!(text.contains(r#"hookbridge_http_requests_total{status="429"} 0"#));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not in metrics::labels")]
+    fn a_label_value_missing_from_its_table_panics_in_debug_builds() {
+        Metrics::new().spool_errors.with_label_values(&["rename"]);
     }
 }

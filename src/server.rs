@@ -17,6 +17,26 @@
 //! still sends, until the client closes, `linger_bytes` were read or `linger_timeout` passed
 //! (RFC 9112 §9.6). Only then is the socket closed. The slot stays taken meanwhile, so lingering
 //! is bounded like every other connection state.
+//!
+//! # What a client can hold
+//!
+//! Every state a connection can be in is bounded in time, so a slot always comes back:
+//! reading a request head by `header_timeout` (hyper's timer, which also runs while a
+//! keep-alive connection waits for its next request), writing an answer by `write_timeout`
+//! ([`WriteDeadline`]: a client that sends and never reads is closed once its answer has made
+//! no progress for that long), lingering by `linger_timeout`. Pipelining is bounded by hyper:
+//! it serves one request at a time, reads at most `max_buf_size` ahead, and stops taking
+//! answers into its write buffer past `max_buf_size` until the socket takes them, so a client
+//! that does not read holds about one answer of memory, for at most `write_timeout`.
+//!
+//! # The probe reserve
+//!
+//! With a [`Reserve`] (the admin listener), `max_connections` is not the end: once those slots
+//! are taken, a further `connections` slots admit only a connection whose first request line
+//! asks for one of `paths` (read with `peek`, before hyper sees the stream). It is answered
+//! once, without keep-alive, and the whole connection must be done within `timeout`. Stalled
+//! scrapers holding every ordinary slot therefore cannot starve `/livez` and `/readyz`, and a
+//! client cannot park in the reserve.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,8 +53,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
+
+use crate::metrics::Family;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -53,14 +75,32 @@ pub struct Limits {
     /// Most bytes of request head buffered (431 above).
     pub max_header_bytes: usize,
     /// Counts connections ended by an error, by kind.
-    pub error_counter: Option<prometheus::IntCounterVec>,
+    pub error_counter: Option<Family<prometheus::IntCounterVec>>,
     /// Longest a closing connection reads and discards what the client still sends (see
     /// "Lingering close"); zero closes at once.
     pub linger_timeout: Duration,
     /// Most bytes read and discarded while lingering.
     pub linger_bytes: u64,
     /// Counts lingering closes that read something or waited, by how they ended.
-    pub linger_counter: Option<prometheus::IntCounterVec>,
+    pub linger_counter: Option<Family<prometheus::IntCounterVec>>,
+    /// A connection whose writes make no progress for this long is closed ([`WriteDeadline`]).
+    pub write_timeout: Duration,
+    /// Slots kept for probes once `max_connections` are taken (see "The probe reserve"); plain
+    /// TCP only (ignored with TLS).
+    pub reserve: Option<Reserve>,
+}
+
+/// Connections kept for probes; see "The probe reserve" in the module doc.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    /// How many.
+    pub connections: usize,
+    /// The request paths a reserve connection may ask for, in its first and only request.
+    pub paths: &'static [&'static str],
+    /// Longest a reserve connection lives, from accept to close.
+    pub timeout: Duration,
+    /// Counts reserve connections closed because they asked for something else.
+    pub not_probe_counter: Option<prometheus::IntCounter>,
 }
 
 /// TLS for a listener: the acceptor (which presents the current certificate) and how long a
@@ -92,6 +132,10 @@ pub async fn serve<M, S, F>(
     let limits = Arc::new(limits);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = match (&limits.reserve, &tls) {
+        (Some(r), None) => Some(Arc::new(Semaphore::new(r.connections))),
+        _ => None,
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -112,13 +156,19 @@ pub async fn serve<M, S, F>(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if let Some(c) = &limits.rejected_counter {
-                c.inc();
-            }
-            tracing::debug!(%peer, "connection limit reached; closing");
-            drop(stream);
-            continue;
+        let (permit, reserved) = match permits.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => match reserve.as_ref().map(|r| r.clone().try_acquire_owned()) {
+                Some(Ok(p)) => (p, true),
+                _ => {
+                    if let Some(c) = &limits.rejected_counter {
+                        c.inc();
+                    }
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
@@ -132,9 +182,12 @@ pub async fn serve<M, S, F>(
             if let Some(g) = &limits.open_gauge {
                 g.inc();
             }
-            let result = match tls {
-                None => serve_lingering(stream, &http, service, watcher, &limits).await,
-                Some(tls) => {
+            let result = match (tls, &limits.reserve) {
+                (None, Some(r)) if reserved => {
+                    serve_probe(stream, &http, service, watcher, &limits, r).await
+                }
+                (None, _) => serve_lingering(stream, &http, service, watcher, &limits).await,
+                (Some(tls), _) => {
                     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
                         .await
                     {
@@ -171,6 +224,69 @@ pub async fn serve<M, S, F>(
     }
 }
 
+/// Serves a connection in the probe reserve: one request, if its request line asks for one of
+/// the reserve's paths, all within the reserve's timeout.
+async fn serve_probe<S, F>(
+    stream: TcpStream,
+    http: &hyper::server::conn::http1::Builder,
+    service: S,
+    watcher: Watcher,
+    limits: &Limits,
+    reserve: &Reserve,
+) -> Result<(), ConnError>
+where
+    S: Service<Request<Incoming>, Response = HttpResponse, Error = Infallible, Future = F>
+        + Send
+        + 'static,
+    F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
+{
+    let mut http = http.clone();
+    http.keep_alive(false);
+    let serve = async {
+        if !asks_for(&stream, reserve.paths).await {
+            if let Some(c) = &reserve.not_probe_counter {
+                c.inc();
+            }
+            return Ok(());
+        }
+        serve_lingering(stream, &http, service, watcher, limits).await
+    };
+    tokio::time::timeout(reserve.timeout, serve)
+        .await
+        .unwrap_or(Err(ConnError::ProbeTimeout))
+}
+
+/// Whether the first request line on `stream` is `GET` or `HEAD` of one of `paths` (a query
+/// string allowed), read with `peek` so hyper still sees the whole request. False when the
+/// client closes or sends anything else.
+async fn asks_for(stream: &TcpStream, paths: &[&str]) -> bool {
+    let longest = paths.iter().map(|p| p.len()).max().unwrap_or(0);
+    // "HEAD " + path + the byte after it.
+    let mut buf = vec![0u8; longest + 6];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let head = &buf[..n];
+        let target = match head.iter().position(|b| *b == b' ') {
+            Some(at) if matches!(&head[..at], b"GET" | b"HEAD") => &head[at + 1..],
+            Some(_) => return false,
+            None if n == buf.len() => return false,
+            None => &[][..],
+        };
+        if let Some(end) = target.iter().position(|b| *b == b' ' || *b == b'?') {
+            return paths.iter().any(|p| p.as_bytes() == &target[..end]);
+        }
+        if n == buf.len() || head.contains(&b'\n') {
+            return false;
+        }
+        // Part of the request line so far: `peek` leaves the socket readable, so wait a little
+        // instead of spinning (the caller's timeout bounds the whole).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Serves one connection over `io`, then closes it lingering (see "Lingering close").
 async fn serve_lingering<T, S, F>(
     io: T,
@@ -188,7 +304,8 @@ where
 {
     let (back, mut returned) = oneshot::channel();
     let lent = Lent {
-        io: Some(io),
+        // Invariant 10: a client that stops reading cannot hold its slot.
+        io: Some(WriteDeadline::new(io, limits.write_timeout)),
         back: Some(back),
     };
     let result = watcher
@@ -308,6 +425,114 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Lent<T> {
     }
 }
 
+/// A connection's stream whose writes must make progress: once a write (or flush, or
+/// shutdown) has been pending for `timeout` without a byte going out, it fails with
+/// [`WriteStalled`], and hyper closes the connection. Any progress starts the clock again, so a
+/// slow reader that keeps reading is not cut off; one that stopped reading is.
+struct WriteDeadline<T> {
+    io: T,
+    timeout: Duration,
+    /// Allocated on the first stall, re-armed on later ones.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `sleep` runs for the current stall.
+    armed: bool,
+}
+
+/// The error a stalled write fails with (found again in [`ConnError::kind`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client read nothing for the write timeout")]
+struct WriteStalled;
+
+impl<T> WriteDeadline<T> {
+    fn new(io: T, timeout: Duration) -> Self {
+        WriteDeadline {
+            io,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After a write returned `poll`: progress disarms the deadline; a stall arms it (once per
+    /// stall) and fails when it has passed.
+    fn deadline<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        let when = tokio::time::Instant::now() + self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if !self.armed {
+                    s.as_mut().reset(when);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(when))),
+        };
+        self.armed = true;
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                WriteStalled,
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.deadline(cx, poll)
+    }
+}
+
 /// Why a connection ended early; [`ConnError::kind`] is the metric label.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
@@ -317,20 +542,39 @@ enum ConnError {
     Handshake(std::io::Error),
     #[error("TLS handshake not completed in time")]
     HandshakeTimeout,
+    #[error("probe connection not done in time")]
+    ProbeTimeout,
 }
 
 impl ConnError {
-    /// The `kind` label of `hookbridge_http_connection_errors_total`.
+    /// The `kind` label of `hookbridge_{http,admin}_connection_errors_total`
+    /// (`metrics::labels::CONNECTION_ERROR_KINDS`).
     fn kind(&self) -> &'static str {
         match self {
+            ConnError::Http(e) if write_stalled(e) => "write_timeout",
             ConnError::Http(e) if e.is_timeout() => "header_timeout",
             ConnError::Http(e) if e.is_parse_too_large() => "headers_too_large",
             ConnError::Http(e) if e.is_incomplete_message() => "incomplete",
             ConnError::Http(_) => "other",
             ConnError::Handshake(_) => "tls_handshake",
             ConnError::HandshakeTimeout => "tls_handshake_timeout",
+            ConnError::ProbeTimeout => "probe_timeout",
         }
     }
+}
+
+/// Whether hyper gave up because of [`WriteStalled`].
+fn write_stalled(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<WriteStalled>()) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A JSON response with the given status. Serialized straight into the body buffer (a

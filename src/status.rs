@@ -352,7 +352,9 @@ impl Status {
         lines.push(("ready", ready));
 
         let sinks = a.by("hookbridge_broker_up", "sink");
-        let broker = if sinks.is_empty() {
+        // `hookbridge_broker_up` exists from the start (1 before the first attempt): the readiness
+        // answer says whether an attempt was made.
+        let broker = if sinks.is_empty() || r.broker == "unknown" {
             format!("{} (no publish attempt yet)", r.broker)
         } else {
             sinks

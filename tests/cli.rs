@@ -266,19 +266,25 @@ fn the_container_config_needs_authentication() {
 
 #[test]
 fn check_config_prints_the_memory_estimate_and_enforces_a_limit() {
-    // The defaults allow more than a 256 MiB pod: a window of 1024 records of up to 1 MiB.
+    // The defaults fit a 256 MiB pod (203 MiB), not a 192 MiB one.
     let out = hookbridge()
         .args(["check-config", "--memory-limit", "256Mi"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert!(out.status.success(), "{err}");
     assert!(err.contains("memory estimate"), "{err}");
+    let out = hookbridge()
+        .args(["check-config", "--memory-limit", "192Mi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("forwarder window (forward.max_in_flight)"),
+        err.contains("forwarder window (forward.max_in_flight_bytes)"),
         "{err}"
     );
-    assert!(err.contains("exceeds --memory-limit (256.0 MiB)"), "{err}");
+    assert!(err.contains("exceeds --memory-limit (192.0 MiB)"), "{err}");
     // A configuration sized for it passes, and stdout is still the effective TOML alone.
     let sized = |limit: &str| {
         hookbridge()

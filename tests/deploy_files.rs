@@ -2,9 +2,10 @@
 //!
 //! A metric renamed in `src/metrics.rs`, or a typo in a PromQL expression, would otherwise leave an
 //! alert that can never fire or a panel that is always empty. The reference list is
-//! `Metrics::metric_names` (every registered family, including `*Vec` families that `/metrics`
-//! leaves out until they have a label value); the test first checks that list against what a
-//! running bridge really serves on `/metrics`.
+//! `Metrics::metric_names` (every registered family); the test first checks that list against
+//! what a running bridge really serves on `/metrics`. And a name that exists is not enough: the
+//! first scrape of a fresh bridge must already hold a sample of each, with the label values the
+//! rules select (`first_scrape_of_a_fresh_bridge_holds_every_metric_deploy_files_use`).
 
 mod common;
 
@@ -71,7 +72,7 @@ fn histograms(m: &Metrics) -> Vec<String> {
     descs.extend(m.ack_latency.desc());
     descs.extend(m.spool_fsync.desc());
     descs.extend(m.spool_batch_records.desc());
-    descs.extend(m.publish_latency.desc());
+    descs.extend(m.publish_latency.vec().desc());
     descs.into_iter().map(|d| d.fq_name.clone()).collect()
 }
 
@@ -153,4 +154,93 @@ fn the_check_catches_typos() {
     ] {
         assert!(names.contains(name), "{name} missing from metric_names");
     }
+}
+
+/// Alert rules and panels need series before anything goes wrong: `rate()` and `increase()`
+/// have nothing to work on, and panels show "no data", for a labelled family that appears only
+/// after its first event. So the FIRST scrape of a freshly started bridge (the real binary) must
+/// hold a sample of every family the alert rules and the dashboard name, and a sample with
+/// every `label="value"` they select on.
+#[tokio::test]
+async fn first_scrape_of_a_fresh_bridge_holds_every_metric_deploy_files_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("firstscrape");
+    let bridge = BridgeProcess::spawn(&bridge_env(dir.path(), &id, &id.to_uppercase())).await;
+    let served = metrics_text(&http_client(), bridge.admin).await;
+    drop(bridge);
+
+    // name → the label sets of its samples (`_bucket`/`_sum`/`_count` count for the histogram).
+    let mut samples: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in served.lines().filter(|l| !l.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let labels = line[name_end..].split(' ').next().unwrap_or("");
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|b| served.contains(&format!("# TYPE {b} histogram")))
+            .unwrap_or(name);
+        samples.entry(base).or_default().push(labels);
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut missing = Vec::new();
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/hookbridge.json",
+    ] {
+        // The dashboard is JSON: its PromQL quotes are escaped.
+        let text = std::fs::read_to_string(root.join(file))
+            .unwrap()
+            .replace("\\\"", "\"");
+        for (name, matchers) in selectors(&text) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| samples.contains_key(b)))
+                .unwrap_or(&name);
+            let Some(sets) = samples.get(base) else {
+                missing.push(format!("{file}: {name} has no sample"));
+                continue;
+            };
+            for m in matchers {
+                if !sets.iter().any(|s| s.contains(&m)) {
+                    missing.push(format!("{file}: no sample of {name}{{{m}}}"));
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "a fresh bridge's first scrape lacks what deploy files use (pre-create the label \
+         values in src/metrics.rs `labels`):\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+/// Every `hookbridge_*` name in `text` with its `label="value"` matchers (`=~`, `!=` and `!~`
+/// select nothing in particular and are left out).
+fn selectors(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for name in metric_tokens(text) {
+        let mut matchers = Vec::new();
+        let pattern = format!("{name}{{");
+        let mut from = 0;
+        while let Some(at) = text[from..].find(&pattern) {
+            let start = from + at + pattern.len();
+            let end = start + text[start..].find('}').unwrap_or(0);
+            for m in text[start..end].split(',') {
+                let m = m.trim();
+                if let Some((k, v)) = m.split_once('=') {
+                    if !k.ends_with('!') && !v.starts_with('~') {
+                        matchers.push(format!("{}={}", k.trim(), v.trim()));
+                    }
+                }
+            }
+            from = end;
+        }
+        out.push((name, matchers));
+    }
+    out
 }

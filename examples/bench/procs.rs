@@ -387,6 +387,8 @@ pub fn run_noop_server(addr: &str) {
             linger_timeout: d.linger_timeout,
             linger_bytes: d.linger_bytes,
             linger_counter: None,
+            write_timeout: d.write_timeout,
+            reserve: None,
         };
         let service = |_peer| {
             hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {

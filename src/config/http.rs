@@ -51,6 +51,11 @@ pub struct HttpConfig {
     /// Most bytes a closing connection reads and discards before it closes anyway. Default
     /// 4 MiB (four times the default `max_body_bytes`: an over-limit body is read to its end).
     pub linger_bytes: u64,
+    /// Longest an answer may wait for the client to read it: a connection whose writes make no
+    /// progress for this long is closed (a client that sends and never reads cannot hold a slot
+    /// and its answer's memory). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `auth.allow_cidrs`. Default none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Serve plain HTTP on a non-loopback `listen` address. Only for deployments where TLS is
@@ -145,6 +150,7 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             linger_timeout: Duration::from_secs(2),
             linger_bytes: 4 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             allow_plaintext: false,
             tls: TlsConfig::default(),
@@ -157,13 +163,61 @@ impl Default for HttpConfig {
 pub struct AdminConfig {
     /// Address of the metrics and health listener. Default `127.0.0.1:9090`.
     pub listen: SocketAddr,
+    /// Open admin connections beyond this (and beyond the probe reserve) are closed at once.
+    /// Default 64.
+    pub max_connections: usize,
+    /// Connections reserved for `/livez` and `/readyz`, used once `max_connections` are taken:
+    /// a connection in the reserve answers one probe and closes, so stalled scrapers cannot
+    /// starve the liveness probe. At least 1. Default 8.
+    pub probe_connections: usize,
+    /// Longest a reserve connection may take for its probe, request and answer. Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// A connection that has not sent a whole request head this long after it opened or after
+    /// its last answer is closed. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection whose answer makes no progress for this long (the client does not read) is
+    /// closed; also the longest a `/metrics` request waits for the one render at a time before
+    /// it gets 503. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9090".parse().unwrap(),
+            max_connections: 64,
+            probe_connections: 8,
+            probe_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl AdminConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.max_connections == 0 {
+            return Err(invalid("admin.max_connections", "must be positive"));
+        }
+        if self.probe_connections == 0 {
+            return Err(invalid(
+                "admin.probe_connections",
+                "must be at least 1 (the probes' reserve)",
+            ));
+        }
+        for (key, t) in [
+            ("admin.probe_timeout", self.probe_timeout),
+            ("admin.idle_timeout", self.idle_timeout),
+            ("admin.write_timeout", self.write_timeout),
+        ] {
+            if t.is_zero() || t > Duration::from_secs(300) {
+                return Err(invalid(key, "must be between 1ms and 300s"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +249,12 @@ impl HttpConfig {
         }
         if self.max_header_bytes < 8192 {
             return Err(invalid("http.max_header_bytes", "must be at least 8192"));
+        }
+        if self.write_timeout.is_zero() || self.write_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "http.write_timeout",
+                "must be between 1ms and 300s",
+            ));
         }
         if self.linger_timeout > Duration::from_secs(60) {
             return Err(invalid(

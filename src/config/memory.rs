@@ -71,7 +71,10 @@ impl MemoryEstimate {
             ("connections (http.max_connections)", self.connections),
             ("request bodies (http.max_buffered_bytes)", self.bodies),
             ("de-duplication (auth.dedup_max_entries)", self.dedup),
-            ("forwarder window (forward.max_in_flight_bytes)", self.window),
+            (
+                "forwarder window (forward.max_in_flight_bytes)",
+                self.window,
+            ),
             ("spool writer (spool.max_batch_bytes)", self.writer),
             ("total", self.total()),
         ]

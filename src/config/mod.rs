@@ -136,6 +136,7 @@ impl Config {
     /// passed this (see `app::Settings::new`).
     pub fn validate(&self) -> Result<(), Error> {
         self.http.validate()?;
+        self.admin.validate()?;
         self.auth.validate()?;
         self.spool.validate()?;
         self.forward.validate()?;
@@ -253,6 +254,15 @@ pub(crate) mod tests {
         for (toml, key) in [
             ("[http]\npath = \"no-slash\"\n", "http.path"),
             ("[spool]\nsegment_bytes = 10\n", "spool.segment_bytes"),
+            ("[http]\nwrite_timeout = \"0s\"\n", "http.write_timeout"),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+            (
+                "[admin]\nprobe_connections = 0\n",
+                "admin.probe_connections",
+            ),
+            ("[admin]\nprobe_timeout = \"0s\"\n", "admin.probe_timeout"),
+            ("[admin]\nidle_timeout = \"1h\"\n", "admin.idle_timeout"),
+            ("[admin]\nwrite_timeout = \"0s\"\n", "admin.write_timeout"),
             ("[spool]\nmax_bytes = 1000000\n", "spool.max_bytes"),
             ("[spool]\nmin_free_bytes = 256\n", "spool.min_free_bytes"),
             (
