@@ -130,6 +130,14 @@ for pod in statefulset drain; do
     failed=1
     continue
   fi
+  # The bridge itself ignores service links (issue 30), so a pod without enableServiceLinks:
+  # false must start too.
+  mapfile -d '' linked <"$dir/env-with-links"
+  if ! env -i "${linked[@]}" "$bin" check-config >/dev/null 2>"$dir/links.err"; then
+    cat "$dir/links.err"
+    say "FAIL: $pod: hookbridge refuses to start with the namespace's service-link variables"
+    failed=1
+  fi
   if [ "$pod" = statefulset ]; then
     "$PY" deploy/check_deploy_files.py config "$work/rendered.yaml" "$dir/effective.toml" || failed=1
   fi

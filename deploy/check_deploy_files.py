@@ -20,7 +20,8 @@
                                                  environment (image ENV, env, service links for every
                                                  Service in the namespace unless enableServiceLinks is
                                                  false) in DIR/env (NUL-separated), the container's
-                                                 memory limit in DIR/memory-limit, the Secret's
+                                                 memory limit in DIR/memory-limit, the same environment with the service links even
+                                                 where the pod turns them off in DIR/env-with-links, the Secret's
                                                  placeholder in DIR/placeholder; mount paths are
                                                  mapped under DIR/root, in values and config files
     check_deploy_files.py config RENDERED EFFECTIVE_TOML
@@ -593,32 +594,41 @@ def podenv(rendered, which, out_dir):
 
     # The kubelet's order: the image's ENV, service links, then the container's own env (which
     # wins over both).
-    env = dict(image_env())
-    if pod.get("enableServiceLinks", True):
-        env.update(service_links(kinds, namespace))
+    links = service_links(kinds, namespace)
+
+    def environment(with_links):
+        env = dict(image_env())
+        if with_links:
+            env.update(links)
+        env.update(container_env)
+        return env
+
+    container_env = {}
     for e in c.get("env", []):
         if "value" in e:
-            env[e["name"]] = mapped(e["value"])
+            container_env[e["name"]] = mapped(e["value"])
         elif "valueFrom" in e:
             ref = e["valueFrom"]
             if "configMapKeyRef" in ref:
                 cm = by_name("ConfigMap", ref["configMapKeyRef"]["name"]) or {}
-                env[e["name"]] = cm.get("data", {}).get(ref["configMapKeyRef"]["key"], "")
+                container_env[e["name"]] = cm.get("data", {}).get(ref["configMapKeyRef"]["key"], "")
             elif "secretKeyRef" in ref:
                 secret = by_name("Secret", ref["secretKeyRef"]["name"]) or {}
-                env[e["name"]] = secret_files(secret).get(ref["secretKeyRef"]["key"], "")
+                container_env[e["name"]] = secret_files(secret).get(ref["secretKeyRef"]["key"], "")
             elif "fieldRef" in ref:
                 field = ref["fieldRef"]["fieldPath"]
-                env[e["name"]] = {"metadata.name": meta["name"] + ("-0" if which == "statefulset" else ""),
+                container_env[e["name"]] = {"metadata.name": meta["name"] + ("-0" if which == "statefulset" else ""),
                                   "metadata.namespace": namespace}.get(field, "")
-    with open(os.path.join(out_dir, "env"), "w") as f:
-        for k, v in env.items():
-            f.write(f"{k}={v}\0")
+    env = environment(pod.get("enableServiceLinks", True))
+    for name, variables in (("env", env), ("env-with-links", environment(True))):
+        with open(os.path.join(out_dir, name), "w") as f:
+            for k, v in variables.items():
+                f.write(f"{k}={v}\0")
     with open(os.path.join(out_dir, "memory-limit"), "w") as f:
         f.write(str(c.get("resources", {}).get("limits", {}).get("memory", "")))
-    links = sorted(k for k in env if k.startswith("HOOKBRIDGE_") and "__" not in k and k != "HOOKBRIDGE_CONFIG")
+    shown = sorted(k for k in env if k.startswith("HOOKBRIDGE_") and "__" not in k and k != "HOOKBRIDGE_CONFIG")
     print(f"podenv {which}: {len(env)} variables"
-          + (f", service links under the bridge's prefix: {' '.join(links)}" if links else ", no service links under HOOKBRIDGE_"))
+          + (f", service links under the bridge's prefix: {' '.join(shown)}" if shown else ", no service links under HOOKBRIDGE_"))
 
 
 def check_config(rendered, effective_path):
