@@ -136,6 +136,7 @@ build_started=$(date +%s)
 # --layers=false: no intermediate images are left behind (the apt step runs every time, ~6 s).
 podman build --quiet --isolation chroot --network host --layers=false --format docker \
   --pull=never -f "$work/Containerfile" --target runtime --build-arg RUNTIME_IMAGE="$base" \
+  --build-arg REVISION="$(git rev-parse HEAD)" --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   -t "$image" "$ctx" >/dev/null
 build_secs=$(($(date +%s) - build_started))
 
@@ -156,10 +157,14 @@ for k, v in want.items():
 assert "/var/lib/hookbridge" in c.get("Volumes", {}), c.get("Volumes")
 assert "HOOKBRIDGE_CONFIG=/etc/hookbridge/hookbridge.toml" in c["Env"], c["Env"]
 assert set(c.get("ExposedPorts", {})) == {"8080/tcp", "9090/tcp"}, c.get("ExposedPorts")
+labels = c.get("Labels") or {}
+for k in ("title", "version", "revision", "created", "base.name"):
+    assert labels.get(f"org.opencontainers.image.{k}"), f"OCI label {k} missing: {labels}"
+assert labels["org.opencontainers.image.base.name"] == sys.argv[1], labels
 hc = image["Healthcheck"]["Test"]
 assert hc[:4] == ["CMD", "/usr/local/bin/hookbridge", "probe", "ready"], hc
 print("  user", c["User"], "| entrypoint", c["Entrypoint"], c["Cmd"], "| healthcheck", " ".join(hc[1:]))
-'
+' "$base"
 size=$(podman image inspect --format '{{.Size}}' "$image")
 base_size=$(podman image inspect --format '{{.Size}}' "$base")
 

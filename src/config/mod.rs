@@ -111,8 +111,28 @@ pub fn figment(file: Option<&Path>) -> Figment {
         // means it, so that is checked in `load`.
         f = f.merge(Toml::file_exact(path));
     }
-    // `HOOKBRIDGE_CONFIG` names the file (read by the CLI); it is not a key.
-    f.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
+    f.merge(config_env())
+}
+
+/// The environment provider: only `HOOKBRIDGE_<SECTION>__<KEY>` variables are configuration.
+///
+/// Every key lives in a section, so a real override always has a `__`. Other `HOOKBRIDGE_*`
+/// variables are someone else's: `HOOKBRIDGE_CONFIG` names the file (read by the CLI), and
+/// Kubernetes gives every pod service-link variables for each Service in its namespace — a
+/// Service named `hookbridge` yields `HOOKBRIDGE_PORT=tcp://…`, `HOOKBRIDGE_SERVICE_HOST`,
+/// `HOOKBRIDGE_PORT_8080_TCP_ADDR` and more. Taking those as keys made the bridge refuse to start
+/// on Kubernetes. A mistyped key inside a section (`HOOKBRIDGE_HTTP__LISTN`) is still an error; a
+/// variable with a single `_` where `__` was meant is ignored like any other foreign variable.
+fn config_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| is_config_key(key.as_str()))
+        .split("__")
+}
+
+/// `key` is a variable name without [`ENV_PREFIX`]: `HTTP__LISTEN` is a key, `PORT`,
+/// `SERVICE_HOST` and `CONFIG` are not.
+fn is_config_key(key: &str) -> bool {
+    key.contains("__")
 }
 
 impl Config {
@@ -428,6 +448,69 @@ pub(crate) mod tests {
             assert!(err.contains("listn"), "{err}");
             Ok(())
         });
+    }
+
+    /// The variables a pod gets from Services named `hookbridge` and `hookbridge-headless`
+    /// (ports 8080 `http` and 9090 `admin`), as the kubelet writes them; `tests/service_links.rs`
+    /// starts the real binary with the same set.
+    pub(crate) const SERVICE_LINKS: &[(&str, &str)] = &[
+        ("HOOKBRIDGE_PORT", "tcp://10.96.0.12:8080"),
+        ("HOOKBRIDGE_SERVICE_HOST", "10.96.0.12"),
+        ("HOOKBRIDGE_SERVICE_PORT", "8080"),
+        ("HOOKBRIDGE_SERVICE_PORT_HTTP", "8080"),
+        ("HOOKBRIDGE_SERVICE_PORT_ADMIN", "9090"),
+        ("HOOKBRIDGE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("HOOKBRIDGE_PORT_8080_TCP_PROTO", "tcp"),
+        ("HOOKBRIDGE_PORT_8080_TCP_PORT", "8080"),
+        ("HOOKBRIDGE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("HOOKBRIDGE_PORT_9090_TCP", "tcp://10.96.0.12:9090"),
+        ("HOOKBRIDGE_PORT_9090_TCP_PROTO", "tcp"),
+        ("HOOKBRIDGE_PORT_9090_TCP_PORT", "9090"),
+        ("HOOKBRIDGE_PORT_9090_TCP_ADDR", "10.96.0.12"),
+        ("HOOKBRIDGE_HEADLESS_PORT", "tcp://10.96.0.13:8080"),
+        ("HOOKBRIDGE_HEADLESS_SERVICE_HOST", "10.96.0.13"),
+        ("HOOKBRIDGE_HEADLESS_SERVICE_PORT", "8080"),
+        ("HOOKBRIDGE_HEADLESS_SERVICE_PORT_HTTP", "8080"),
+        ("HOOKBRIDGE_HEADLESS_PORT_8080_TCP", "tcp://10.96.0.13:8080"),
+        ("HOOKBRIDGE_HEADLESS_PORT_8080_TCP_PROTO", "tcp"),
+        ("HOOKBRIDGE_HEADLESS_PORT_8080_TCP_PORT", "8080"),
+        ("HOOKBRIDGE_HEADLESS_PORT_8080_TCP_ADDR", "10.96.0.13"),
+    ];
+
+    #[test]
+    fn kubernetes_service_links_are_not_keys() {
+        Jail::expect_with(|jail| {
+            for (name, value) in SERVICE_LINKS {
+                jail.set_env(name, value);
+            }
+            jail.set_env("HOOKBRIDGE_CONFIG", "/nonexistent/ignored-here.toml");
+            jail.set_env("HOOKBRIDGE_SINK__NATS__STREAM", "FROMENV");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.sink.nats.stream, "FROMENV");
+            assert_eq!(c.http.listen, Config::default().http.listen);
+            // A mistyped key inside a section is still refused next to them.
+            jail.set_env("HOOKBRIDGE_HTTP__LISTENN", "127.0.0.1:1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listenn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_keys_are_the_variables_with_a_section_separator() {
+        for (key, is) in [
+            ("HTTP__LISTEN", true),
+            ("SINK__NATS__PASSWORD", true),
+            ("HTTP__LISTENN", true),
+            ("CONFIG", false),
+            ("PORT", false),
+            ("SERVICE_HOST", false),
+            ("PORT_8080_TCP_ADDR", false),
+            ("HEADLESS_SERVICE_PORT_HTTP", false),
+            ("HTTP_LISTEN", false),
+        ] {
+            assert_eq!(is_config_key(key), is, "{key}");
+        }
     }
 
     #[test]
