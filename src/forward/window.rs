@@ -23,7 +23,7 @@ pub(super) struct Pending {
     pub(super) msg: Sent,
     /// The message, built at admission and moved (not cloned) into the first send. A retry
     /// rebuilds it from `record`: retries are rare, and a clone of every message for the
-    /// case that it fails cost an allocation per header on the hot path.
+    /// case that it fails would cost an allocation per header on the hot path.
     pub(super) ready: Option<Message>,
     /// The spool record payload (the message's body is a slice of it, so this costs nothing);
     /// kept for the dead-letter store.
