@@ -23,9 +23,9 @@
 //!
 //! # Where the rest lives
 //!
-//! - [`fingerprint`]: an id is remembered as a keyed 128-bit fingerprint, never as itself;
-//! - [`set`]: the stored set, a ring in insertion order plus an index, with expiry and eviction;
-//! - [`journal`]: the binary journal (`<spool.dir>/dedup.journal`) that carries stored ids
+//! - `fingerprint.rs`: an id is remembered as a keyed 128-bit fingerprint, never as itself;
+//! - `set.rs`: the stored set, a ring in insertion order plus an index, with expiry and eviction;
+//! - `journal.rs`: the binary journal (`<spool.dir>/dedup.journal`) that carries stored ids
 //!   across a restart, its writer thread, compaction, and the upgrade of text journals.
 
 mod fingerprint;

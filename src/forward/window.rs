@@ -65,7 +65,7 @@ pub(super) struct Window {
     pub(super) confirms: u64,
     /// Pending records with at least one strike.
     pub(super) stuck: usize,
-    /// (seq, attempts) of the oldest record as last shown in [`Progress`].
+    /// (seq, attempts) of the oldest record as last shown in [`Progress`](super::Progress).
     pub(super) shown: Option<(u64, u32)>,
 }
 
