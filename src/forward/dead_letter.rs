@@ -29,15 +29,15 @@ impl Forwarder {
     /// Starts moving a record the broker refused permanently (or the ingress kept as unusable,
     /// or that exhausted its retries) to the dead-letter store. From here on the record is only
     /// ever written there.
-    pub(super) fn dead_letter(&self, slot: &mut Pending, e: &SendError) -> Attempt {
-        let action = Delivery::decode(slot.record.clone())
+    pub(super) fn dead_letter(&self, rec: &mut Pending, e: &SendError) -> Attempt {
+        let action = Delivery::decode(rec.record.clone())
             .map(|d| d.action)
             .unwrap_or_default();
         let meta = Arc::new(deadletter::Meta {
-            seq: slot.msg.seq,
-            id: slot.msg.id.clone(),
+            seq: rec.msg.seq,
+            id: rec.msg.id.clone(),
             action,
-            destination: slot.msg.destination.clone(),
+            destination: rec.msg.destination.clone(),
             reason: e.kind().to_owned(),
             error: e.to_string(),
             dead_lettered_at_ms: std::time::SystemTime::now()
@@ -45,12 +45,12 @@ impl Forwarder {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         });
-        slot.dead_letter = Some(DeadLetterJob {
+        rec.dead_letter = Some(DeadLetterJob {
             meta: meta.clone(),
             reason: e.kind(),
             failures: 0,
         });
-        self.write_dead_letter(meta, slot.record.clone(), Duration::ZERO)
+        self.write_dead_letter(meta, rec.record.clone(), Duration::ZERO)
     }
 
     /// One attempt at writing a dead letter, after `delay`.
@@ -82,8 +82,8 @@ impl Forwarder {
         w: &mut Window,
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
-        let slot = &w.pending[&seq];
-        let job = slot
+        let rec = &w.pending[&seq];
+        let job = rec
             .dead_letter
             .as_ref()
             .expect("a dead-letter write has its job");
@@ -96,7 +96,7 @@ impl Forwarder {
             .dead_letter_records
             .set(self.dead_letters.len() as i64);
         if job.failures > 0 {
-            tracing::info!(seq, delivery_id = %slot.msg.id, failed_writes = job.failures,
+            tracing::info!(seq, delivery_id = %rec.msg.id, failed_writes = job.failures,
                 "dead letter written after failed attempts");
         }
         self.finish(seq, w, attempts);
@@ -113,11 +113,11 @@ impl Forwarder {
         w: &mut Window,
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
-        let slot = w
+        let rec = w
             .pending
             .get_mut(&seq)
             .expect("settled record is in the window");
-        let job = slot
+        let job = rec
             .dead_letter
             .as_mut()
             .expect("a dead-letter write has its job");
@@ -126,12 +126,12 @@ impl Forwarder {
         // Once per record at error level; a failing store would otherwise log every
         // retry of every record waiting on it.
         if job.failures == 1 {
-            tracing::error!(seq, delivery_id = %slot.msg.id, reason = job.reason, error = %e,
+            tracing::error!(seq, delivery_id = %rec.msg.id, reason = job.reason, error = %e,
                 "writing the dead letter failed; retrying the write with backoff");
         } else {
-            tracing::debug!(seq, delivery_id = %slot.msg.id, failed_writes = job.failures,
+            tracing::debug!(seq, delivery_id = %rec.msg.id, failed_writes = job.failures,
                 retry_in = ?delay, error = %e, "writing the dead letter failed again");
         }
-        attempts.push(self.write_dead_letter(job.meta.clone(), slot.record.clone(), delay));
+        attempts.push(self.write_dead_letter(job.meta.clone(), rec.record.clone(), delay));
     }
 }

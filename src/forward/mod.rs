@@ -195,15 +195,15 @@ impl Forwarder {
             .insert(seq, Pending::new(msg, ready, record, rejected, w.confirms));
         if send_now {
             let confirms = w.confirms;
-            let slot = w.pending.get_mut(&seq).expect("just inserted");
-            attempts.push(self.dispatch(slot, confirms));
+            let rec = w.pending.get_mut(&seq).expect("just inserted");
+            attempts.push(self.dispatch(rec, confirms));
         }
     }
 
     /// Sends, or for a record the ingress kept as unusable (or that does not decode), goes
     /// straight to the dead-letter store.
-    fn dispatch(&self, slot: &mut Pending, confirms: u64) -> Attempt {
-        match slot.rejected {
+    fn dispatch(&self, rec: &mut Pending, confirms: u64) -> Attempt {
+        match rec.rejected {
             // An unusable body is never published (its destination would be `<prefix>unroutable`
             // with an empty key).
             Some(kind) => {
@@ -212,22 +212,22 @@ impl Forwarder {
                 } else {
                     format!("rejected at ingress: {kind}")
                 };
-                self.dead_letter(slot, &SendError::Permanent { kind, detail })
+                self.dead_letter(rec, &SendError::Permanent { kind, detail })
             }
             None => {
-                slot.confirms_seen = confirms;
-                let msg = self.take_message(slot);
+                rec.confirms_seen = confirms;
+                let msg = self.take_message(rec);
                 self.attempt(msg, Duration::ZERO)
             }
         }
     }
 
-    /// The slot's message for a send: the one built at admission, or rebuilt from the record.
-    fn take_message(&self, slot: &mut Pending) -> Message {
-        slot.ready.take().unwrap_or_else(|| {
-            let d = Delivery::decode(slot.record.clone())
+    /// The record's message for a send: the one built at admission, or rebuilt from the record.
+    fn take_message(&self, rec: &mut Pending) -> Message {
+        rec.ready.take().unwrap_or_else(|| {
+            let d = Delivery::decode(rec.record.clone())
                 .expect("a record that is sent decoded when it was admitted");
-            message(&self.router, &self.cloudevents, slot.msg.seq, d)
+            message(&self.router, &self.cloudevents, rec.msg.seq, d)
         })
     }
 
@@ -292,9 +292,9 @@ impl Forwarder {
             }
             BrokerState::Unknown => self.status.set(BrokerState::Up),
         }
-        let slot = &w.pending[&seq];
-        if slot.attempts > 0 {
-            tracing::debug!(seq, delivery_id = %slot.msg.id, attempts = slot.attempts + 1, "published after retries");
+        let rec = &w.pending[&seq];
+        if rec.attempts > 0 {
+            tracing::debug!(seq, delivery_id = %rec.msg.id, attempts = rec.attempts + 1, "published after retries");
         }
         w.confirms += 1;
         self.finish(seq, w, attempts);
@@ -311,7 +311,7 @@ impl Forwarder {
     ) {
         let sink = self.sink.name();
         let window_full = w.full(&self.cfg);
-        let slot = w
+        let rec = w
             .pending
             .get_mut(&seq)
             .expect("settled record is in the window");
@@ -319,31 +319,31 @@ impl Forwarder {
             .publish_errors
             .with_label_values(&[sink, e.kind()])
             .inc();
-        if slot.failed(e.to_string(), w.confirms) {
+        if rec.failed(e.to_string(), w.confirms) {
             w.stuck += 1;
         }
-        let n = slot.attempts;
+        let n = rec.attempts;
         match &e {
-            SendError::Retryable { .. } if slot.exhausted(&self.cfg, window_full) => {
-                let age = slot.stuck_since.map(|t| t.elapsed()).unwrap_or_default();
-                tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-                    attempts = n, strikes = slot.strikes, ?age, error = %e,
+            SendError::Retryable { .. } if rec.exhausted(&self.cfg, window_full) => {
+                let age = rec.stuck_since.map(|t| t.elapsed()).unwrap_or_default();
+                tracing::error!(seq, delivery_id = %rec.msg.id, destination = %rec.msg.destination,
+                    attempts = n, strikes = rec.strikes, ?age, error = %e,
                     "record kept failing while the broker confirmed others; moving it to the dead-letter store");
                 let given_up = SendError::Permanent {
                     kind: RETRIES_EXHAUSTED,
                     detail: format!(
                         "{n} failed attempts ({} while the broker confirmed other records) over {:.0?}; last error: {e}",
-                        slot.strikes, age
+                        rec.strikes, age
                     ),
                 };
-                attempts.push(self.dead_letter(slot, &given_up));
+                attempts.push(self.dead_letter(rec, &given_up));
             }
-            SendError::Retryable { .. } => attempts.push(self.retry(slot, &e)),
+            SendError::Retryable { .. } => attempts.push(self.retry(rec, &e)),
             SendError::Permanent { kind, .. } => {
-                tracing::error!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+                tracing::error!(seq, delivery_id = %rec.msg.id, destination = %rec.msg.destination,
                     reason = kind, error = %e,
                     "broker refused the record permanently; moving it to the dead-letter store");
-                attempts.push(self.dead_letter(slot, &e));
+                attempts.push(self.dead_letter(rec, &e));
             }
         }
         self.show(w);
@@ -351,46 +351,46 @@ impl Forwarder {
 
     /// Sends a record again after a retryable failure, with backoff. A failure without a strike
     /// means the broker is away: that is said once, not once per record.
-    fn retry(&self, slot: &mut Pending, e: &SendError) -> Attempt {
+    fn retry(&self, rec: &mut Pending, e: &SendError) -> Attempt {
         let sink = self.sink.name();
-        let (seq, n) = (slot.msg.seq, slot.attempts);
+        let (seq, n) = (rec.msg.seq, rec.attempts);
         let delay = backoff(&self.cfg, n);
-        if slot.strikes == 0 {
+        if rec.strikes == 0 {
             self.metrics.broker_up.with_label_values(&[sink]).set(0);
             // During an outage every record in flight fails: say so once when
             // the broker goes away (and when it is back), not once per record.
             if self.status.get() != BrokerState::Down {
                 self.status.set(BrokerState::Down);
-                tracing::warn!(sink, destination = %slot.msg.destination, error = %e,
+                tracing::warn!(sink, destination = %rec.msg.destination, error = %e,
                     "publishing failed; holding deliveries in the spool and retrying with backoff");
             }
-        } else if slot.strikes == 1 {
-            tracing::warn!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
+        } else if rec.strikes == 1 {
+            tracing::warn!(seq, delivery_id = %rec.msg.id, destination = %rec.msg.destination,
                 error = %e, max_attempts = self.cfg.max_attempts,
                 "record failed while the broker confirmed others; retrying it within its budget");
         }
-        tracing::debug!(seq, delivery_id = %slot.msg.id, destination = %slot.msg.destination,
-            attempts = n, strikes = slot.strikes, retry_in = ?delay, error = %e, "publish failed; will retry");
+        tracing::debug!(seq, delivery_id = %rec.msg.id, destination = %rec.msg.destination,
+            attempts = n, strikes = rec.strikes, retry_in = ?delay, error = %e, "publish failed; will retry");
         self.metrics
             .forward_retries
             .with_label_values(&[sink])
             .inc();
-        let msg = self.take_message(slot);
+        let msg = self.take_message(rec);
         self.attempt(msg, delay)
     }
 
     /// The record is settled (confirmed or dead-lettered): it leaves the window, its key is
     /// released for the next record of the same resource, and the confirmed position advances.
     fn finish(&self, seq: u64, w: &mut Window, attempts: &mut FuturesUnordered<Attempt>) {
-        let slot = w
+        let rec = w
             .pending
             .remove(&seq)
             .expect("settled record is in the window");
-        w.bytes -= slot.record.len() as u64;
-        if slot.stuck_since.is_some() {
+        w.bytes -= rec.record.len() as u64;
+        if rec.stuck_since.is_some() {
             w.stuck -= 1;
         }
-        let key = slot.msg.key.as_str();
+        let key = rec.msg.key.as_str();
         let (next, empty) = match w.by_key.get_mut(key) {
             Some(q) => {
                 q.pop_front();
@@ -403,11 +403,11 @@ impl Forwarder {
         }
         if let Some(next) = next {
             let confirms = w.confirms;
-            let slot = w
+            let rec = w
                 .pending
                 .get_mut(&next)
                 .expect("queued record is in the window");
-            attempts.push(self.dispatch(slot, confirms));
+            attempts.push(self.dispatch(rec, confirms));
         }
         let upto = match w.pending.first_key_value() {
             Some((&oldest, _)) => oldest - 1,
