@@ -1,16 +1,31 @@
 //! The spool's only door to the filesystem.
 //!
-//! Every open, read, write, fsync, rename, unlink, directory listing and free-space query the
-//! spool performs goes through a [`SpoolFs`], so that tests can swap the real filesystem for one
-//! that injects errors or simulates a power cut (see the module docs of [`crate::spool`], "Fault
-//! model"). The trait holds only primitive operations; the crash-safe sequences built from them
-//! (`publish_file`, `ensure_dir`, `move_aside`) live here as functions over `&dyn SpoolFs`, so a
-//! simulated filesystem exercises the very same ordering of writes, fsyncs and renames as
-//! production. Nothing here does policy, logging or metrics. The dead-letter store beside the
-//! spool (`crate::deadletter`) uses the same trait and sequences for its files.
+//! Every open, read, write, fsync, rename, unlink, directory listing and free-space query the spool
+//! performs goes through a [`SpoolFs`], so that tests can swap the real filesystem for one that
+//! injects errors or simulates a power cut (see "The fault model" below). The trait holds only
+//! primitive operations; the crash-safe sequences built from them (`publish_file`, `ensure_dir`,
+//! `move_aside`) live here as functions over `&dyn SpoolFs`, so a simulated filesystem exercises
+//! the very same ordering of writes, fsyncs and renames as production. Nothing here does policy,
+//! logging or metrics. The dead-letter store beside the spool (`crate::deadletter`) uses the same
+//! trait and sequences for its files.
 //!
 //! Cost in production: one virtual call in front of each syscall, which is noise next to the
 //! syscall itself (and the fsync that follows every group commit).
+//!
+//! # The fault model
+//!
+//! The tests (`tests/spool_faults/`) use two: a wrapper over the real filesystem that fails the Nth
+//! write, fsync, create, rename or directory fsync with EIO or ENOSPC, or reports low free space;
+//! and an in-memory power-cut model. That model assumes exactly what the ordering rules of the
+//! spool's module docs rely on, and nothing more: file bytes are durable once a
+//! `sync_data`/`sync_all` on the file completed; a create, rename or unlink once a fsync of its
+//! directory completed; at a cut everything else reverts (directory entries to their last synced
+//! set; file contents to their last synced bytes, except that some prefix of unsynced appended
+//! bytes may survive, its end possibly garbage or zeros — a torn page — and that unsynced
+//! overwrites of synced bytes, such as frames written into preallocated zeros, survive page by
+//! page: whole, not at all, or torn). It does not model lying disks (a completed fsync that is not
+//! durable) or corruption of synced data; the corruption tests and recovery's CRC checks cover the
+//! latter.
 
 use std::any::Any;
 use std::fs::{self, File, OpenOptions, TryLockError};

@@ -18,13 +18,12 @@ use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::format::{
-    decode_confirmed, decode_segment_header, parse_segment_file_name, ConfirmedError, FrameHeader,
-    HeaderError, FRAME_HEADER_LEN, MAX_RECORD_BYTES, SEGMENT_HEADER_LEN,
-};
-use super::fs::{self, RealFs, SpoolFile, SpoolFs, DAMAGED_DIR, DEAD_LETTER_DIR};
-use super::scan::{self, SegmentCursor, Step};
-use super::{CONFIRMED_FILE, CONFIRMED_TMP_FILE};
+use super::format::{FrameHeader, FRAME_HEADER_LEN, MAX_RECORD_BYTES, SEGMENT_HEADER_LEN};
+use super::fs::{self, RealFs, SpoolFile, SpoolFs, DAMAGED_DIR};
+pub use super::layout::ConfirmedState;
+use super::layout::{entry_kind, judge_segment_header, read_confirmed, EntryKind, SegmentHeader};
+use super::scan::{Found, Place, SegmentCursor};
+use super::CONFIRMED_FILE;
 
 /// Read size while scanning.
 const CHUNK: usize = 1 << 20;
@@ -65,28 +64,6 @@ impl LockState {
             LockState::Held => "held",
             LockState::Free => "free",
             LockState::Unknown => "unknown",
-        }
-    }
-}
-
-/// What the `confirmed` file says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfirmedState {
-    /// No file: nothing was ever confirmed (position 0).
-    Missing,
-    Valid(u64),
-    /// Wrong size, magic or CRC: recovery would move it aside and replay everything.
-    Corrupt,
-    /// A format version this build does not know.
-    Unsupported(u32),
-}
-
-impl ConfirmedState {
-    /// The position recovery would use.
-    pub fn position(self) -> u64 {
-        match self {
-            ConfirmedState::Valid(p) => p,
-            _ => 0,
         }
     }
 }
@@ -307,112 +284,136 @@ pub fn survey(
         findings: Vec::new(),
         complete: true,
     };
-
-    let confirmed_path = dir.join(CONFIRMED_FILE);
-    if let Some(b) = fs::read_small(&RealFs, &confirmed_path).map_err(io_err(&confirmed_path))? {
-        s.confirmed = match decode_confirmed(&b) {
-            Ok(p) => ConfirmedState::Valid(p),
-            Err(ConfirmedError::Corrupt) => ConfirmedState::Corrupt,
-            Err(ConfirmedError::UnsupportedVersion(v)) => ConfirmedState::Unsupported(v),
+    s.survey_confirmed()?;
+    let candidates = s.survey_entries()?;
+    let newest = candidates.last().map(|c| c.0);
+    let mut last_base = 0;
+    for (i, (base, name, path)) in candidates.iter().enumerate() {
+        let place = Place {
+            is_newest: Some(*base) == newest,
+            next_base: candidates.get(i + 1).map(|c| c.0),
         };
-        let kind = match s.confirmed {
+        let Some((file, len)) = s.survey_header(*base, name, path)? else {
+            continue;
+        };
+        last_base = *base;
+        let cursor = SegmentCursor::new(file, SEGMENT_HEADER_LEN, base - 1, CHUNK);
+        if s.survey_frames(cursor, len, name, path, place, visit)?
+            .is_break()
+        {
+            s.complete = false;
+            s.next_seq = s.last_seq.max(s.confirmed.position()) + 1;
+            return Ok(s);
+        }
+    }
+    s.next_seq = s
+        .last_seq
+        .max(s.confirmed.position())
+        .max(last_base.saturating_sub(1))
+        + 1;
+    Ok(s)
+}
+
+impl Survey {
+    fn note(&mut self, file: &str, offset: Option<u64>, kind: FindingKind) {
+        self.findings.push(Finding {
+            file: file.to_owned(),
+            offset,
+            kind,
+        });
+    }
+
+    /// The `confirmed` file, judged as recovery judges it.
+    fn survey_confirmed(&mut self) -> Result<(), Error> {
+        let path = self.dir.join(CONFIRMED_FILE);
+        self.confirmed = read_confirmed(&RealFs, &path).map_err(io_err(&path))?;
+        let kind = match self.confirmed {
             ConfirmedState::Corrupt => Some(FindingKind::ConfirmedCorrupt),
             ConfirmedState::Unsupported(v) => Some(FindingKind::Unsupported(v)),
             _ => None,
         };
         if let Some(kind) = kind {
-            s.findings.push(Finding {
-                file: CONFIRMED_FILE.to_owned(),
-                offset: None,
-                kind,
-            });
+            self.note(CONFIRMED_FILE, None, kind);
         }
+        Ok(())
     }
-    let confirmed = s.confirmed.position();
 
-    let mut candidates = Vec::new();
-    for e in fs::list_dir(&RealFs, dir).map_err(io_err(dir))? {
-        if e.name == DAMAGED_DIR && !e.is_file {
-            s.damaged_files = fs::list_dir(&RealFs, &e.path).map(|l| l.len()).unwrap_or(0);
-            continue;
+    /// Lists the directory: counts `damaged/`, notes temporary files, and returns the segment
+    /// files as (base, name, path) in base order.
+    fn survey_entries(&mut self) -> Result<Vec<(u64, String, PathBuf)>, Error> {
+        let mut candidates = Vec::new();
+        for e in fs::list_dir(&RealFs, &self.dir).map_err(io_err(&self.dir))? {
+            if e.name == DAMAGED_DIR && !e.is_file {
+                self.damaged_files = fs::list_dir(&RealFs, &e.path).map(|l| l.len()).unwrap_or(0);
+                continue;
+            }
+            if !e.is_file {
+                continue;
+            }
+            match entry_kind(&e.name, e.is_file) {
+                EntryKind::Known | EntryKind::Unexpected => {}
+                EntryKind::Temp => self.note(&e.name, None, FindingKind::TempFile),
+                EntryKind::Segment(base) => candidates.push((base, e.name, e.path)),
+            }
         }
-        if !e.is_file || e.name == "LOCK" || e.name == CONFIRMED_FILE || e.name == DEAD_LETTER_DIR {
-            continue;
-        }
-        if e.name == CONFIRMED_TMP_FILE
-            || e.name
-                .strip_suffix(".tmp")
-                .and_then(parse_segment_file_name)
-                .is_some()
-        {
-            s.findings.push(Finding {
-                file: e.name,
-                offset: None,
-                kind: FindingKind::TempFile,
-            });
-            continue;
-        }
-        if let Some(base) = parse_segment_file_name(&e.name) {
-            candidates.push((base, e.name, e.path));
-        }
+        candidates.sort_by_key(|c| c.0);
+        Ok(candidates)
     }
-    candidates.sort_by_key(|c| c.0);
-    let newest = candidates.last().map(|c| c.0);
-    let mut last_base = 0;
 
-    for i in 0..candidates.len() {
-        let (base, ref name, ref path) = candidates[i];
-        let next_base = candidates.get(i + 1).map(|c| c.0);
-        let note = |kind, offset| Finding {
-            file: name.clone(),
-            offset,
-            kind,
-        };
+    /// Opens a segment and judges its header as recovery does; `None` (with a finding) when
+    /// there is nothing to scan.
+    fn survey_header(
+        &mut self,
+        base: u64,
+        name: &str,
+        path: &Path,
+    ) -> Result<Option<(SpoolFile, u64)>, Error> {
         let file = match RealFs.open_read(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                s.findings.push(note(FindingKind::Vanished, None));
-                continue;
+                self.note(name, None, FindingKind::Vanished);
+                return Ok(None);
             }
             Err(e) => return Err(io_err(path)(e)),
         };
         let len = file.len().map_err(io_err(path))?;
-        if len == 0 {
-            s.findings.push(note(FindingKind::EmptySegment, None));
-            continue;
-        }
-        let mut header = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
-        file.read_exact_at(&mut header, 0).map_err(io_err(path))?;
-        let bad = match decode_segment_header(&header) {
-            Ok(0) => Some(FindingKind::BadHeader(
-                "base seq 0 (seqs start at 1)".to_owned(),
-            )),
-            Ok(b) if b == base => None,
-            Ok(b) => Some(FindingKind::BadHeader(format!(
-                "header base seq {b} does not match the file name"
-            ))),
-            Err(HeaderError::UnsupportedVersion(v)) => Some(FindingKind::Unsupported(v)),
-            Err(e) => Some(FindingKind::BadHeader(e.to_string())),
+        let header =
+            judge_segment_header(base, len, |h| file.read_exact_at(h, 0)).map_err(io_err(path))?;
+        let (kind, offset) = match header {
+            SegmentHeader::Valid => {
+                self.segments += 1;
+                self.bytes += len;
+                return Ok(Some((file, len)));
+            }
+            SegmentHeader::Empty => (FindingKind::EmptySegment, None),
+            SegmentHeader::Damaged(why) => (FindingKind::BadHeader(why), Some(0)),
+            SegmentHeader::Unsupported(v) => (FindingKind::Unsupported(v), Some(0)),
         };
-        if let Some(kind) = bad {
-            s.findings.push(note(kind, Some(0)));
-            continue;
-        }
-        s.segments += 1;
-        s.bytes += len;
-        last_base = base;
+        self.note(name, offset, kind);
+        Ok(None)
+    }
 
-        let mut cursor = SegmentCursor::new(file, SEGMENT_HEADER_LEN, base - 1, CHUNK);
-        loop {
-            match cursor.next(len).map_err(io_err(path))? {
-                Step::End => break,
-                Step::Record(f) => {
-                    s.records_on_disk += 1;
-                    s.last_seq = s.last_seq.max(f.seq);
+    /// Scans a segment's frames (`len` bytes) from `cursor`, counting records, showing them to `visit` and noting what is
+    /// not a record. `Break` when `visit` stopped the scan.
+    fn survey_frames(
+        &mut self,
+        mut cursor: SegmentCursor,
+        len: u64,
+        name: &str,
+        path: &Path,
+        place: Place,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, Error> {
+        let confirmed = self.confirmed.position();
+        while let Some(found) = cursor.next_found(len, place).map_err(io_err(path))? {
+            match found {
+                Found::Record(f) => {
+                    self.records_on_disk += 1;
+                    self.last_seq = self.last_seq.max(f.seq);
                     let is_confirmed = f.seq <= confirmed;
                     if !is_confirmed {
-                        s.unconfirmed += 1;
-                        s.oldest_unconfirmed
+                        self.unconfirmed += 1;
+                        self.oldest_unconfirmed
                             .get_or_insert((f.seq, f.appended_at_ms));
                     }
                     let view = RecordView {
@@ -422,49 +423,43 @@ pub fn survey(
                         payload: cursor.payload(&f),
                     };
                     if visit(&view).is_break() {
-                        s.complete = false;
-                        s.next_seq = s.last_seq.max(confirmed) + 1;
-                        return Ok(s);
+                        return Ok(ControlFlow::Break(()));
                     }
                 }
-                Step::Corrupt {
+                Found::Tail {
                     offset,
-                    resumed: None,
+                    torn,
+                    zeros,
                     ..
-                } if Some(base) == newest => {
-                    let (torn, zeros) =
-                        scan::split_tail(cursor.file(), offset, len).map_err(io_err(path))?;
+                } => {
                     if torn > 0 {
-                        let kind = FindingKind::TornTail { bytes: torn };
-                        s.findings.push(note(kind, Some(offset)));
+                        self.note(name, Some(offset), FindingKind::TornTail { bytes: torn });
                     }
                     if zeros > 0 {
                         let kind = FindingKind::Preallocated { bytes: zeros };
-                        s.findings.push(note(kind, Some(offset + torn)));
+                        self.note(name, Some(offset + torn), kind);
                     }
                 }
-                Step::Corrupt {
+                Found::Corrupt {
                     offset,
                     last_good,
                     resumed,
+                    lost,
                 } => {
                     let what =
                         diagnose(cursor.file(), offset, len, last_good).map_err(io_err(path))?;
-                    s.findings.push(note(
-                        FindingKind::Corrupt {
-                            what,
-                            last_good_seq: last_good,
-                            resumed: resumed.map(|f| (f.offset, f.seq)),
-                            lost: Step::lost_records(last_good, resumed, next_base),
-                        },
-                        Some(offset),
-                    ));
+                    let kind = FindingKind::Corrupt {
+                        what,
+                        last_good_seq: last_good,
+                        resumed: resumed.map(|f| (f.offset, f.seq)),
+                        lost,
+                    };
+                    self.note(name, Some(offset), kind);
                 }
             }
         }
+        Ok(ControlFlow::Continue(()))
     }
-    s.next_seq = s.last_seq.max(confirmed).max(last_base.saturating_sub(1)) + 1;
-    Ok(s)
 }
 
 /// Says why the bytes at `offset` are not the frame carrying `last_good + 1`.

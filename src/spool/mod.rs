@@ -93,33 +93,17 @@
 //!
 //! # Appending: group commit
 //!
-//! A dedicated writer thread (blocking file I/O, no async runtime) owns the active segment.
-//! `append` checks the quota, reserves space and queues the payload with a oneshot for the reply
-//! (which hands the payload back, so the task that allocated it frees it).
-//! The writer blocks for the first request, drains whatever else is queued (up to
-//! `max_batch_bytes`), assigns consecutive seqs, encodes all frames into one buffer, and issues
-//! one positional write and one `fdatasync`; then it publishes the new commit point and replies
-//! to every waiter. Requests arriving during that fsync form the next batch, so the fsync rate
-//! stays bounded however many requests are concurrent.
-//!
-//! Rotation: when a frame would push the active segment past `segment_bytes` and the segment
-//! already holds records, the frames encoded so far are written and fsync'd to the old segment,
-//! then a new segment is created (header written to `NAME.seg.tmp`, fsync'd, renamed to
-//! `NAME.seg`, directory fsync'd) and the batch continues there. So a batch that straddles a
-//! rotation costs one fsync per segment, and only the newest segment can ever end in a torn
-//! write. A record larger than `segment_bytes` gets a segment of its own.
+//! A dedicated writer thread owns the active segment. It writes every batch of queued appends
+//! with one positional write and one `fdatasync`, then answers all of them, so the fsync rate
+//! stays bounded however many requests are concurrent. A batch that straddles a rotation costs
+//! one fsync per segment, and only the newest segment can ever end in a torn write. How the
+//! batch is formed and when a segment rotates: `writer.rs`.
 //!
 //! ## Preallocation
 //!
-//! A group commit whose frames grow the file makes its `fdatasync` write more than the data: the
-//! new file size in the inode, and the blocks the filesystem just allocated (on ext4 without a
-//! journal that is two more synchronous device writes; with one, a journal commit). So when a
-//! run of frames reaches past the end of the file, the writer also writes
-//! `SpoolConfig::preallocate_bytes` of zeros after it (never past `segment_bytes`), covered by
-//! the same `fdatasync`; the commits after it overwrite blocks that exist, with the size
-//! unchanged, and their `fdatasync` writes only the data. `benches/fsync_prealloc.py` measures
-//! the difference on a given disk. Zeros, not `fallocate`: writing into an unwritten extent
-//! still changes metadata at every commit.
+//! The writer writes zeros ahead of the newest segment's last frame
+//! (`SpoolConfig::preallocate_bytes`, never past `segment_bytes`), so that group commits
+//! overwrite existing blocks and their `fdatasync` writes only the data (why: `writer.rs`).
 //!
 //! The zeros are not records and change nothing a reader sees: readers stop at the commit point,
 //! and the scanner's resync crosses zeros as it crosses any bytes that are not a frame (a frame's
@@ -217,6 +201,10 @@
 //!
 //! # Recovery (inside `open`)
 //!
+//! `recovery.rs` takes these steps in order. What each file and frame is (valid, empty, damaged,
+//! torn tail, preallocated zeros, corrupt) is judged in `layout.rs` and `scan.rs`, which
+//! `spool inspect` and `spool verify` use too, so the tools report exactly what recovery would do.
+//!
 //! 1. Create `dir` if missing (fsyncing the parent of each directory created); take the flock
 //!    on `dir/LOCK`, or fail with [`Error::Locked`].
 //! 2. Read every header first. If the confirmed file or any segment names a format version this
@@ -237,10 +225,10 @@
 //!    them at once) and starts their clock at the open time (see "Retention").
 //! 6. Scan every frame of the remaining segments:
 //!    * A bad frame (incomplete, `len` above `MAX_RECORD_BYTES`, CRC mismatch, or a seq that does
-//!      not continue the segment) followed by valid data is corruption: logged as an error with segment and
-//!      offset, counted in `spool_corrupt_records` and the report, skipped. The scan resyncs by
-//!      trying every following byte offset for a frame whose `len` is sane, whose seq lies in the
-//!      narrow window the skipped bytes allow, and whose CRC verifies.
+//!      not continue the segment) followed by valid data is corruption: logged as an error with
+//!      segment and offset, counted in `spool_corrupt_records` and the report, skipped. The scan
+//!      resyncs by trying every following byte offset for a frame whose `len` is sane, whose seq
+//!      lies in the narrow window the skipped bytes allow, and whose CRC verifies (`scan.rs`).
 //!    * A bad frame at the end of the *newest* segment with no valid frame after it is a torn
 //!      tail (an interrupted, never-acknowledged group commit): the file is truncated there and
 //!      fsync'd, and the report says how many bytes were cut.
@@ -251,13 +239,10 @@
 //!
 //! # Reading
 //!
-//! A [`Reader`] starts at the first record above the confirmed position (as of
-//! [`Spool::reader`]), using a sparse in-memory index of (seq, offset, time) checkpoints, at
-//! most one per second per segment, to avoid rescanning segments. It reads with its own file
-//! handles and never beyond the commit point the writer publishes after each fsync, so it cannot
-//! observe a partially written batch. It skips corrupt records with the same resync rules. Reads
-//! are small positional reads done inline (the data is normally still in the page cache), which
-//! keeps `next_batch` cancel-safe.
+//! A [`Reader`] starts at the first record above the confirmed position and never reads
+//! beyond the commit point the writer publishes after each fsync, so it cannot observe a
+//! partially written batch; it skips corrupt records with the same resync rules as recovery.
+//! How it finds its place and why its reads are inline: `reader.rs`.
 //!
 //! # Quota and health
 //!
@@ -271,17 +256,12 @@
 //! for quota; it clears as soon as deletion frees room.
 //!
 //! `min_free_bytes` (0: off) guards the filesystem as a whole, which the spool shares with the
-//! dead-letter store and usually with other programs: `append` also fails with
-//! [`Error::Full`] (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as
-//! `full`) when the estimated free space plus retained bytes (eviction frees them), less queued
-//! reservations and this record's, would drop below it, and [`Health::Full`] is reported while a maximum-size record would be refused for
-//! that reason. The estimate is cheap: the writer thread samples statvfs (`f_bavail * f_frsize`)
-//! at open, at most once a second (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after
-//! deleting or evicting segments; between samples it subtracts every byte it writes, so the spool cannot
-//! eat into the margin by itself, and space used or freed by other processes is seen within
-//! about a second. No syscall on the append path. A failing statvfs is logged and counted
-//! (`spool_errors{op="statvfs"}`) and disables the guard until a sample succeeds; it does not
-//! refuse appends, since ENOSPC still fails the spool closed.
+//! dead-letter store and usually with other programs: `append` also fails with [`Error::Full`]
+//! (counted as `spool_rejected{reason="disk_low"}`, where the quota counts as `full`) when the
+//! estimated free space plus retained bytes (eviction frees them), less queued reservations and
+//! this record's, would drop below it, and [`Health::Full`] is reported while a maximum-size record
+//! would be refused for that reason. The free space is an estimate the writer thread keeps from
+//! statvfs samples (`writer.rs`): no syscall on the append path.
 //!
 //! # The filesystem seam and the fault model
 //!
@@ -293,18 +273,7 @@
 //! real one; [`Spool::open`] uses it, [`Spool::open_with_fs`] takes another one (tests and
 //! fault injection only). The cost is one virtual call per syscall.
 //!
-//! The tests (`tests/spool_faults/`) use two: a wrapper over the real filesystem that fails the
-//! Nth write, fsync, create, rename or directory fsync with EIO or ENOSPC, or reports low free
-//! space; and an in-memory power-cut model. That model assumes exactly what the ordering rules
-//! above rely on, and nothing more: file bytes are durable once a `sync_data`/`sync_all` on the
-//! file completed; a create, rename or unlink once a fsync of its directory completed; at a cut
-//! everything else reverts (directory entries to their last synced set; file contents to their
-//! last synced bytes, except that some prefix of unsynced appended bytes may survive, its end
-//! possibly garbage or zeros — a torn page — and that unsynced overwrites of synced bytes, such
-//! as frames written into preallocated zeros, survive page by page: whole, not at all, or torn).
-//! It does not model lying disks (a completed fsync
-//! that is not durable) or corruption of synced data; the corruption tests and recovery's CRC
-//! checks cover the latter.
+//! The test filesystems and the fault model they assume: `fs.rs`.
 
 mod format;
 pub use format::MAX_RECORD_BYTES;
@@ -314,6 +283,7 @@ pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
 // The crash-safe sequences, for the other durable files beside the spool (the dead-letter
 // store), so the fault and power-cut models reach them too.
 pub(crate) use fs::{ensure_dir, list_dir, publish_file, read_small, remove_file};
+mod layout;
 mod reader;
 mod recovery;
 mod scan;

@@ -1,4 +1,12 @@
 //! Sequential reader over committed records.
+//!
+//! A [`Reader`] starts at the first record above the confirmed position (as of
+//! [`Spool::reader`](super::Spool::reader)), using a sparse in-memory index of (seq, offset, time)
+//! checkpoints, at most one per second per segment, to avoid rescanning segments. It reads with its
+//! own file handles and never beyond the commit point the writer publishes after each fsync, so it
+//! cannot observe a partially written batch. It skips corrupt records with the same resync rules.
+//! Reads are small positional reads done inline (the data is normally still in the page cache),
+//! which keeps `next_batch` cancel-safe.
 
 use std::io;
 use std::sync::Arc;

@@ -1,17 +1,17 @@
 //! Recovery: what `Spool::open` does before the writer starts. See the module docs of
 //! [`crate::spool`] for the rules; this file implements them in order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::format::{
-    decode_confirmed, decode_segment_header, parse_segment_file_name, ConfirmedError, HeaderError,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
-};
+use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::fs::{self, DirLock, SpoolFile, SpoolFs};
-use super::scan::{self, SegmentCursor, Step};
+use super::layout::{
+    entry_kind, judge_segment_header, read_confirmed, ConfirmedState, EntryKind, SegmentHeader,
+};
+use super::scan::{Found, Place, SegmentCursor};
 use super::state::{CommitPoint, SegmentMeta, SegmentTable};
 use super::writer::ActiveSegment;
-use super::{Error, RecoveryReport, SpoolConfig, CONFIRMED_FILE, CONFIRMED_TMP_FILE};
+use super::{Error, RecoveryReport, SpoolConfig, CONFIRMED_FILE};
 use crate::metrics::Metrics;
 
 /// Read size while scanning segments at open.
@@ -30,14 +30,36 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-/// How a `*.seg` file looked before recovery touched anything.
-enum Candidate {
-    Valid,
-    Empty,
-    /// Short or bad header, or one that disagrees with the file name.
-    Damaged(String),
+/// What phase 1 found, before anything on disk was changed.
+struct Listing {
+    /// The confirmed file's position; `None` when it exists but is corrupt.
+    confirmed: Option<u64>,
+    /// Leftovers of interrupted crash-safe replaces.
+    stray_tmp: Vec<PathBuf>,
+    /// `*.seg` files in base order: (base, path, length, header).
+    segments: Vec<(u64, PathBuf, u64, SegmentHeader)>,
 }
 
+/// The segments left to scan once the unusable ones are out of the way.
+struct Usable {
+    /// (base, path, length), in base order.
+    segments: Vec<(u64, PathBuf, u64)>,
+    /// Highest seq a file that was removed or moved aside could have held.
+    seq_floor: u64,
+}
+
+/// What the scan of the usable segments found.
+#[derive(Default)]
+struct Scanned {
+    table: SegmentTable,
+    disk_bytes: u64,
+    last_seq_on_disk: u64,
+    active: Option<ActiveSegment>,
+    /// Highest seq the bytes cut off as torn tails could have held.
+    seq_floor: u64,
+}
+
+/// Implements "Recovery (inside `open`)" of the module docs, step by step.
 pub(crate) fn recover(
     cfg: &SpoolConfig,
     metrics: &Metrics,
@@ -48,163 +70,33 @@ pub(crate) fn recover(
     let lock = sfs.lock_dir(dir)?.ok_or(Error::Locked)?;
     let mut report = RecoveryReport::default();
 
-    // Phase 1, read-only: classify everything, so that an incompatible file (a newer format
-    // after a downgrade) stops `open` before anything on disk was changed.
-    let confirmed_path = dir.join(CONFIRMED_FILE);
-    // `None`: the file exists but is corrupt.
-    let stored_confirmed = match fs::read_small(sfs, &confirmed_path)? {
-        None => Some(0),
-        Some(b) => match decode_confirmed(&b) {
-            Ok(seq) => Some(seq),
-            Err(ConfirmedError::UnsupportedVersion(version)) => {
-                return Err(Error::Incompatible {
-                    path: confirmed_path,
-                    version,
-                })
-            }
-            Err(ConfirmedError::Corrupt) => None,
-        },
-    };
-    let mut stray_tmp = Vec::new();
-    let mut candidates = Vec::new();
-    for e in fs::list_dir(sfs, dir)? {
-        if e.name == "LOCK"
-            || e.name == CONFIRMED_FILE
-            || e.name == fs::DAMAGED_DIR
-            || e.name == fs::DEAD_LETTER_DIR
-            || e.name.starts_with("dedup.journal")
-        {
-            continue;
-        }
-        if e.is_file
-            && (e.name == CONFIRMED_TMP_FILE
-                || e.name
-                    .strip_suffix(".tmp")
-                    .and_then(parse_segment_file_name)
-                    .is_some())
-        {
-            stray_tmp.push(e.path);
-            continue;
-        }
-        match parse_segment_file_name(&e.name) {
-            Some(base) if e.is_file => {
-                let class = classify(sfs, &e.path, base, e.len)?;
-                candidates.push((base, e.path, e.len, class));
-            }
-            _ => {
-                tracing::warn!(file = %e.path.display(), "ignoring unexpected entry in spool directory")
-            }
-        }
-    }
-    candidates.sort_by_key(|c| c.0);
-
+    // Phase 1, read-only: so that an incompatible file (a newer format after a downgrade) stops
+    // `open` before anything on disk was changed.
+    let listing = list(sfs, dir)?;
     // Phase 2: act.
-    let confirmed = match stored_confirmed {
-        Some(seq) => seq,
-        None => {
-            // Replaying everything is safe (delivery is at-least-once); trusting a damaged
-            // position could skip records that were never delivered.
-            let to = fs::move_aside(sfs, dir, &confirmed_path)?;
-            tracing::error!(file = %to.display(), "confirmed-position file is corrupt; moved aside, replaying every record on disk");
-            0
-        }
-    };
+    let newest_base = listing.segments.last().map(|c| c.0);
+    let confirmed = use_confirmed(sfs, dir, listing.confirmed)?;
     report.confirmed = confirmed;
-    for path in stray_tmp {
-        // Leftovers of an interrupted `publish_file`: never renamed, so never referenced, and a
-        // segment .tmp holds only a header (records are written after the rename).
-        tracing::info!(file = %path.display(), "removing leftover temporary file");
-        fs::remove_file(sfs, &path)?;
+    remove_stray_tmp(sfs, listing.stray_tmp)?;
+    let mut usable = set_aside_unusable(sfs, dir, listing.segments, &mut report)?;
+    if cfg.retain_confirmed.is_zero() {
+        delete_confirmed_segments(sfs, dir, &mut usable.segments, confirmed)?;
     }
-
-    // Sequence numbers a file we cannot read may have used: `next_seq` must go beyond them so a
-    // number is never handed out twice (downstream may deduplicate on it).
-    let mut seq_floor = 0u64;
-    let newest_base = candidates.last().map(|c| c.0);
-    let mut valid = Vec::new();
-    for (base, path, len, class) in candidates {
-        match class {
-            Candidate::Valid => valid.push((base, path, len)),
-            Candidate::Empty => {
-                // Segments are published by rename after their header is fsync'd, so an empty
-                // .seg file never held records of ours: nothing to keep. Its name still says
-                // seqs from `base` on may have been assigned, so they are not handed out again.
-                tracing::warn!(file = %path.display(), "removing zero-length segment file");
-                fs::remove_file(sfs, &path)?;
-                seq_floor = seq_floor.max(base.saturating_sub(1));
-            }
-            Candidate::Damaged(why) => {
-                let to = fs::move_aside(sfs, dir, &path)?;
-                tracing::error!(file = %path.display(), moved_to = %to.display(), reason = %why, "unreadable segment moved aside; its records are not replayed");
-                report.segments_moved_aside.push(to);
-                // Every frame is at least FRAME_HEADER_LEN bytes and seqs in a segment are
-                // consecutive from its base, so this bounds the seqs the file could hold.
-                seq_floor = seq_floor.max(base.saturating_add(len / FRAME_HEADER_LEN));
-            }
-        }
-    }
-
-    // Segments whose records are all confirmed were due for deletion before the restart when
-    // nothing is retained. A segment's records are all below the next segment's base; the
-    // newest is always kept. With `retain_confirmed` they are kept: when they were confirmed
-    // is not on disk, so the writer starts their retention clock at open (module docs,
-    // "Retention"); they remain the first to go when space is needed.
-    let mut deleted = 0;
-    while cfg.retain_confirmed.is_zero()
-        && valid.len() > 1
-        && valid[1].0 <= confirmed.saturating_add(1)
-    {
-        let (_, path, _) = valid.remove(0);
-        fs::remove_file(sfs, &path)?;
-        deleted += 1;
-    }
-    if deleted > 0 {
-        sfs.sync_dir(dir)?;
-        tracing::info!(
-            segments = deleted,
-            confirmed,
-            "deleted fully confirmed segments"
-        );
-    }
-
-    // Scan what is left.
-    let mut table = SegmentTable::default();
-    let mut disk_bytes = 0;
-    let mut last_seq_on_disk = 0;
-    let mut active = None;
-    for i in 0..valid.len() {
-        let (base, ref path, len) = valid[i];
-        let next_base = valid.get(i + 1).map(|v| v.0);
-        let is_newest = Some(base) == newest_base;
-        let target = ScanTarget {
-            path,
-            base,
-            len,
-            is_newest,
-            next_base,
-        };
-        let scanned = scan_segment(metrics, sfs, target, confirmed, &mut report)?;
-        let ScannedSegment {
-            meta,
-            file,
-            clean,
-            cut_seqs,
-        } = scanned;
-        seq_floor = seq_floor.max(cut_seqs);
-        last_seq_on_disk = last_seq_on_disk.max(meta.last_seq.unwrap_or(0));
-        disk_bytes += meta.len;
-        if is_newest && clean {
-            let next = meta.last_seq.map_or(base, |s| s + 1);
-            active = Some(ActiveSegment {
-                base,
-                file,
-                len: meta.len,
-                alloc: meta.len,
-                next_seq: next,
-            });
-        }
-        table.segs.push_back(meta);
-    }
+    let scanned = scan_segments(
+        metrics,
+        sfs,
+        &usable.segments,
+        newest_base,
+        confirmed,
+        &mut report,
+    )?;
+    let Scanned {
+        table,
+        disk_bytes,
+        last_seq_on_disk,
+        active,
+        seq_floor: cut_floor,
+    } = scanned;
 
     let last_base = table
         .segs
@@ -215,21 +107,11 @@ pub(crate) fn recover(
     // consecutive seqs and starts a new one.
     let next_seq = last_seq_on_disk
         .max(confirmed)
-        .max(seq_floor)
+        .max(usable.seq_floor)
+        .max(cut_floor)
         .max(last_base)
         + 1;
-    let commit = match table.segs.back() {
-        Some(s) => CommitPoint {
-            seq: last_seq_on_disk,
-            segment: s.base,
-            end: s.len,
-            closed: false,
-        },
-        None => CommitPoint {
-            seq: last_seq_on_disk,
-            ..CommitPoint::default()
-        },
-    };
+    let commit = commit_point(&table, last_seq_on_disk);
     report.segments = table.segs.len();
     tracing::info!(
         dir = %dir.display(),
@@ -254,27 +136,206 @@ pub(crate) fn recover(
     })
 }
 
-/// Reads a segment's header. A header naming an unknown format version is an error: see
-/// [`Error::Incompatible`].
-fn classify(sfs: &dyn SpoolFs, path: &Path, base: u64, len: u64) -> Result<Candidate, Error> {
-    if len == 0 {
-        return Ok(Candidate::Empty);
+/// Where the writer's commit point starts: the end of the newest segment.
+fn commit_point(table: &SegmentTable, last_seq_on_disk: u64) -> CommitPoint {
+    match table.segs.back() {
+        Some(s) => CommitPoint {
+            seq: last_seq_on_disk,
+            segment: s.base,
+            end: s.len,
+            closed: false,
+        },
+        None => CommitPoint {
+            seq: last_seq_on_disk,
+            ..CommitPoint::default()
+        },
     }
-    let file = sfs.open_read(path)?;
-    let mut header = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
-    file.read_exact_at(&mut header, 0)?;
-    Ok(match decode_segment_header(&header) {
-        Ok(0) => Candidate::Damaged("base seq 0 (seqs start at 1)".to_owned()),
-        Ok(b) if b == base => Candidate::Valid,
-        Ok(b) => Candidate::Damaged(format!("header base seq {b} does not match the file name")),
-        Err(HeaderError::UnsupportedVersion(version)) => {
+}
+
+/// Step 2 and the listing of steps 3 and 4, read-only: the confirmed file, the stray temporary
+/// files and every segment's header. A file in an unknown format version is an error
+/// ([`Error::Incompatible`]).
+fn list(sfs: &dyn SpoolFs, dir: &Path) -> Result<Listing, Error> {
+    let confirmed_path = dir.join(CONFIRMED_FILE);
+    let confirmed = match read_confirmed(sfs, &confirmed_path)? {
+        ConfirmedState::Missing => Some(0),
+        ConfirmedState::Valid(seq) => Some(seq),
+        ConfirmedState::Unsupported(version) => {
             return Err(Error::Incompatible {
-                path: path.to_path_buf(),
+                path: confirmed_path,
                 version,
             })
         }
-        Err(e) => Candidate::Damaged(e.to_string()),
+        ConfirmedState::Corrupt => None,
+    };
+    let mut stray_tmp = Vec::new();
+    let mut segments = Vec::new();
+    for e in fs::list_dir(sfs, dir)? {
+        match entry_kind(&e.name, e.is_file) {
+            EntryKind::Known => {}
+            EntryKind::Temp => stray_tmp.push(e.path),
+            EntryKind::Segment(base) => {
+                let header = judge_segment_header(base, e.len, |h| {
+                    sfs.open_read(&e.path)?.read_exact_at(h, 0)
+                })?;
+                if let SegmentHeader::Unsupported(version) = header {
+                    return Err(Error::Incompatible {
+                        path: e.path,
+                        version,
+                    });
+                }
+                segments.push((base, e.path, e.len, header));
+            }
+            EntryKind::Unexpected => {
+                tracing::warn!(file = %e.path.display(), "ignoring unexpected entry in spool directory")
+            }
+        }
+    }
+    segments.sort_by_key(|c| c.0);
+    Ok(Listing {
+        confirmed,
+        stray_tmp,
+        segments,
     })
+}
+
+/// Step 2: the position to use; a corrupt file is moved aside and 0 used.
+fn use_confirmed(sfs: &dyn SpoolFs, dir: &Path, stored: Option<u64>) -> Result<u64, Error> {
+    match stored {
+        Some(seq) => Ok(seq),
+        None => {
+            // Replaying everything is safe (delivery is at-least-once); trusting a damaged
+            // position could skip records that were never delivered.
+            let to = fs::move_aside(sfs, dir, &dir.join(CONFIRMED_FILE))?;
+            tracing::error!(file = %to.display(), "confirmed-position file is corrupt; moved aside, replaying every record on disk");
+            Ok(0)
+        }
+    }
+}
+
+/// Step 3.
+fn remove_stray_tmp(sfs: &dyn SpoolFs, stray_tmp: Vec<PathBuf>) -> Result<(), Error> {
+    for path in stray_tmp {
+        // Leftovers of an interrupted `publish_file`: never renamed, so never referenced, and a
+        // segment .tmp holds only a header (records are written after the rename).
+        tracing::info!(file = %path.display(), "removing leftover temporary file");
+        fs::remove_file(sfs, &path)?;
+    }
+    Ok(())
+}
+
+/// Step 4: removes empty segments, moves damaged ones aside, and keeps the rest.
+fn set_aside_unusable(
+    sfs: &dyn SpoolFs,
+    dir: &Path,
+    segments: Vec<(u64, PathBuf, u64, SegmentHeader)>,
+    report: &mut RecoveryReport,
+) -> Result<Usable, Error> {
+    // Sequence numbers a file we cannot read may have used: `next_seq` must go beyond them so a
+    // number is never handed out twice (downstream may deduplicate on it).
+    let mut seq_floor = 0u64;
+    let mut usable = Vec::new();
+    for (base, path, len, header) in segments {
+        match header {
+            SegmentHeader::Valid => usable.push((base, path, len)),
+            SegmentHeader::Empty => {
+                // Segments are published by rename after their header is fsync'd, so an empty
+                // .seg file never held records of ours: nothing to keep. Its name still says
+                // seqs from `base` on may have been assigned, so they are not handed out again.
+                tracing::warn!(file = %path.display(), "removing zero-length segment file");
+                fs::remove_file(sfs, &path)?;
+                seq_floor = seq_floor.max(base.saturating_sub(1));
+            }
+            SegmentHeader::Damaged(why) => {
+                let to = fs::move_aside(sfs, dir, &path)?;
+                tracing::error!(file = %path.display(), moved_to = %to.display(), reason = %why, "unreadable segment moved aside; its records are not replayed");
+                report.segments_moved_aside.push(to);
+                // Every frame is at least FRAME_HEADER_LEN bytes and seqs in a segment are
+                // consecutive from its base, so this bounds the seqs the file could hold.
+                seq_floor = seq_floor.max(base.saturating_add(len / FRAME_HEADER_LEN));
+            }
+            SegmentHeader::Unsupported(_) => unreachable!("refused while listing"),
+        }
+    }
+    Ok(Usable {
+        segments: usable,
+        seq_floor,
+    })
+}
+
+/// Step 5, without retention: segments whose records are all confirmed were due for deletion
+/// before the restart. A segment's records are all below the next segment's base; the newest
+/// is always kept. (With `retain_confirmed` they are kept: when they were confirmed is not on
+/// disk, so the writer starts their retention clock at open, module docs "Retention"; they
+/// remain the first to go when space is needed.)
+fn delete_confirmed_segments(
+    sfs: &dyn SpoolFs,
+    dir: &Path,
+    segments: &mut Vec<(u64, PathBuf, u64)>,
+    confirmed: u64,
+) -> Result<(), Error> {
+    let mut deleted = 0;
+    while segments.len() > 1 && segments[1].0 <= confirmed.saturating_add(1) {
+        let (_, path, _) = segments.remove(0);
+        fs::remove_file(sfs, &path)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        sfs.sync_dir(dir)?;
+        tracing::info!(
+            segments = deleted,
+            confirmed,
+            "deleted fully confirmed segments"
+        );
+    }
+    Ok(())
+}
+
+/// Steps 6 and 7: scans every usable segment, and opens the newest for appending if it scanned
+/// clean.
+fn scan_segments(
+    metrics: &Metrics,
+    sfs: &dyn SpoolFs,
+    segments: &[(u64, PathBuf, u64)],
+    newest_base: Option<u64>,
+    confirmed: u64,
+    report: &mut RecoveryReport,
+) -> Result<Scanned, Error> {
+    let mut s = Scanned::default();
+    for (i, (base, path, len)) in segments.iter().enumerate() {
+        let base = *base;
+        let is_newest = Some(base) == newest_base;
+        let target = ScanTarget {
+            path,
+            base,
+            len: *len,
+            place: Place {
+                is_newest,
+                next_base: segments.get(i + 1).map(|v| v.0),
+            },
+        };
+        let ScannedSegment {
+            meta,
+            file,
+            clean,
+            cut_seqs,
+        } = scan_segment(metrics, sfs, target, confirmed, report)?;
+        s.seq_floor = s.seq_floor.max(cut_seqs);
+        s.last_seq_on_disk = s.last_seq_on_disk.max(meta.last_seq.unwrap_or(0));
+        s.disk_bytes += meta.len;
+        if is_newest && clean {
+            let next = meta.last_seq.map_or(base, |s| s + 1);
+            s.active = Some(ActiveSegment {
+                base,
+                file,
+                len: meta.len,
+                alloc: meta.len,
+                next_seq: next,
+            });
+        }
+        s.table.segs.push_back(meta);
+    }
+    Ok(s)
 }
 
 struct ScannedSegment {
@@ -292,12 +353,13 @@ struct ScanTarget<'a> {
     path: &'a Path,
     base: u64,
     len: u64,
-    /// No segment file (valid or not) has a higher base.
-    is_newest: bool,
-    /// Base of the next valid segment: bounds the seqs this one can hold.
-    next_base: Option<u64>,
+    /// `is_newest`: no segment file (valid or not) has a higher base; `next_base`: the base of
+    /// the next valid segment.
+    place: Place,
 }
 
+/// Scans one segment (step 6): counts its records, cuts a torn tail off the newest, and counts
+/// and logs corruption.
 fn scan_segment(
     metrics: &Metrics,
     sfs: &dyn SpoolFs,
@@ -309,46 +371,36 @@ fn scan_segment(
         path,
         base,
         len,
-        is_newest,
-        next_base,
+        place,
     } = target;
-    let file = if is_newest {
-        sfs.open_write(path)?
-    } else {
-        sfs.open_read(path)?
+    // The newest is opened for writing: a torn tail is cut off, and appends may continue it.
+    let file = match place.is_newest {
+        true => sfs.open_write(path)?,
+        false => sfs.open_read(path)?,
     };
     let mut meta = SegmentMeta::new(base, path.to_path_buf());
     meta.len = len;
-    let mut cursor = SegmentCursor::new(
-        file,
-        SEGMENT_HEADER_LEN,
-        base.saturating_sub(1),
-        RECOVERY_CHUNK,
-    );
+    let first = base.saturating_sub(1);
+    let mut cursor = SegmentCursor::new(file, SEGMENT_HEADER_LEN, first, RECOVERY_CHUNK);
     let mut clean = true;
     let mut cut_seqs = 0;
-    loop {
-        match cursor.next(len)? {
-            Step::End => break,
-            Step::Record(f) => {
+    while let Some(found) = cursor.next_found(len, place)? {
+        match found {
+            Found::Record(f) => {
                 meta.note_frame(f.seq, f.offset, f.appended_at_ms);
                 if f.seq > confirmed {
                     report.records += 1;
                 }
             }
-            Step::Corrupt {
+            Found::Tail {
                 offset,
                 last_good,
-                resumed: None,
-            } if is_newest => {
-                // Torn tail: the end of the newest segment is the only place an interrupted,
-                // never-acknowledged group commit can leave a partial frame, or zeros the
-                // writer preallocated and had not used yet (older segments were cut to their
-                // last frame and fsync'd before the next one was created). Cut it off so new
-                // frames follow the last good one. The cut bytes could also be an acknowledged
-                // record damaged in place (even zeroed), so every seq they could hold is
-                // skipped (`cut_seqs`), never reused.
-                let (torn, zeros) = scan::split_tail(cursor.file(), offset, len)?;
+                torn,
+                zeros,
+            } => {
+                // Cut it off so new frames follow the last good one. The cut bytes could also be
+                // an acknowledged record damaged in place (even zeroed), so every seq they could
+                // hold is skipped (`cut_seqs`), never reused.
                 fs::truncate(cursor.file().as_ref(), offset)?;
                 report.torn_tail_bytes += torn;
                 report.unused_tail_bytes += zeros;
@@ -360,12 +412,12 @@ fn scan_segment(
                     tracing::info!(segment = %path.display(), offset, zeros, "cut the unused preallocated end of the newest segment (the last run did not close the spool)");
                 }
             }
-            Step::Corrupt {
+            Found::Corrupt {
                 offset,
                 last_good,
                 resumed,
+                lost,
             } => {
-                let lost = Step::lost_records(last_good, resumed, next_base);
                 metrics.spool_corrupt_records.inc_by(lost);
                 report.corrupt_records_skipped += lost;
                 meta.known_corrupt.push(offset);

@@ -226,9 +226,80 @@ impl SegmentCursor {
     }
 }
 
+/// Where a segment stands among the others, which decides what a bad region in it means.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    /// No segment file has a higher base: only here can a write have been interrupted.
+    pub is_newest: bool,
+    /// Base of the next segment: bounds the seqs this one can hold.
+    pub next_base: Option<u64>,
+}
+
+/// What a scan of a whole segment finds, judged the same way by recovery (which acts on it) and
+/// the operator tools (which report it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A valid frame; its payload is available from [`SegmentCursor::payload`] until the next
+    /// call.
+    Record(FrameInfo),
+    /// Bad bytes at the end of the newest segment with nothing valid after them: not damage.
+    /// The first `torn` bytes (up to the last non-zero byte) are a group commit that never
+    /// completed, so never acknowledged; the `zeros` after them are space the writer
+    /// preallocated. Recovery cuts both off.
+    Tail {
+        offset: u64,
+        last_good: u64,
+        torn: u64,
+        zeros: u64,
+    },
+    /// Bad bytes followed by valid data, or at the end of an older segment (older segments are
+    /// fsync'd and cut to their last frame before the next exists, so this cannot be a torn
+    /// write): damage, `lost` records judged from the seqs around the region (at least 1).
+    Corrupt {
+        offset: u64,
+        last_good: u64,
+        resumed: Option<FrameInfo>,
+        lost: u64,
+    },
+}
+
+impl SegmentCursor {
+    /// The next thing found below `limit` (the end of the file) in a segment at `place`, or
+    /// `None` at the limit. After an I/O error the scan cannot be resumed.
+    pub(crate) fn next_found(&mut self, limit: u64, place: Place) -> io::Result<Option<Found>> {
+        Ok(Some(match self.next(limit)? {
+            Step::End => return Ok(None),
+            Step::Record(f) => Found::Record(f),
+            Step::Corrupt {
+                offset,
+                last_good,
+                resumed: None,
+            } if place.is_newest => {
+                let (torn, zeros) = split_tail(&self.file, offset, limit)?;
+                Found::Tail {
+                    offset,
+                    last_good,
+                    torn,
+                    zeros,
+                }
+            }
+            Step::Corrupt {
+                offset,
+                last_good,
+                resumed,
+            } => Found::Corrupt {
+                offset,
+                last_good,
+                resumed,
+                lost: Step::lost_records(last_good, resumed, place.next_base),
+            },
+        }))
+    }
+}
+
 /// Splits the bytes `[from, limit)` after a segment's last frame at its last non-zero byte: the
 /// torn write before it and the zeros the writer had preallocated after it, in bytes.
-pub(crate) fn split_tail(file: &SpoolFile, from: u64, limit: u64) -> io::Result<(u64, u64)> {
+fn split_tail(file: &SpoolFile, from: u64, limit: u64) -> io::Result<(u64, u64)> {
     let end = nonzero_end(file, from, limit)?;
     Ok((end - from, limit - end))
 }

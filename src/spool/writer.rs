@@ -1,5 +1,49 @@
 //! The group-commit writer thread: the only code that writes segments, creates them, persists
 //! the confirmed position and deletes segments.
+//!
+//! # Group commit
+//!
+//! A dedicated writer thread (blocking file I/O, no async runtime) owns the active segment.
+//! `append` checks the quota, reserves space and queues the payload with a oneshot for the reply
+//! (which hands the payload back, so the task that allocated it frees it). The writer blocks for
+//! the first request, drains whatever else is queued (up to `max_batch_bytes`), assigns consecutive
+//! seqs, encodes all frames into one buffer, and issues one positional write and one `fdatasync`;
+//! then it publishes the new commit point and replies to every waiter. Requests arriving during
+//! that fsync form the next batch, so the fsync rate stays bounded however many requests are
+//! concurrent.
+//!
+//! Rotation: when a frame would push the active segment past `segment_bytes` and the segment
+//! already holds records, the frames encoded so far are written and fsync'd to the old segment,
+//! then a new segment is created (header written to `NAME.seg.tmp`, fsync'd, renamed to `NAME.seg`,
+//! directory fsync'd) and the batch continues there. So a batch that straddles a rotation costs one
+//! fsync per segment, and only the newest segment can ever end in a torn write. A record larger
+//! than `segment_bytes` gets a segment of its own.
+//!
+//! # Preallocation
+//!
+//! A group commit whose frames grow the file makes its `fdatasync` write more than the data: the
+//! new file size in the inode, and the blocks the filesystem just allocated (on ext4 without a
+//! journal that is two more synchronous device writes; with one, a journal commit). So when a run
+//! of frames reaches past the end of the file, the writer also writes
+//! `SpoolConfig::preallocate_bytes` of zeros after it (never past `segment_bytes`), covered by the
+//! same `fdatasync`; the commits after it overwrite blocks that exist, with the size unchanged, and
+//! their `fdatasync` writes only the data. `benches/fsync_prealloc.py` measures the difference on a
+//! given disk. Zeros, not `fallocate`: writing into an unwritten extent still changes metadata at
+//! every commit.
+//!
+//! The spool's module docs ("Preallocation") say what the zeros mean to readers, recovery and the
+//! quota.
+//!
+//! # The free-space estimate
+//!
+//! `spool.min_free_bytes` is judged against an estimate of the free space, which is cheap: the
+//! writer thread samples statvfs (`f_bavail * f_frsize`) at open, at most once a second
+//! (`FREE_SPACE_SAMPLE_EVERY`) between batches, and right after deleting or evicting segments;
+//! between samples it subtracts every byte it writes, so the spool cannot eat into the margin by
+//! itself, and space used or freed by other processes is seen within about a second. No syscall on
+//! the append path. A failing statvfs is logged and counted (`spool_errors{op="statvfs"}`) and
+//! disables the guard until a sample succeeds; it does not refuse appends, since ENOSPC still fails
+//! the spool closed.
 
 use std::io;
 use std::path::PathBuf;
