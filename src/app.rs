@@ -186,10 +186,7 @@ impl App {
                 c.auth.dedup_window,
                 c.auth.dedup_max_entries,
             );
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now_ms = crate::clock::now_ms();
             let fs = fs.clone();
             let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, now_ms))
                 .await

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -480,10 +480,7 @@ impl Ingress {
         let authentic = verified.authentic();
         let body = verified.into_body();
         let id = id.unwrap_or_else(|| body_id(&body));
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let received_at_ms = crate::clock::now_ms();
         let env = match envelope::parse(&body) {
             Ok(env) => env,
             Err(e) if authentic => {
