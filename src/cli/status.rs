@@ -240,41 +240,75 @@ fn get(client: &AdminClient, path: &str, timeout: Duration) -> Result<admin_clie
 impl Status {
     /// The human summary: one `label  value` line per topic, labels padded to one column.
     pub fn render(&self) -> String {
-        let (b, a) = (&self.before, &self.after);
-        let secs = self.elapsed.as_secs_f64().max(1e-3);
-        let rate = |name: &str| {
-            let d = a.sum(name).unwrap_or(0.0) - b.sum(name).unwrap_or(0.0);
-            d.max(0.0) / secs
-        };
-        let mut lines: Vec<(&str, String)> = Vec::new();
+        let a = &self.after;
+        let mut lines: Vec<(&str, String)> = vec![
+            ("ready", self.ready_line()),
+            ("broker", self.broker_line()),
+            ("backlog", self.backlog_line()),
+            (
+                "in flight",
+                format!(
+                    "{:.0}",
+                    a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
+                ),
+            ),
+        ];
+        lines.extend(self.failing_line());
+        lines.push(("rates", self.rates_line()));
+        let accepted = a.sum("hookbridge_deliveries_accepted_total").unwrap_or(0.0);
+        let published = a.sum("hookbridge_published_total").unwrap_or(0.0);
+        let duplicates = a
+            .sum("hookbridge_deliveries_duplicate_total")
+            .unwrap_or(0.0);
+        lines.push((
+            "since start",
+            format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
+        ));
+        lines.push(("dead letters", self.dead_letters_line()));
+        lines.push((
+            "dedup waits",
+            or_none(counts(&a.by("hookbridge_dedup_waits_total", "outcome"), "")),
+        ));
+        lines.push(("errors", self.errors_line()));
+        lines.push(("http answers", self.http_line()));
 
+        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
+        let mut out = format!("hookbridge at {}\n", self.admin);
+        for (label, value) in lines {
+            let _ = writeln!(out, "{label:<width$}{value}");
+        }
+        out
+    }
+
+    fn ready_line(&self) -> String {
         let r = &self.ready;
-        let ready = if r.ready {
-            format!("yes (spool {})", r.spool)
-        } else {
-            let why = match r.spool.as_str() {
-                "full" => "spool full: quota or spool.min_free_bytes reached, deliveries get 503 until the broker drains it",
-                "failed" => "spool failed: a write or fsync error; the bridge drains, then exits for a restart",
-                _ => "see /readyz",
-            };
-            format!("NO — {why}")
+        if r.ready {
+            return format!("yes (spool {})", r.spool);
+        }
+        let why = match r.spool.as_str() {
+            "full" => "spool full: quota or spool.min_free_bytes reached, deliveries get 503 until the broker drains it",
+            "failed" => "spool failed: a write or fsync error; the bridge drains, then exits for a restart",
+            _ => "see /readyz",
         };
-        lines.push(("ready", ready));
+        format!("NO — {why}")
+    }
 
-        let sinks = a.by("hookbridge_broker_up", "sink");
+    fn broker_line(&self) -> String {
+        let sinks = self.after.by("hookbridge_broker_up", "sink");
         // `hookbridge_broker_up` exists from the start (1 before the first attempt): the readiness
         // answer says whether an attempt was made.
-        let broker = if sinks.is_empty() || r.broker == "unknown" {
-            format!("{} (no publish attempt yet)", r.broker)
-        } else {
-            sinks
-                .iter()
-                .map(|(sink, up)| format!("{sink} {}", if *up >= 1.0 { "up" } else { "DOWN" }))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        lines.push(("broker", broker));
+        if sinks.is_empty() || self.ready.broker == "unknown" {
+            return format!("{} (no publish attempt yet)", self.ready.broker);
+        }
+        sinks
+            .iter()
+            .map(|(sink, up)| format!("{sink} {}", if *up >= 1.0 { "up" } else { "DOWN" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 
+    fn backlog_line(&self) -> String {
+        let a = &self.after;
         let records = a.sum("hookbridge_spool_records").unwrap_or(0.0);
         let bytes = a.sum("hookbridge_spool_bytes").unwrap_or(0.0);
         let quota = a.sum("hookbridge_spool_max_bytes").unwrap_or(0.0);
@@ -291,84 +325,74 @@ impl Status {
         } else {
             String::new()
         };
-        lines.push((
-            "backlog",
+        format!(
+            "{records:.0} records, {} of {} on disk{percent}{oldest}",
+            size(bytes),
+            size(quota)
+        )
+    }
+
+    /// Only a record that has failed is worth a line: during normal flow the oldest record
+    /// changes many times a second.
+    fn failing_line(&self) -> Option<(&'static str, String)> {
+        let r = &self.ready;
+        let o = r.oldest_unconfirmed.as_ref().filter(|o| o.attempts > 0)?;
+        let stuck = r.stuck_records;
+        let (label, kind) = if stuck > 0 {
+            (
+                "STUCK",
+                format!("{stuck} failing while others are confirmed; oldest"),
+            )
+        } else {
+            ("retrying", "oldest".to_owned())
+        };
+        Some((
+            label,
             format!(
-                "{records:.0} records, {} of {} on disk{percent}{oldest}",
-                size(bytes),
-                size(quota)
+                "{kind} seq {} ({}) to {}: {} failed attempts over {}{}",
+                o.seq,
+                o.delivery_id,
+                o.destination,
+                o.attempts,
+                age(o.age_seconds as f64),
+                o.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
             ),
-        ));
-        lines.push((
-            "in flight",
-            format!(
-                "{:.0}",
-                a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
-            ),
-        ));
-        // Only a record that has failed is worth a line: during normal flow the oldest record
-        // changes many times a second.
-        if let Some(o) = r.oldest_unconfirmed.as_ref().filter(|o| o.attempts > 0) {
-            let stuck = r.stuck_records;
-            let (label, kind) = if stuck > 0 {
-                (
-                    "STUCK",
-                    format!("{stuck} failing while others are confirmed; oldest"),
-                )
-            } else {
-                ("retrying", "oldest".to_owned())
-            };
-            lines.push((
-                label,
-                format!(
-                    "{kind} seq {} ({}) to {}: {} failed attempts over {}{}",
-                    o.seq,
-                    o.delivery_id,
-                    o.destination,
-                    o.attempts,
-                    age(o.age_seconds as f64),
-                    o.last_error
-                        .as_deref()
-                        .map(|e| format!(", last error: {e}"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-        lines.push((
-            "rates",
-            format!(
-                "{:.1} acks/s, {:.1} published/s (over {:.1}s)",
-                rate("hookbridge_deliveries_accepted_total"),
-                rate("hookbridge_published_total"),
-                secs
-            ),
-        ));
-        let accepted = a.sum("hookbridge_deliveries_accepted_total").unwrap_or(0.0);
-        let published = a.sum("hookbridge_published_total").unwrap_or(0.0);
-        let duplicates = a
-            .sum("hookbridge_deliveries_duplicate_total")
-            .unwrap_or(0.0);
-        lines.push((
-            "since start",
-            format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
-        ));
+        ))
+    }
+
+    fn rates_line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-3);
+        let rate = |name: &str| {
+            let d = self.after.sum(name).unwrap_or(0.0) - self.before.sum(name).unwrap_or(0.0);
+            d.max(0.0) / secs
+        };
+        format!(
+            "{:.1} acks/s, {:.1} published/s (over {:.1}s)",
+            rate("hookbridge_deliveries_accepted_total"),
+            rate("hookbridge_published_total"),
+            secs
+        )
+    }
+
+    fn dead_letters_line(&self) -> String {
+        let a = &self.after;
         let store = a
             .sum("hookbridge_dead_letter_records")
-            .unwrap_or(r.dead_letters as f64);
-        lines.push((
-            "dead letters",
-            format!(
-                "{store:.0} in store{}",
-                counts(
-                    &a.by("hookbridge_dead_lettered_total", "reason"),
-                    ", written: "
-                )
-            ),
-        ));
-        lines.push((
-            "dedup waits",
-            or_none(counts(&a.by("hookbridge_dedup_waits_total", "outcome"), "")),
-        ));
+            .unwrap_or(self.ready.dead_letters as f64);
+        format!(
+            "{store:.0} in store{}",
+            counts(
+                &a.by("hookbridge_dead_lettered_total", "reason"),
+                ", written: "
+            )
+        )
+    }
+
+    fn errors_line(&self) -> String {
+        let a = &self.after;
         let errors = [
             ("publish", a.by("hookbridge_publish_errors_total", "kind")),
             ("spool", a.by("hookbridge_spool_errors_total", "op")),
@@ -390,29 +414,22 @@ impl Status {
                 (!c.is_empty()).then(|| format!("{what}: {c}"))
             })
             .collect();
-        lines.push(("errors", or_none(errors.join("; "))));
-        let http = a.by("hookbridge_http_requests_total", "status");
+        or_none(errors.join("; "))
+    }
+
+    fn http_line(&self) -> String {
+        let http = self.after.by("hookbridge_http_requests_total", "status");
         let class = |c: char| -> f64 {
             http.iter()
                 .filter(|(s, _)| s.starts_with(c))
                 .fold(0.0, |sum, (_, n)| sum + n)
         };
-        lines.push((
-            "http answers",
-            format!(
-                "{:.0} 2xx, {:.0} 4xx, {:.0} 5xx",
-                class('2'),
-                class('4'),
-                class('5')
-            ),
-        ));
-
-        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
-        let mut out = format!("hookbridge at {}\n", self.admin);
-        for (label, value) in lines {
-            let _ = writeln!(out, "{label:<width$}{value}");
-        }
-        out
+        format!(
+            "{:.0} 2xx, {:.0} 4xx, {:.0} 5xx",
+            class('2'),
+            class('4'),
+            class('5')
+        )
     }
 }
 

@@ -54,6 +54,11 @@ pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u
         say!(out, "no dead letters in {}", dl.dir().display());
         return Ok(0);
     }
+    print_table(&metas, out)
+}
+
+/// The dead letters as a table with a header, and what to do about them.
+fn print_table(metas: &[Meta], out: &mut dyn Write) -> Result<u8, Error> {
     let rows: Vec<[String; 7]> = metas
         .iter()
         .map(|m| {

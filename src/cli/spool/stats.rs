@@ -34,29 +34,7 @@ pub(super) fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<
     let dead_letters = count_dead_letters(config)?;
     let damage = s.damage().count();
     if json {
-        let j = StatsJson {
-            dir: s.dir.display().to_string(),
-            lock: s.lock.as_str(),
-            records: s.unconfirmed,
-            records_on_disk: s.records_on_disk,
-            bytes: s.bytes,
-            segments: s.segments,
-            oldest_record_seq: s.oldest_unconfirmed.map(|o| o.0),
-            oldest_record_appended_at: s.oldest_unconfirmed.map(|o| rfc3339(o.1)),
-            oldest_record_age_seconds: s.oldest_unconfirmed.map(|o| age(o.1).as_secs()),
-            confirmed: s.confirmed.position(),
-            confirmed_file: match s.confirmed {
-                ConfirmedState::Valid(_) => "ok",
-                ConfirmedState::Missing => "missing",
-                ConfirmedState::Corrupt => "corrupt",
-                ConfirmedState::Unsupported(_) => "unsupported",
-            },
-            next_seq: s.next_seq,
-            dead_letters,
-            tail_bytes: s.torn_tail_bytes(),
-            preallocated_bytes: s.preallocated_bytes(),
-            damage,
-        };
+        let j = stats_json(&s, dead_letters, damage);
         say!(
             out,
             "{}",
@@ -113,6 +91,32 @@ pub(super) fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<
         );
     }
     Ok(0)
+}
+
+fn stats_json(s: &Survey, dead_letters: u64, damage: usize) -> StatsJson {
+    StatsJson {
+        dir: s.dir.display().to_string(),
+        lock: s.lock.as_str(),
+        records: s.unconfirmed,
+        records_on_disk: s.records_on_disk,
+        bytes: s.bytes,
+        segments: s.segments,
+        oldest_record_seq: s.oldest_unconfirmed.map(|o| o.0),
+        oldest_record_appended_at: s.oldest_unconfirmed.map(|o| rfc3339(o.1)),
+        oldest_record_age_seconds: s.oldest_unconfirmed.map(|o| age(o.1).as_secs()),
+        confirmed: s.confirmed.position(),
+        confirmed_file: match s.confirmed {
+            ConfirmedState::Valid(_) => "ok",
+            ConfirmedState::Missing => "missing",
+            ConfirmedState::Corrupt => "corrupt",
+            ConfirmedState::Unsupported(_) => "unsupported",
+        },
+        next_seq: s.next_seq,
+        dead_letters,
+        tail_bytes: s.torn_tail_bytes(),
+        preallocated_bytes: s.preallocated_bytes(),
+        damage,
+    }
 }
 
 pub(super) fn verify(config: &Config, out: &mut dyn Write) -> Result<u8, Error> {
