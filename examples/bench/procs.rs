@@ -365,8 +365,8 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// `--noop-server ADDR`: the runtime `src/main.rs` builds (multi-thread, default workers), the
-/// bridge's own accept loop (`hookbridge::server::serve`: same hyper http1 settings, connection
+/// `--noop-server ADDR`: the runtime `hookbridge run` builds (`src/cli/run.rs`: multi-thread,
+/// default workers), the bridge's own accept loop (`hookbridge::server::serve`: same hyper http1 settings, connection
 /// limit, TCP_NODELAY), and a handler that reads the whole body and answers 200.
 pub fn run_noop_server(addr: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,5 @@
 //! `hookbridge run` (the default command): load the configuration, install tracing, and run the
-//! [`App`](crate::app::App) on a multi-threaded runtime until a shutdown signal.
+//! [`App`] on a multi-threaded runtime until a shutdown signal.
 
 use std::path::PathBuf;
 

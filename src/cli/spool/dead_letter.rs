@@ -1,6 +1,15 @@
 //! `spool dead-letter list` and `spool dead-letter requeue`.
 
-use super::*;
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::{mark_copy, open_for_writing, Error, Selection};
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::deadletter::{DeadLetters, Meta};
+use crate::delivery::{CopyKind, Delivery};
+use crate::spool::{inspect, Spool};
 
 #[derive(Serialize)]
 pub(super) struct DeadLetterJson<'a> {

@@ -11,6 +11,10 @@
 //! damage, or a changing command was refused (lock held, nothing selected, a record it could not
 //! requeue, the spool full part-way through a replay); 2 could not run (configuration, no such
 //! directory, I/O error, bad arguments).
+//!
+//! One file per command: `stats.rs` (`stats`, `verify`), `records.rs` (`inspect`),
+//! `dead_letter.rs` (`dead-letter list`, `dead-letter requeue`), `replay.rs`; this file holds the
+//! arguments, the errors and what they share.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -19,14 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 
-use crate::clock::{self, now_ms, rfc3339};
+use crate::clock::now_ms;
 use crate::config::{self, Config};
-use crate::deadletter::{self, DeadLetters, Meta};
+use crate::deadletter::{self, DeadLetters};
 use crate::delivery::{Copied, CopyKind, Delivery};
 use crate::metrics::Metrics;
-use crate::spool::inspect::{self, ConfirmedState, LockState, Survey};
+use crate::spool::inspect::{self, LockState, Survey};
 use crate::spool::{self, Spool};
 
 /// `hookbridge spool [--dir PATH] <command>`.

@@ -1,6 +1,16 @@
 //! `spool inspect`: the records themselves, filtered, one JSON line each.
 
-use super::*;
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{survey, Error};
+use crate::clock::{self, now_ms, rfc3339};
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::spool::inspect;
 
 pub(super) struct Filter {
     pub(super) action: Option<String>,

@@ -1,6 +1,17 @@
 //! `spool replay`: append copies of confirmed records again, for the bridge to forward.
 
-use super::*;
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+
+use super::records::parse_since;
+use super::{mark_copy, open_for_writing, survey, Error, ReplayArgs};
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::deadletter::{DeadLetters, Meta};
+use crate::delivery::{CopyKind, Delivery};
+use crate::spool::{self, inspect, Spool};
 
 /// One end of a replay range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

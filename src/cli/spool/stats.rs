@@ -1,6 +1,15 @@
 //! `spool stats` and `spool verify`: what the spool holds, and whether every record reads back.
 
-use super::*;
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use serde::Serialize;
+
+use super::{age, bridge_state, count_dead_letters, survey, Error};
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::deadletter::{self, DeadLetters};
+use crate::spool::inspect::{ConfirmedState, LockState, Survey};
 
 #[derive(Serialize)]
 pub(super) struct StatsJson {
