@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::deadletter::DeadLetters;
@@ -26,6 +27,59 @@ use crate::metrics::Metrics;
 use crate::server::{self, HttpResponse};
 use crate::sink::{BrokerState, BrokerStatus};
 use crate::spool::{Health, Spool};
+
+/// The `/readyz` answer, which `hookbridge status` reads back. The fields are in alphabetical
+/// order, the order the document has always had on the wire. Reading is lenient (a missing field
+/// takes its default) so that `status` can summarise a bridge of another version; only `ready`
+/// is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readyz {
+    /// Bytes of unconfirmed records (retained and preallocated bytes not counted).
+    #[serde(default)]
+    pub backlog_bytes: u64,
+    /// Unconfirmed records in the spool.
+    #[serde(default)]
+    pub backlog_records: u64,
+    /// `unknown` (no publish attempt yet), `up` or `down`.
+    #[serde(default = "unknown")]
+    pub broker: String,
+    /// Records in the dead-letter store.
+    #[serde(default)]
+    pub dead_letters: u64,
+    /// The forwarder's oldest unsettled record, if any.
+    #[serde(default)]
+    pub oldest_unconfirmed: Option<OldestUnconfirmed>,
+    /// The spool can take deliveries (the answer is 200, else 503).
+    pub ready: bool,
+    /// Bytes of confirmed records kept for replay.
+    #[serde(default)]
+    pub retained_bytes: u64,
+    /// `ok`, `full` or `failed`.
+    #[serde(default = "unknown")]
+    pub spool: String,
+    /// Records failing while the broker confirms others.
+    #[serde(default)]
+    pub stuck_records: u64,
+}
+
+/// `oldest_unconfirmed` in [`Readyz`]; fields in alphabetical order, as on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OldestUnconfirmed {
+    /// Since the forwarder read it.
+    pub age_seconds: u64,
+    /// Failed publish attempts so far.
+    pub attempts: u32,
+    pub delivery_id: String,
+    pub destination: String,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    pub seq: u64,
+}
+
+fn unknown() -> String {
+    "?".to_owned()
+}
 
 pub struct Admin {
     pub spool: Spool,
@@ -117,6 +171,16 @@ impl Admin {
     /// Ready while the spool can take deliveries, whatever the broker's state: during a broker
     /// outage the bridge is exactly what should keep receiving traffic.
     fn readyz(&self) -> HttpResponse {
+        let doc = self.readyz_document();
+        let status = if doc.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        server::json(status, &doc)
+    }
+
+    fn readyz_document(&self) -> Readyz {
         let stats = self.spool.stats();
         let (oldest, stuck) = self.forward.snapshot();
         let (ready, spool) = match self.spool.health() {
@@ -129,35 +193,27 @@ impl Admin {
             BrokerState::Up => "up",
             BrokerState::Down => "down",
         };
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        server::json(
-            status,
-            &json!({
-                "ready": ready,
-                "spool": spool,
-                "broker": broker,
-                "backlog_records": stats.records,
-                "backlog_bytes": stats
-                    .bytes
-                    .saturating_sub(stats.retained_bytes)
-                    .saturating_sub(stats.preallocated_bytes),
-                "retained_bytes": stats.retained_bytes,
-                "dead_letters": self.dead_letters.len(),
-                "stuck_records": stuck,
-                "oldest_unconfirmed": oldest.map(|o| json!({
-                    "seq": o.seq,
-                    "delivery_id": o.delivery_id,
-                    "destination": o.destination,
-                    "attempts": o.attempts,
-                    "age_seconds": o.since.elapsed().as_secs(),
-                    "last_error": o.last_error,
-                })),
+        Readyz {
+            backlog_bytes: stats
+                .bytes
+                .saturating_sub(stats.retained_bytes)
+                .saturating_sub(stats.preallocated_bytes),
+            backlog_records: stats.records,
+            broker: broker.to_owned(),
+            dead_letters: self.dead_letters.len(),
+            oldest_unconfirmed: oldest.map(|o| OldestUnconfirmed {
+                age_seconds: o.since.elapsed().as_secs(),
+                attempts: o.attempts,
+                delivery_id: o.delivery_id,
+                destination: o.destination,
+                last_error: o.last_error,
+                seq: o.seq,
             }),
-        )
+            ready,
+            retained_bytes: stats.retained_bytes,
+            spool: spool.to_owned(),
+            stuck_records: stuck as u64,
+        }
     }
 
     fn refresh_gauges(&self) {
@@ -187,5 +243,69 @@ impl Admin {
             m.dedup_ids.set(d.len() as i64);
             m.dedup_journal_bytes.set(d.journal_bytes() as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed document writes what the `json!` it replaced wrote, byte for byte, and `status`
+    /// reads the answers of older bridges that lack the newer fields.
+    #[test]
+    fn readyz_keeps_its_wire_form() {
+        let doc = Readyz {
+            backlog_bytes: 900,
+            backlog_records: 5,
+            broker: "up".into(),
+            dead_letters: 1,
+            oldest_unconfirmed: Some(OldestUnconfirmed {
+                age_seconds: 75,
+                attempts: 4,
+                delivery_id: "msg_7".into(),
+                destination: "sb.contact.created".into(),
+                last_error: None,
+                seq: 7,
+            }),
+            ready: true,
+            retained_bytes: 10,
+            spool: "ok".into(),
+            stuck_records: 1,
+        };
+        let old = json!({
+            "ready": true,
+            "spool": "ok",
+            "broker": "up",
+            "backlog_records": 5,
+            "backlog_bytes": 900,
+            "retained_bytes": 10,
+            "dead_letters": 1,
+            "stuck_records": 1,
+            "oldest_unconfirmed": json!({
+                "seq": 7,
+                "delivery_id": "msg_7",
+                "destination": "sb.contact.created",
+                "attempts": 4,
+                "age_seconds": 75,
+                "last_error": null,
+            }),
+        });
+        let wire = serde_json::to_string(&doc).unwrap();
+        assert_eq!(wire, old.to_string());
+        assert_eq!(serde_json::from_str::<Readyz>(&wire).unwrap(), doc);
+        let none = Readyz {
+            oldest_unconfirmed: None,
+            ..doc
+        };
+        assert!(serde_json::to_string(&none)
+            .unwrap()
+            .contains("\"oldest_unconfirmed\":null,"));
+
+        let older: Readyz = serde_json::from_str(
+            r#"{"ready":false,"spool":"failed","broker":"up","backlog_records":5,"backlog_bytes":900,"dead_letters":0}"#,
+        )
+        .unwrap();
+        assert_eq!((older.ready, older.stuck_records), (false, 0));
+        assert!(serde_json::from_str::<Readyz>(r#"{"spool":"ok"}"#).is_err());
     }
 }

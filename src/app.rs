@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, AdminService};
 use crate::cloudevents::CloudEvents;
@@ -147,87 +148,13 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let c = &settings.raw;
         metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
-        let spool_cfg = spool_config(c);
-        let dir = c.spool.dir.display().to_string();
-        let m = metrics.clone();
-        let started = Instant::now();
-        let spool_fs = fs.clone();
-        let (spool, report) =
-            tokio::task::spawn_blocking(move || Spool::open_with_fs(spool_cfg, m, spool_fs))
-                .await
-                .expect("spool open does not panic")
-                .map_err(|source| Error::Spool {
-                    dir: dir.clone(),
-                    source,
-                })?;
-        tracing::debug!(took = ?started.elapsed(), moved_aside = ?report.segments_moved_aside, "spool opened");
-
-        let dl_dir = c.spool.dir.clone();
-        let dl_fs = fs.clone();
-        let dead_letters = Arc::new(
-            tokio::task::spawn_blocking(move || DeadLetters::open_with_fs(&dl_dir, dl_fs))
-                .await
-                .expect("dead-letter open does not panic")?,
-        );
-        metrics.dead_letter_records.set(dead_letters.len() as i64);
-        if !dead_letters.is_empty() {
-            tracing::warn!(
-                records = dead_letters.len(),
-                dir = %dead_letters.dir().display(),
-                "the dead-letter store holds records the broker refused; see `hookbridge spool dead-letter`"
-            );
-        }
-
-        let dedup = if c.auth.dedup_window.is_zero() {
-            None
-        } else {
-            let (dir, window, max) = (
-                c.spool.dir.clone(),
-                c.auth.dedup_window,
-                c.auth.dedup_max_entries,
-            );
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            let fs = fs.clone();
-            let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, now_ms))
-                .await
-                .expect("dedup open does not panic")
-                .map_err(|e| Error::Dedup(e.to_string()))?;
-            tracing::info!(remembered = d.len(), window = ?window, "delivery-id de-duplication ready");
-            Some(Arc::new(d))
-        };
-
-        let ingress = TcpListener::bind(c.http.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: c.http.listen,
-                source,
-            })?;
-        let admin = TcpListener::bind(c.admin.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: c.admin.listen,
-                source,
-            })?;
-
+        let spool = open_spool(c, &metrics, fs.clone()).await?;
+        let dead_letters = open_dead_letters(c, &metrics, fs.clone()).await?;
+        let dedup = open_dedup(c, fs).await?;
+        let ingress = bind_listener(c.http.listen).await?;
+        let admin = bind_listener(c.admin.listen).await?;
         let broker = Arc::new(BrokerStatus::default());
-        let sink: Arc<dyn Sink> = match c.sink.kind {
-            SinkKind::Nats => Arc::new(
-                NatsSink::connect(&c.sink.nats, &settings.router, broker.clone())
-                    .await
-                    .map_err(|e| Error::Sink(e.to_string()))?,
-            ),
-            SinkKind::Kafka => Arc::new(
-                KafkaSink::new(
-                    &c.sink.kafka,
-                    broker.clone(),
-                    metrics.kafka_queue_messages.clone(),
-                )
-                .map_err(|e| Error::Sink(e.to_string()))?,
-            ),
-        };
+        let sink = connect_sink(&settings, &metrics, &broker).await?;
         metrics.start_sink(sink.name(), broker.get() == crate::sink::BrokerState::Down);
         Ok(App {
             settings,
@@ -261,6 +188,21 @@ impl App {
     /// Serves until `shutdown` resolves, then stops in order (see the module doc) within
     /// `shutdown.grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let running = self.start();
+        let spool_failed = tokio::select! {
+            _ = shutdown => false,
+            _ = drain_after_failure(running.spool.clone()) => true,
+        };
+        running.stop().await;
+        if spool_failed {
+            return Err(Error::SpoolFailed);
+        }
+        Ok(())
+    }
+
+    /// Spawns the forwarder, the ingress listener (and its certificate watch) and the admin
+    /// listener.
+    fn start(self) -> Running {
         let App {
             settings,
             ingress,
@@ -274,19 +216,8 @@ impl App {
         } = self;
         let c = &settings.raw;
         let grace = c.shutdown.grace;
-        tracing::info!(
-            listen = %ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            tls = settings.tls.is_some(),
-            path = %c.http.path,
-            admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            sink = sink.name(),
-            "hookbridge serving"
-        );
-
+        announce(&settings, &ingress, &admin, sink.name());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
 
         let progress = Arc::new(forward::Progress::default());
         let forwarder = Forwarder {
@@ -303,42 +234,7 @@ impl App {
         let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
         let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
 
-        let ingress_state = Arc::new(Ingress {
-            path: c.http.path.clone(),
-            max_body_bytes: c.http.max_body_bytes,
-            request_timeout: c.http.request_timeout,
-            retry_after: c.http.retry_after,
-            gate: settings.gate.clone(),
-            router: settings.router.clone(),
-            spool: spool.clone(),
-            dedup: dedup.clone(),
-            dedup_wait: c.auth.dedup_wait,
-            metrics: metrics.clone(),
-            budget: {
-                metrics
-                    .http_max_buffered_bytes
-                    .set(c.http.max_buffered_bytes as i64);
-                crate::ingress::budget::Budget::new(
-                    c.http.max_buffered_bytes,
-                    metrics.http_buffered_bytes.clone(),
-                )
-            },
-            per_client: crate::ingress::budget::PerClient::new(c.http.max_bodies_per_client),
-        });
-        let ingress_limits = Limits {
-            max_connections: c.http.max_connections,
-            header_timeout: c.http.header_timeout,
-            rejected_counter: Some(metrics.http_rejected_connections.clone()),
-            open_gauge: Some(metrics.http_connections.clone()),
-            max_headers: c.http.max_headers,
-            max_header_bytes: c.http.max_header_bytes,
-            error_counter: Some(metrics.http_connection_errors.clone()),
-            linger_timeout: c.http.linger_timeout,
-            linger_bytes: c.http.linger_bytes,
-            linger_counter: Some(metrics.http_lingering_closes.clone()),
-            write_timeout: c.http.write_timeout,
-            reserve: None,
-        };
+        let ingress_state = ingress_state(&settings, &spool, &dedup, &metrics);
         let tls_accept = settings.tls.as_ref().map(|tls| TlsAccept {
             acceptor: tls.acceptor(),
             handshake_timeout: tls.handshake_timeout(),
@@ -350,93 +246,69 @@ impl App {
         let ingress_task = tokio::spawn(server::serve(
             ingress,
             move |peer: SocketAddr| IngressService(ingress_state.clone(), peer.ip()),
-            ingress_limits,
+            ingress_limits(c, &metrics),
             tls_accept,
             stopped(stop_rx.clone()),
             grace,
         ));
 
-        let admin_state = Arc::new(Admin {
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            broker,
-            dead_letters,
-            dedup: dedup.clone(),
-            forward: progress,
-            renders: Default::default(),
-            render_wait: c.admin.write_timeout,
-        });
-        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let admin_task = tokio::spawn(server::serve(
+        let (admin_stop_tx, admin_task) = spawn_admin(
             admin,
-            move |_| AdminService(admin_state.clone()),
-            Limits {
-                max_connections: c.admin.max_connections,
-                // hyper's head timer also runs while a keep-alive connection waits for its next
-                // request: it is the idle timeout.
-                header_timeout: c.admin.idle_timeout,
-                rejected_counter: Some(
-                    metrics
-                        .admin_rejected_connections
-                        .with_label_values(&["limit"]),
-                ),
-                open_gauge: Some(metrics.admin_connections.clone()),
-                max_headers: 64,
-                // Also what hyper reads ahead of a pipelined request.
-                max_header_bytes: 16 * 1024,
-                error_counter: Some(metrics.admin_connection_errors.clone()),
-                linger_timeout: c.http.linger_timeout,
-                linger_bytes: c.http.linger_bytes,
-                linger_counter: None,
-                write_timeout: c.admin.write_timeout,
-                // Invariant 10: the probes answer while stalled clients hold every other slot.
-                reserve: Some(server::Reserve {
-                    connections: c.admin.probe_connections,
-                    paths: crate::admin::PROBE_PATHS,
-                    timeout: c.admin.probe_timeout,
-                    not_probe_counter: Some(
-                        metrics
-                            .admin_rejected_connections
-                            .with_label_values(&["not_probe"]),
-                    ),
-                }),
+            Admin {
+                spool: spool.clone(),
+                metrics: metrics.clone(),
+                broker,
+                dead_letters,
+                dedup: dedup.clone(),
+                forward: progress,
+                renders: Default::default(),
+                render_wait: c.admin.write_timeout,
             },
-            None,
-            stopped(admin_stop_rx),
-            std::time::Duration::from_secs(1),
-        ));
+            admin_limits(c, &metrics),
+        );
+        Running {
+            grace,
+            spool,
+            dedup,
+            stop_tx,
+            ingress_task,
+            tls_task,
+            fwd_stop_tx,
+            forward_task,
+            admin_stop_tx,
+            admin_task,
+        }
+    }
+}
 
-        // A failed spool cannot take deliveries again without a restart (recovery is what
-        // re-reads the disk), and a supervisor only restarts a process that exits: so once the
-        // committed backlog has drained (or a minute passed), stop and exit non-zero.
-        let failed = {
-            let spool = spool.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    if spool.health() == crate::spool::Health::Failed {
-                        break;
-                    }
-                }
-                tracing::error!("the spool failed; draining what it holds, then exiting so a supervisor restarts the bridge");
-                let deadline = tokio::time::Instant::now() + FAILED_DRAIN;
-                while spool.stats().records > 0 && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            }
-        };
-        let spool_failed = tokio::select! {
-            _ = shutdown => false,
-            _ = failed => true,
-        };
+/// A started bridge: its tasks, and what stopping them in order needs.
+struct Running {
+    grace: std::time::Duration,
+    spool: Spool,
+    dedup: Option<Arc<Dedup>>,
+    /// Stops the ingress listener and the certificate watch.
+    stop_tx: watch::Sender<bool>,
+    ingress_task: JoinHandle<()>,
+    tls_task: Option<JoinHandle<()>>,
+    fwd_stop_tx: watch::Sender<bool>,
+    forward_task: JoinHandle<()>,
+    admin_stop_tx: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The shutdown order of the module doc: ingress, forwarder (with what is left of the
+    /// grace), de-duplication journal, spool, admin listener.
+    async fn stop(self) {
         let began = tokio::time::Instant::now();
+        let grace = self.grace;
         tracing::info!(
             ?grace,
             "shutting down: no new connections; finishing in-flight requests"
         );
-        let _ = stop_tx.send(true);
-        let _ = ingress_task.await;
-        if let Some(t) = tls_task {
+        let _ = self.stop_tx.send(true);
+        let _ = self.ingress_task.await;
+        if let Some(t) = self.tls_task {
             let _ = t.await;
         }
         // The forwarder gets whatever grace the ingress left.
@@ -445,31 +317,254 @@ impl App {
             ?remaining,
             "ingress closed; letting in-flight publishes resolve"
         );
-        let _ = fwd_stop_tx.send(true);
+        let _ = self.fwd_stop_tx.send(true);
         if tokio::time::timeout(
             remaining + std::time::Duration::from_millis(200),
-            forward_task,
+            self.forward_task,
         )
         .await
         .is_err()
         {
             tracing::warn!("forwarder did not stop in time");
         }
-        if let Some(dedup) = dedup {
+        if let Some(dedup) = self.dedup {
             // The ingress is closed: write the last journal records before the process exits.
             let _ = tokio::task::spawn_blocking(move || dedup.close()).await;
         }
+        let spool = self.spool;
         if let Err(e) = spool.close().await {
             tracing::error!(error = %e, "closing the spool failed; the next start replays from the last persisted position");
         }
-        let _ = admin_stop_tx.send(true);
-        let _ = admin_task.await;
+        let _ = self.admin_stop_tx.send(true);
+        let _ = self.admin_task.await;
         let s = spool.stats();
         tracing::info!(backlog_records = s.records, confirmed = s.confirmed, took = ?began.elapsed(), "stopped");
-        if spool_failed {
-            return Err(Error::SpoolFailed);
+    }
+}
+
+/// Serves the admin listener until the returned sender says stop; it then gets a second to
+/// finish (it goes last, so the process stays observable while it drains).
+fn spawn_admin(
+    listener: TcpListener,
+    admin: Admin,
+    limits: Limits,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let admin = Arc::new(admin);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(server::serve(
+        listener,
+        move |_| AdminService(admin.clone()),
+        limits,
+        None,
+        stopped(stop_rx),
+        std::time::Duration::from_secs(1),
+    ));
+    (stop_tx, task)
+}
+
+/// The one line that says the bridge is up, and where.
+fn announce(settings: &Settings, ingress: &TcpListener, admin: &TcpListener, sink: &str) {
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        listen = %addr(ingress),
+        tls = settings.tls.is_some(),
+        path = %settings.raw.http.path,
+        admin = %addr(admin),
+        sink,
+        "hookbridge serving"
+    );
+}
+
+/// Resolves when the watch channel says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Resolves once the spool has failed and then drained its committed backlog (or
+/// [`FAILED_DRAIN`] passed). A failed spool cannot take deliveries again without a restart
+/// (recovery is what re-reads the disk), and a supervisor only restarts a process that exits.
+async fn drain_after_failure(spool: Spool) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if spool.health() == crate::spool::Health::Failed {
+            break;
         }
-        Ok(())
+    }
+    tracing::error!(
+        "the spool failed; draining what it holds, then exiting so a supervisor restarts the bridge"
+    );
+    let deadline = tokio::time::Instant::now() + FAILED_DRAIN;
+    while spool.stats().records > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn open_spool(
+    c: &Config,
+    metrics: &Arc<Metrics>,
+    fs: Arc<dyn SpoolFs>,
+) -> Result<Spool, Error> {
+    let spool_cfg = spool_config(c);
+    let dir = c.spool.dir.display().to_string();
+    let m = metrics.clone();
+    let started = Instant::now();
+    let (spool, report) =
+        tokio::task::spawn_blocking(move || Spool::open_with_fs(spool_cfg, m, fs))
+            .await
+            .expect("spool open does not panic")
+            .map_err(|source| Error::Spool { dir, source })?;
+    tracing::debug!(took = ?started.elapsed(), moved_aside = ?report.segments_moved_aside, "spool opened");
+    Ok(spool)
+}
+
+async fn open_dead_letters(
+    c: &Config,
+    metrics: &Metrics,
+    fs: Arc<dyn SpoolFs>,
+) -> Result<Arc<DeadLetters>, Error> {
+    let dir = c.spool.dir.clone();
+    let dead_letters = Arc::new(
+        tokio::task::spawn_blocking(move || DeadLetters::open_with_fs(&dir, fs))
+            .await
+            .expect("dead-letter open does not panic")?,
+    );
+    metrics.dead_letter_records.set(dead_letters.len() as i64);
+    if !dead_letters.is_empty() {
+        tracing::warn!(
+            records = dead_letters.len(),
+            dir = %dead_letters.dir().display(),
+            "the dead-letter store holds records the broker refused; see `hookbridge spool dead-letter`"
+        );
+    }
+    Ok(dead_letters)
+}
+
+/// `None` when de-duplication is off (`auth.dedup_window` 0).
+async fn open_dedup(c: &Config, fs: Arc<dyn SpoolFs>) -> Result<Option<Arc<Dedup>>, Error> {
+    if c.auth.dedup_window.is_zero() {
+        return Ok(None);
+    }
+    let (dir, window, max) = (
+        c.spool.dir.clone(),
+        c.auth.dedup_window,
+        c.auth.dedup_max_entries,
+    );
+    let now_ms = crate::clock::now_ms();
+    let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, now_ms))
+        .await
+        .expect("dedup open does not panic")
+        .map_err(|e| Error::Dedup(e.to_string()))?;
+    tracing::info!(remembered = d.len(), window = ?window, "delivery-id de-duplication ready");
+    Ok(Some(Arc::new(d)))
+}
+
+async fn bind_listener(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// The configured sink; an unreachable broker is not an error (the forwarder retries).
+async fn connect_sink(
+    settings: &Settings,
+    metrics: &Metrics,
+    broker: &Arc<BrokerStatus>,
+) -> Result<Arc<dyn Sink>, Error> {
+    let c = &settings.raw;
+    Ok(match c.sink.kind {
+        SinkKind::Nats => Arc::new(
+            NatsSink::connect(&c.sink.nats, &settings.router, broker.clone())
+                .await
+                .map_err(|e| Error::Sink(e.to_string()))?,
+        ),
+        SinkKind::Kafka => Arc::new(
+            KafkaSink::new(
+                &c.sink.kafka,
+                broker.clone(),
+                metrics.kafka_queue_messages.clone(),
+            )
+            .map_err(|e| Error::Sink(e.to_string()))?,
+        ),
+    })
+}
+
+fn ingress_state(
+    settings: &Settings,
+    spool: &Spool,
+    dedup: &Option<Arc<Dedup>>,
+    metrics: &Arc<Metrics>,
+) -> Arc<Ingress> {
+    let c = &settings.raw;
+    metrics
+        .http_max_buffered_bytes
+        .set(c.http.max_buffered_bytes as i64);
+    Arc::new(Ingress {
+        path: c.http.path.clone(),
+        max_body_bytes: c.http.max_body_bytes,
+        request_timeout: c.http.request_timeout,
+        retry_after: c.http.retry_after,
+        gate: settings.gate.clone(),
+        router: settings.router.clone(),
+        spool: spool.clone(),
+        dedup: dedup.clone(),
+        dedup_wait: c.auth.dedup_wait,
+        metrics: metrics.clone(),
+        budget: crate::ingress::budget::Budget::new(
+            c.http.max_buffered_bytes,
+            metrics.http_buffered_bytes.clone(),
+        ),
+        per_client: crate::ingress::budget::PerClient::new(c.http.max_bodies_per_client),
+    })
+}
+
+fn ingress_limits(c: &Config, metrics: &Metrics) -> Limits {
+    Limits {
+        max_connections: c.http.max_connections,
+        header_timeout: c.http.header_timeout,
+        rejected_counter: Some(metrics.http_rejected_connections.clone()),
+        open_gauge: Some(metrics.http_connections.clone()),
+        max_headers: c.http.max_headers,
+        max_header_bytes: c.http.max_header_bytes,
+        error_counter: Some(metrics.http_connection_errors.clone()),
+        linger_timeout: c.http.linger_timeout,
+        linger_bytes: c.http.linger_bytes,
+        linger_counter: Some(metrics.http_lingering_closes.clone()),
+        write_timeout: c.http.write_timeout,
+        reserve: None,
+    }
+}
+
+fn admin_limits(c: &Config, metrics: &Metrics) -> Limits {
+    Limits {
+        max_connections: c.admin.max_connections,
+        // hyper's head timer also runs while a keep-alive connection waits for its next
+        // request: it is the idle timeout.
+        header_timeout: c.admin.idle_timeout,
+        rejected_counter: Some(
+            metrics
+                .admin_rejected_connections
+                .with_label_values(&["limit"]),
+        ),
+        open_gauge: Some(metrics.admin_connections.clone()),
+        max_headers: 64,
+        // Also what hyper reads ahead of a pipelined request.
+        max_header_bytes: 16 * 1024,
+        error_counter: Some(metrics.admin_connection_errors.clone()),
+        linger_timeout: c.http.linger_timeout,
+        linger_bytes: c.http.linger_bytes,
+        linger_counter: None,
+        write_timeout: c.admin.write_timeout,
+        // Invariant 10: the probes answer while stalled clients hold every other slot.
+        reserve: Some(server::Reserve {
+            connections: c.admin.probe_connections,
+            paths: crate::admin::PROBE_PATHS,
+            timeout: c.admin.probe_timeout,
+            not_probe_counter: Some(
+                metrics
+                    .admin_rejected_connections
+                    .with_label_values(&["not_probe"]),
+            ),
+        }),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hookbridge::status::Metrics;
+use hookbridge::cli::status::Scrape;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -240,13 +240,13 @@ impl Drop for Bridge {
 
 /// `name` summed over its label sets (0 if absent), read with the bridge's own parser.
 pub fn metric(text: &str, name: &str) -> f64 {
-    Metrics::parse(text).sum(name).unwrap_or(0.0)
+    Scrape::parse(text).sum(name).unwrap_or(0.0)
 }
 
 /// The smallest bucket bound of histogram `name` under which at least fraction `q` of its
 /// samples fall: an upper bound of its `q` quantile.
 pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let buckets = Metrics::parse(text).by(&format!("{name}_bucket"), "le");
+    let buckets = Scrape::parse(text).by(&format!("{name}_bucket"), "le");
     let total = buckets.last()?.1;
     if total == 0.0 {
         return None;
@@ -365,8 +365,8 @@ fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// `--noop-server ADDR`: the runtime `src/main.rs` builds (multi-thread, default workers), the
-/// bridge's own accept loop (`hookbridge::server::serve`: same hyper http1 settings, connection
+/// `--noop-server ADDR`: the runtime `hookbridge run` builds (`src/cli/run.rs`: multi-thread,
+/// default workers), the bridge's own accept loop (`hookbridge::server::serve`: same hyper http1 settings, connection
 /// limit, TCP_NODELAY), and a handler that reads the whole body and answers 200.
 pub fn run_noop_server(addr: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread()

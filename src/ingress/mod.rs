@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -191,6 +191,34 @@ impl Ingress {
         req: Request<Incoming>,
         peer: std::net::IpAddr,
     ) -> Result<Accepted, Reject> {
+        self.check_head(&req, peer)?;
+        let (headers, body, reservation) = self.receive(req, peer).await?;
+        let id = id_header(&headers, "webhook-id", "svix-id")?;
+        let timestamp = id_header(&headers, "webhook-timestamp", "svix-timestamp")?;
+        let verified = self
+            .gate
+            .check(&headers, id.as_deref(), timestamp.as_deref(), body)
+            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
+        let delivery = self.build(verified, id, timestamp)?;
+        let claim = match &self.dedup {
+            None => None,
+            Some(dedup) => match self
+                .claim(dedup, &delivery.id, delivery.received_at_ms)
+                .await?
+            {
+                Some(guard) => Some(guard),
+                None => {
+                    tracing::debug!(delivery_id = %delivery.id, "duplicate delivery; acknowledged, not stored again");
+                    return Ok(Accepted::Duplicate { id: delivery.id });
+                }
+            },
+        };
+        self.store(delivery, claim, reservation).await
+    }
+
+    /// What can be refused before the body is read: the path, the method, and the gate's checks
+    /// of the source address and headers.
+    fn check_head(&self, req: &Request<Incoming>, peer: std::net::IpAddr) -> Result<(), Reject> {
         if req.uri().path() != self.path {
             return Err(reject(
                 StatusCode::NOT_FOUND,
@@ -207,7 +235,16 @@ impl Ingress {
         }
         self.gate
             .check_head(peer, req.headers())
-            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
+            .map_err(|d| reject(d.status(), d.code(), d.detail()))
+    }
+
+    /// Reads the body within `http.request_timeout`; returns the headers, the body, and the
+    /// budget reservation that pays for it.
+    async fn receive(
+        &self,
+        req: Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Result<(HeaderMap, Bytes, Reservation), Reject> {
         let limit = self.max_body_bytes as usize;
         let length = content_length(req.headers());
         if length.is_some_and(|len| len > limit as u64) {
@@ -252,27 +289,17 @@ impl Ingress {
             Ok(result) => result?,
         };
         drop(slot);
-        let headers = &parts.headers;
-        let id = id_header(headers, "webhook-id", "svix-id")?;
-        let timestamp = id_header(headers, "webhook-timestamp", "svix-timestamp")?;
-        let verified = self
-            .gate
-            .check(headers, id.as_deref(), timestamp.as_deref(), body)
-            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
-        let mut delivery = self.build(verified, id, timestamp)?;
-        let id = delivery.id.clone();
+        Ok((parts.headers, body, reservation))
+    }
 
-        let now_ms = delivery.received_at_ms;
-        let claim = match &self.dedup {
-            None => None,
-            Some(dedup) => match self.claim(dedup, &id, now_ms).await? {
-                Some(guard) => Some(guard),
-                None => {
-                    tracing::debug!(delivery_id = %id, "duplicate delivery; acknowledged, not stored again");
-                    return Ok(Accepted::Duplicate { id });
-                }
-            },
-        };
+    /// Appends the delivery to the spool and waits for its fsync.
+    async fn store(
+        &self,
+        mut delivery: Delivery,
+        claim: Option<ClaimGuard>,
+        reservation: Reservation,
+    ) -> Result<Accepted, Reject> {
+        let (id, now_ms) = (delivery.id.clone(), delivery.received_at_ms);
         let dead_letter = delivery
             .reject_reason
             .as_deref()
@@ -300,60 +327,56 @@ impl Ingress {
                 drop(reservation);
             }),
         };
-        let result = self.spool.append_then(payload, on_durable).await;
-        match result {
-            Ok(seq) => {
-                self.metrics
-                    .deliveries_accepted
-                    .with_label_values(&[label])
-                    .inc();
-                if let Some(reason) = dead_letter {
-                    self.metrics
-                        .deliveries_invalid
-                        .with_label_values(&[reason])
-                        .inc();
-                    tracing::warn!(delivery_id = %id, seq, reason,
-                        "authentic delivery cannot be routed; stored for the dead-letter store");
-                } else if label == "unroutable" {
-                    self.metrics.deliveries_unroutable.inc();
-                    let route = self.router.route(&delivery.action);
-                    tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
-                        "action is not a valid routing token; routed to the dead-letter destination");
-                }
-                tracing::debug!(delivery_id = %id, seq, action = label, "accepted");
-                Ok(Accepted::Stored {
-                    id,
-                    seq,
-                    dead_letter,
-                })
+        let seq = self
+            .spool
+            .append_then(payload, on_durable)
+            .await
+            .map_err(|e| self.not_stored(e, &id))?;
+        self.metrics
+            .deliveries_accepted
+            .with_label_values(&[label])
+            .inc();
+        if let Some(reason) = dead_letter {
+            self.metrics
+                .deliveries_invalid
+                .with_label_values(&[reason])
+                .inc();
+            tracing::warn!(delivery_id = %id, seq, reason,
+                "authentic delivery cannot be routed; stored for the dead-letter store");
+        } else if label == "unroutable" {
+            self.metrics.deliveries_unroutable.inc();
+            let route = self.router.route(&delivery.action);
+            tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
+                "action is not a valid routing token; routed to the dead-letter destination");
+        }
+        tracing::debug!(delivery_id = %id, seq, action = label, "accepted");
+        Ok(Accepted::Stored {
+            id,
+            seq,
+            dead_letter,
+        })
+    }
+
+    /// The answer to a delivery the spool did not store.
+    fn not_stored(&self, e: spool::Error, id: &str) -> Reject {
+        let unavailable = |code, detail| Reject {
+            retry_after: Some(self.retry_after),
+            ..reject(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        };
+        match e {
+            spool::Error::Full => {
+                unavailable("spool_full", "the local spool is at its quota; retry later")
             }
-            Err(spool::Error::Full) => Err(Reject {
-                retry_after: Some(self.retry_after),
-                ..reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "spool_full",
-                    "the local spool is at its quota; retry later",
-                )
-            }),
-            Err(spool::Error::TooLarge) => Err(too_large(limit)),
-            Err(spool::Error::Closed) => Err(Reject {
-                retry_after: Some(self.retry_after),
-                ..reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the bridge is shutting down; retry later",
-                )
-            }),
-            Err(e) => {
+            spool::Error::TooLarge => too_large(self.max_body_bytes as usize),
+            spool::Error::Closed => {
+                unavailable("shutting_down", "the bridge is shutting down; retry later")
+            }
+            e => {
                 tracing::error!(delivery_id = %id, error = %e, "spool append failed; delivery not acknowledged");
-                Err(Reject {
-                    retry_after: Some(self.retry_after),
-                    ..reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "spool_failed",
-                        "the local spool cannot store deliveries; retry later",
-                    )
-                })
+                unavailable(
+                    "spool_failed",
+                    "the local spool cannot store deliveries; retry later",
+                )
             }
         }
     }
@@ -480,10 +503,7 @@ impl Ingress {
         let authentic = verified.authentic();
         let body = verified.into_body();
         let id = id.unwrap_or_else(|| body_id(&body));
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let received_at_ms = crate::clock::now_ms();
         let env = match envelope::parse(&body) {
             Ok(env) => env,
             Err(e) if authentic => {

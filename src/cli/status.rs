@@ -8,10 +8,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-
+use super::admin_client::{self, AdminClient};
+use crate::admin::Readyz;
 use crate::config::{self, Config};
+
+/// Most bytes of a `/metrics` page read.
+const MAX_PAGE_BYTES: usize = 64 << 20;
 
 /// `hookbridge status [--admin URL] [--interval D]`.
 #[derive(Debug, clap::Args)]
@@ -58,31 +60,14 @@ pub fn run(
     args: &StatusArgs,
     out: &mut dyn std::io::Write,
 ) -> Result<u8, Error> {
-    let base = match &args.admin {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => admin_url(Config::load(config)?.admin.listen),
+    let client = match &args.admin {
+        Some(url) => AdminClient::for_url(url)
+            .ok_or_else(|| Error::BadUrl(url.trim_end_matches('/').to_owned()))?,
+        None => AdminClient::for_listener(Config::load(config)?.admin.listen),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Unreachable {
-            url: base.clone(),
-            detail: format!("starting a runtime: {e}"),
-        })?;
-    let status = rt.block_on(collect(&base, args.interval, args.timeout))?;
+    let status = collect(&client, args.interval, args.timeout)?;
     let _ = out.write_all(status.render().as_bytes());
     Ok(if status.ready.ready { READY } else { NOT_READY })
-}
-
-/// The URL to reach a listener bound to `addr` from this machine.
-pub fn admin_url(addr: std::net::SocketAddr) -> String {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_owned(),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        ip => ip.to_string(),
-    };
-    format!("http://{ip}:{}", addr.port())
 }
 
 /// Everything the summary is made of.
@@ -91,58 +76,10 @@ pub struct Status {
     pub admin: String,
     pub ready: Readyz,
     /// The first and the second `/metrics` sample.
-    pub before: Metrics,
-    pub after: Metrics,
+    pub before: Scrape,
+    pub after: Scrape,
     /// Time between the two samples as measured.
     pub elapsed: Duration,
-}
-
-/// The `/readyz` answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Readyz {
-    pub ready: bool,
-    /// `ok`, `full` or `failed`.
-    pub spool: String,
-    /// `up`, `down` or `unknown`.
-    pub broker: String,
-    pub dead_letters: Option<u64>,
-    /// Records failing while the broker confirms others (`stuck_records`).
-    pub stuck_records: Option<u64>,
-    /// The forwarder's oldest unsettled record (`oldest_unconfirmed`), if any.
-    pub oldest: Option<OldestRecord>,
-}
-
-/// `oldest_unconfirmed` in `/readyz`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OldestRecord {
-    pub seq: u64,
-    pub delivery_id: String,
-    pub destination: String,
-    pub attempts: u64,
-    pub age_seconds: u64,
-    pub last_error: Option<String>,
-}
-
-impl Readyz {
-    /// Parses the JSON body (the status code is not needed: the body says `ready`).
-    pub fn parse(body: &[u8]) -> Option<Readyz> {
-        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        Some(Readyz {
-            ready: v["ready"].as_bool()?,
-            spool: v["spool"].as_str().unwrap_or("?").to_owned(),
-            broker: v["broker"].as_str().unwrap_or("?").to_owned(),
-            dead_letters: v["dead_letters"].as_u64(),
-            stuck_records: v["stuck_records"].as_u64(),
-            oldest: v["oldest_unconfirmed"].as_object().map(|o| OldestRecord {
-                seq: o["seq"].as_u64().unwrap_or(0),
-                delivery_id: o["delivery_id"].as_str().unwrap_or("?").to_owned(),
-                destination: o["destination"].as_str().unwrap_or("?").to_owned(),
-                attempts: o["attempts"].as_u64().unwrap_or(0),
-                age_seconds: o["age_seconds"].as_u64().unwrap_or(0),
-                last_error: o["last_error"].as_str().map(str::to_owned),
-            }),
-        })
-    }
 }
 
 /// One sample line of the Prometheus text format.
@@ -153,15 +90,16 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// A parsed `/metrics` page.
+/// A parsed `/metrics` page (what a scraper sees, not the bridge's own
+/// [`Metrics`](crate::metrics::Metrics)).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Metrics(pub Vec<Sample>);
+pub struct Scrape(pub Vec<Sample>);
 
-impl Metrics {
+impl Scrape {
     /// Parses the Prometheus text exposition format; comment lines and lines that do not parse
     /// are skipped (a summary is better with one number missing than not at all).
-    pub fn parse(text: &str) -> Metrics {
-        Metrics(text.lines().filter_map(parse_sample).collect())
+    pub fn parse(text: &str) -> Scrape {
+        Scrape(text.lines().filter_map(parse_sample).collect())
     }
 
     /// The sum over every label set of `name`; `None` if the page has no such series.
@@ -244,33 +182,30 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
-async fn collect(base: &str, interval: Duration, timeout: Duration) -> Result<Status, Error> {
-    let uri: http::Uri = base.parse().map_err(|_| Error::BadUrl(base.to_owned()))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(Error::BadUrl(base.to_owned()));
-    }
+/// `/readyz`, then two `/metrics` samples `interval` apart.
+fn collect(client: &AdminClient, interval: Duration, timeout: Duration) -> Result<Status, Error> {
     let not_ours = |detail: String| Error::NotHookbridge {
-        url: base.to_owned(),
+        url: client.url().to_owned(),
         detail,
     };
-    let (_, ready) = get(base, "/readyz", timeout).await?;
-    let ready = Readyz::parse(&ready)
-        .ok_or_else(|| not_ours("/readyz did not answer JSON with `ready`".into()))?;
-    let metrics = |(code, body): (u16, Bytes)| {
-        if code != 200 {
-            return Err(not_ours(format!("/metrics answered {code}")));
+    let ready = get(client, "/readyz", timeout)?;
+    let ready: Readyz = serde_json::from_slice(&ready.body)
+        .map_err(|_| not_ours("/readyz did not answer JSON with `ready`".into()))?;
+    let metrics = |answer: admin_client::Answer| {
+        if answer.status != 200 {
+            return Err(not_ours(format!("/metrics answered {}", answer.status)));
         }
-        Ok(Metrics::parse(&String::from_utf8_lossy(&body)))
+        Ok(Scrape::parse(&String::from_utf8_lossy(&answer.body)))
     };
-    let started = tokio::time::Instant::now();
-    let before = metrics(get(base, "/metrics", timeout).await?)?;
+    let started = std::time::Instant::now();
+    let before = metrics(get(client, "/metrics", timeout)?)?;
     if before.sum("hookbridge_spool_records").is_none() {
         return Err(not_ours("/metrics has no hookbridge_spool_records".into()));
     }
-    tokio::time::sleep(interval).await;
-    let after = metrics(get(base, "/metrics", timeout).await?)?;
+    std::thread::sleep(interval);
+    let after = metrics(get(client, "/metrics", timeout)?)?;
     Ok(Status {
-        admin: base.to_owned(),
+        admin: client.url().to_owned(),
         ready,
         before,
         after,
@@ -278,93 +213,102 @@ async fn collect(base: &str, interval: Duration, timeout: Duration) -> Result<St
     })
 }
 
-/// One GET over a fresh HTTP/1.1 connection: status code and body.
-async fn get(base: &str, path: &str, timeout: Duration) -> Result<(u16, Bytes), Error> {
-    let url = format!("{base}{path}");
-    let unreachable = |detail: String| Error::Unreachable {
-        url: base.to_owned(),
-        detail,
-    };
-    let uri: http::Uri = url.parse().map_err(|_| Error::BadUrl(base.to_owned()))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Error::BadUrl(base.to_owned()))?
-        .clone();
-    let addr = match authority.port_u16() {
-        Some(_) => authority.as_str().to_owned(),
-        None => format!("{}:80", authority.host()),
-    };
-    let fetch = async {
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        // Origin-form (`GET /readyz`), as a proxy-less client sends it.
-        let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        let req = http::Request::get(target)
-            .header(http::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let code = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((code, body))
-    };
-    match tokio::time::timeout(timeout, fetch).await {
-        Ok(r) => r.map_err(unreachable),
-        Err(_) => Err(unreachable(format!(
-            "no answer to {path} within {timeout:?}"
-        ))),
-    }
+/// One GET through the admin client; a failure is [`Error::Unreachable`], a garbled answer
+/// [`Error::NotHookbridge`].
+fn get(client: &AdminClient, path: &str, timeout: Duration) -> Result<admin_client::Answer, Error> {
+    let url = client.url().to_owned();
+    client
+        .get(path, timeout, MAX_PAGE_BYTES)
+        .map_err(|e| match e {
+            admin_client::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Error::Unreachable {
+                    url,
+                    detail: format!("no answer to {path} within {timeout:?}"),
+                }
+            }
+            admin_client::Error::Io(e) => Error::Unreachable {
+                url,
+                detail: e.to_string(),
+            },
+            admin_client::Error::Malformed => Error::NotHookbridge {
+                url,
+                detail: format!("{path} did not answer HTTP"),
+            },
+        })
 }
 
 impl Status {
     /// The human summary: one `label  value` line per topic, labels padded to one column.
     pub fn render(&self) -> String {
-        let (b, a) = (&self.before, &self.after);
-        let secs = self.elapsed.as_secs_f64().max(1e-3);
-        let rate = |name: &str| {
-            let d = a.sum(name).unwrap_or(0.0) - b.sum(name).unwrap_or(0.0);
-            d.max(0.0) / secs
-        };
-        let mut lines: Vec<(&str, String)> = Vec::new();
+        let a = &self.after;
+        let mut lines: Vec<(&str, String)> = vec![
+            ("ready", self.ready_line()),
+            ("broker", self.broker_line()),
+            ("backlog", self.backlog_line()),
+            (
+                "in flight",
+                format!(
+                    "{:.0}",
+                    a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
+                ),
+            ),
+        ];
+        lines.extend(self.failing_line());
+        lines.push(("rates", self.rates_line()));
+        let accepted = a.sum("hookbridge_deliveries_accepted_total").unwrap_or(0.0);
+        let published = a.sum("hookbridge_published_total").unwrap_or(0.0);
+        let duplicates = a
+            .sum("hookbridge_deliveries_duplicate_total")
+            .unwrap_or(0.0);
+        lines.push((
+            "since start",
+            format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
+        ));
+        lines.push(("dead letters", self.dead_letters_line()));
+        lines.push((
+            "dedup waits",
+            or_none(counts(&a.by("hookbridge_dedup_waits_total", "outcome"), "")),
+        ));
+        lines.push(("errors", self.errors_line()));
+        lines.push(("http answers", self.http_line()));
 
+        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
+        let mut out = format!("hookbridge at {}\n", self.admin);
+        for (label, value) in lines {
+            let _ = writeln!(out, "{label:<width$}{value}");
+        }
+        out
+    }
+
+    fn ready_line(&self) -> String {
         let r = &self.ready;
-        let ready = if r.ready {
-            format!("yes (spool {})", r.spool)
-        } else {
-            let why = match r.spool.as_str() {
-                "full" => "spool full: quota or spool.min_free_bytes reached, deliveries get 503 until the broker drains it",
-                "failed" => "spool failed: a write or fsync error; the bridge drains, then exits for a restart",
-                _ => "see /readyz",
-            };
-            format!("NO — {why}")
+        if r.ready {
+            return format!("yes (spool {})", r.spool);
+        }
+        let why = match r.spool.as_str() {
+            "full" => "spool full: quota or spool.min_free_bytes reached, deliveries get 503 until the broker drains it",
+            "failed" => "spool failed: a write or fsync error; the bridge drains, then exits for a restart",
+            _ => "see /readyz",
         };
-        lines.push(("ready", ready));
+        format!("NO — {why}")
+    }
 
-        let sinks = a.by("hookbridge_broker_up", "sink");
+    fn broker_line(&self) -> String {
+        let sinks = self.after.by("hookbridge_broker_up", "sink");
         // `hookbridge_broker_up` exists from the start (1 before the first attempt): the readiness
         // answer says whether an attempt was made.
-        let broker = if sinks.is_empty() || r.broker == "unknown" {
-            format!("{} (no publish attempt yet)", r.broker)
-        } else {
-            sinks
-                .iter()
-                .map(|(sink, up)| format!("{sink} {}", if *up >= 1.0 { "up" } else { "DOWN" }))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        lines.push(("broker", broker));
+        if sinks.is_empty() || self.ready.broker == "unknown" {
+            return format!("{} (no publish attempt yet)", self.ready.broker);
+        }
+        sinks
+            .iter()
+            .map(|(sink, up)| format!("{sink} {}", if *up >= 1.0 { "up" } else { "DOWN" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 
+    fn backlog_line(&self) -> String {
+        let a = &self.after;
         let records = a.sum("hookbridge_spool_records").unwrap_or(0.0);
         let bytes = a.sum("hookbridge_spool_bytes").unwrap_or(0.0);
         let quota = a.sum("hookbridge_spool_max_bytes").unwrap_or(0.0);
@@ -381,85 +325,74 @@ impl Status {
         } else {
             String::new()
         };
-        lines.push((
-            "backlog",
+        format!(
+            "{records:.0} records, {} of {} on disk{percent}{oldest}",
+            size(bytes),
+            size(quota)
+        )
+    }
+
+    /// Only a record that has failed is worth a line: during normal flow the oldest record
+    /// changes many times a second.
+    fn failing_line(&self) -> Option<(&'static str, String)> {
+        let r = &self.ready;
+        let o = r.oldest_unconfirmed.as_ref().filter(|o| o.attempts > 0)?;
+        let stuck = r.stuck_records;
+        let (label, kind) = if stuck > 0 {
+            (
+                "STUCK",
+                format!("{stuck} failing while others are confirmed; oldest"),
+            )
+        } else {
+            ("retrying", "oldest".to_owned())
+        };
+        Some((
+            label,
             format!(
-                "{records:.0} records, {} of {} on disk{percent}{oldest}",
-                size(bytes),
-                size(quota)
+                "{kind} seq {} ({}) to {}: {} failed attempts over {}{}",
+                o.seq,
+                o.delivery_id,
+                o.destination,
+                o.attempts,
+                age(o.age_seconds as f64),
+                o.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
             ),
-        ));
-        lines.push((
-            "in flight",
-            format!(
-                "{:.0}",
-                a.sum("hookbridge_forward_in_flight").unwrap_or(0.0)
-            ),
-        ));
-        // Only a record that has failed is worth a line: during normal flow the oldest record
-        // changes many times a second.
-        if let Some(o) = r.oldest.as_ref().filter(|o| o.attempts > 0) {
-            let stuck = r.stuck_records.unwrap_or(0);
-            let (label, kind) = if stuck > 0 {
-                (
-                    "STUCK",
-                    format!("{stuck} failing while others are confirmed; oldest"),
-                )
-            } else {
-                ("retrying", "oldest".to_owned())
-            };
-            lines.push((
-                label,
-                format!(
-                    "{kind} seq {} ({}) to {}: {} failed attempts over {}{}",
-                    o.seq,
-                    o.delivery_id,
-                    o.destination,
-                    o.attempts,
-                    age(o.age_seconds as f64),
-                    o.last_error
-                        .as_deref()
-                        .map(|e| format!(", last error: {e}"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-        lines.push((
-            "rates",
-            format!(
-                "{:.1} acks/s, {:.1} published/s (over {:.1}s)",
-                rate("hookbridge_deliveries_accepted_total"),
-                rate("hookbridge_published_total"),
-                secs
-            ),
-        ));
-        let accepted = a.sum("hookbridge_deliveries_accepted_total").unwrap_or(0.0);
-        let published = a.sum("hookbridge_published_total").unwrap_or(0.0);
-        let duplicates = a
-            .sum("hookbridge_deliveries_duplicate_total")
-            .unwrap_or(0.0);
-        lines.push((
-            "since start",
-            format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
-        ));
+        ))
+    }
+
+    fn rates_line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-3);
+        let rate = |name: &str| {
+            let d = self.after.sum(name).unwrap_or(0.0) - self.before.sum(name).unwrap_or(0.0);
+            d.max(0.0) / secs
+        };
+        format!(
+            "{:.1} acks/s, {:.1} published/s (over {:.1}s)",
+            rate("hookbridge_deliveries_accepted_total"),
+            rate("hookbridge_published_total"),
+            secs
+        )
+    }
+
+    fn dead_letters_line(&self) -> String {
+        let a = &self.after;
         let store = a
             .sum("hookbridge_dead_letter_records")
-            .or(r.dead_letters.map(|n| n as f64))
-            .unwrap_or(0.0);
-        lines.push((
-            "dead letters",
-            format!(
-                "{store:.0} in store{}",
-                counts(
-                    &a.by("hookbridge_dead_lettered_total", "reason"),
-                    ", written: "
-                )
-            ),
-        ));
-        lines.push((
-            "dedup waits",
-            or_none(counts(&a.by("hookbridge_dedup_waits_total", "outcome"), "")),
-        ));
+            .unwrap_or(self.ready.dead_letters as f64);
+        format!(
+            "{store:.0} in store{}",
+            counts(
+                &a.by("hookbridge_dead_lettered_total", "reason"),
+                ", written: "
+            )
+        )
+    }
+
+    fn errors_line(&self) -> String {
+        let a = &self.after;
         let errors = [
             ("publish", a.by("hookbridge_publish_errors_total", "kind")),
             ("spool", a.by("hookbridge_spool_errors_total", "op")),
@@ -481,29 +414,22 @@ impl Status {
                 (!c.is_empty()).then(|| format!("{what}: {c}"))
             })
             .collect();
-        lines.push(("errors", or_none(errors.join("; "))));
-        let http = a.by("hookbridge_http_requests_total", "status");
+        or_none(errors.join("; "))
+    }
+
+    fn http_line(&self) -> String {
+        let http = self.after.by("hookbridge_http_requests_total", "status");
         let class = |c: char| -> f64 {
             http.iter()
                 .filter(|(s, _)| s.starts_with(c))
                 .fold(0.0, |sum, (_, n)| sum + n)
         };
-        lines.push((
-            "http answers",
-            format!(
-                "{:.0} 2xx, {:.0} 4xx, {:.0} 5xx",
-                class('2'),
-                class('4'),
-                class('5')
-            ),
-        ));
-
-        let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
-        let mut out = format!("hookbridge at {}\n", self.admin);
-        for (label, value) in lines {
-            let _ = writeln!(out, "{label:<width$}{value}");
-        }
-        out
+        format!(
+            "{:.0} 2xx, {:.0} 4xx, {:.0} 5xx",
+            class('2'),
+            class('4'),
+            class('5')
+        )
     }
 }
 
@@ -595,9 +521,9 @@ hookbridge_ack_latency_seconds_sum 0.21
     fn status(ready: &str, before: &str, after: &str) -> Status {
         Status {
             admin: "http://127.0.0.1:9090".into(),
-            ready: Readyz::parse(ready.as_bytes()).unwrap(),
-            before: Metrics::parse(before),
-            after: Metrics::parse(after),
+            ready: serde_json::from_str(ready).unwrap(),
+            before: Scrape::parse(before),
+            after: Scrape::parse(after),
             elapsed: Duration::from_secs(2),
         }
     }
@@ -640,7 +566,7 @@ hookbridge_ack_latency_seconds_sum 0.21
         check("", None);
         check("a{x=\"1\" 3", None);
         check("a notanumber", None);
-        let m = Metrics::parse(METRICS);
+        let m = Scrape::parse(METRICS);
         assert_eq!(m.sum("hookbridge_deliveries_accepted_total"), Some(40.0));
         assert_eq!(m.sum("hookbridge_nonexistent"), None);
         assert_eq!(
@@ -711,15 +637,6 @@ http answers  43 2xx, 2 4xx, 1 5xx
         );
         assert!(text.contains("errors        rejected: full 4\n"), "{text}");
         assert!(text.contains("dedup waits   none\n"), "{text}");
-    }
-
-    #[test]
-    fn admin_urls_for_listen_addresses() {
-        let url = |s: &str| admin_url(s.parse().unwrap());
-        assert_eq!(url("127.0.0.1:9090"), "http://127.0.0.1:9090");
-        assert_eq!(url("0.0.0.0:9090"), "http://127.0.0.1:9090");
-        assert_eq!(url("[::]:9090"), "http://[::1]:9090");
-        assert_eq!(url("[fd00::1]:9"), "http://[fd00::1]:9");
     }
 
     #[test]
