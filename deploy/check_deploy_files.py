@@ -6,7 +6,7 @@
                                                  base/prometheusrule.yaml holds exactly the groups of
                                                  deploy/prometheus/alerts.yml (--write regenerates it)
     check_deploy_files.py alerts                 every alert has a runbook_url whose anchor is in
-                                                 README.md
+                                                 docs/operations.md
     check_deploy_files.py kubernetes BASE RENDERED
                                                  what the base leaves out (Secret), cross-references
                                                  inside the rendered overlay (with the drain
@@ -46,7 +46,7 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALERTS = os.path.join(HERE, "prometheus", "alerts.yml")
 PROMETHEUS_RULE = os.path.join(HERE, "kubernetes", "base", "prometheusrule.yaml")
-README = os.path.join(HERE, "..", "README.md")
+RUNBOOKS = os.path.join(HERE, "..", "docs", "operations.md")
 problems = []
 
 
@@ -128,7 +128,7 @@ PROMETHEUS_RULE_HEADER = """\
 # --write`; edit alerts.yml (its unit tests are there) and regenerate. The deploy check fails
 # when the two differ. Needs the monitoring.coreos.com CRDs; a Prometheus picks it up only if
 # its ruleSelector matches this resource's labels (the kube-prometheus-stack chart selects
-# `release: <Helm release name>`: overlays/example adds that label; README, "Monitor").
+# `release: <Helm release name>`: overlays/example adds that label; docs/operations.md, "Monitor").
 """
 
 
@@ -160,8 +160,8 @@ def check_prometheus_rule(write):
              "run `deploy/check_deploy_files.py prometheusrule --write`")
 
 
-def readme_anchors():
-    with open(README) as f:
+def runbook_anchors():
+    with open(RUNBOOKS) as f:
         text = f.read()
     anchors = set(re.findall(r'<a id="([^"]+)"', text))
     for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
@@ -173,14 +173,15 @@ def readme_anchors():
 def check_alerts():
     with open(ALERTS) as f:
         rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
-    anchors = readme_anchors()
+    anchors = runbook_anchors()
     for r in rules:
         if "alert" not in r:
             continue
         url = r.get("annotations", {}).get("runbook_url", "")
         anchor = url.partition("#")[2]
-        if not url.startswith("https://") or anchor not in anchors:
-            fail(f"{r['alert']}: runbook_url {url!r} does not point at an anchor of README.md")
+        if not url.startswith("https://") or not url.partition("#")[0].endswith("/docs/operations.md") \
+                or anchor not in anchors:
+            fail(f"{r['alert']}: runbook_url {url!r} does not point at an anchor of docs/operations.md")
         if r.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
             fail(f"{r['alert']}: severity must be critical, warning or info")
         if r["alert"] == "HookbridgeSpoolRejecting" and not r.get("for"):

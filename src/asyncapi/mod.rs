@@ -1,5 +1,5 @@
 //! `hookbridge asyncapi`: an AsyncAPI 3.0 document of what *this configuration* publishes, and
-//! the README's "Consume" tables, both built from one description ([`HEADERS`], the router, the
+//! the "Consume" tables of docs/messages.md, both built from one description ([`HEADERS`], the router, the
 //! catalogue, the payload schemas in `schemas/`) so the two cannot drift apart.
 //!
 //! Pure functions of a validated configuration: no I/O, no clock, no secret (servers are named by
@@ -398,7 +398,7 @@ fn nested(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
-/// The README's "Consume" tables for a router (the headers do not depend on the rest): destinations, headers, and key / ordering / duplicates.
+/// The "Consume" tables of docs/messages.md for a router (the headers do not depend on the rest): destinations, headers, and key / ordering / duplicates.
 pub fn markdown(router: &Router) -> String {
     let mut out =
         String::from("| action | subject / topic | `data` schema |\n| --- | --- | --- |\n");

@@ -2,7 +2,7 @@
 //! printed by `hookbridge check-config` and compared there with a memory limit (`--memory-limit`,
 //! or the cgroup's own).
 //!
-//! The formula (README, "Memory"):
+//! The formula (docs/operations.md, "Memory"):
 //!
 //! ```text
 //! base (+ Kafka client base)
@@ -17,7 +17,7 @@
 //! + spool.max_batch_bytes                                   (the writer's group-commit buffer)
 //! ```
 //!
-//! The constants are measured figures (README "Operations", BENCHMARKS.md); the estimate is an
+//! The constants are measured figures (docs/operations.md, BENCHMARKS.md); the estimate is an
 //! upper bound for what the configuration allows, not a prediction of typical use.
 
 use super::{Config, SinkKind};
