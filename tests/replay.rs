@@ -522,16 +522,8 @@ async fn retained_segments_expire_and_survive_a_restart() {
 
 /// libfaketime, which lets a test step the wall clock of the real binary (Debian's `faketime`,
 /// installed by scripts/test).
-fn faketime_lib() -> std::path::PathBuf {
-    let candidates = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-        "/usr/lib/faketime/libfaketimeMT.so.1",
-    ];
-    candidates
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
+fn faketime() -> std::path::PathBuf {
+    faketime_lib()
         .expect("libfaketime not found: run scripts/test, which installs Debian's faketime")
 }
 
@@ -541,7 +533,7 @@ fn faketime_lib() -> std::path::PathBuf {
 /// record, which is an append (wall-clock) time, jumps by two days.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wall_clock_step_does_not_expire_retained_segments() {
-    let lib = faketime_lib();
+    let lib = faketime();
     let dir = tempfile::tempdir().unwrap();
     let clock = dir.path().join("faketime");
     std::fs::write(&clock, "+0\n").unwrap();
