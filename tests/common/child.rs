@@ -130,6 +130,11 @@ impl ChildServer {
         self.port.get()
     }
 
+    /// Whether the process was started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts `command(port)` and waits until `ready(port)` or `timeout`. If the port was taken
     /// before the server bound it (it is in use, or the server exits), picks another one while
     /// nobody has been told the port yet. A piped stderr is passed on to the test's stderr,
