@@ -2,12 +2,11 @@
 //! its own storage), whose servers a test can SIGKILL and restart on the same ports and storage.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use super::{nats_server_bin, BrokerPort, ChildServer};
+use super::{nats_server_command, takes_clients, BrokerPort, ChildServer};
 
 struct Node {
     name: String,
@@ -83,34 +82,23 @@ impl NatsCluster {
             .map(|(_, n)| format!("nats://127.0.0.1:{}", n.cluster_port.port))
             .collect::<Vec<_>>()
             .join(",");
-        let bin = nats_server_bin();
         let cluster_name = self.cluster_name.clone();
         let n = &mut self.nodes[i];
         std::fs::create_dir_all(&n.store).unwrap();
         let (name, store, cluster_port) = (n.name.clone(), n.store.clone(), n.cluster_port.port);
         let command = |port: u16| {
-            let mut c = Command::new(&bin);
-            c.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .args(["--server_name", &name])
+            let mut c = nats_server_command(port, &store);
+            c.args(["--server_name", &name])
                 .args(["--cluster_name", &cluster_name])
                 .arg("--cluster")
                 .arg(format!("nats://127.0.0.1:{cluster_port}"))
                 .args(["--routes", &routes])
-                .args(["-js", "-sd"])
-                .arg(&store)
                 .arg("-l")
-                .arg(store.join("server.log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .arg(store.join("server.log"));
             c
         };
-        let ready = |port: u16| async move {
-            async_nats::connect(format!("nats://127.0.0.1:{port}"))
-                .await
-                .is_ok()
-        };
         n.server
-            .start(Duration::from_secs(15), command, ready)
+            .start(Duration::from_secs(15), command, takes_clients)
             .await;
     }
 

@@ -116,6 +116,24 @@ pub fn nats_server_bin() -> PathBuf {
     require_bin("nats-server", "NATS_SERVER_BIN", NATS_SERVER_PATHS)
 }
 
+/// `nats-server` on 127.0.0.1:`port` with JetStream storing in `store`, its output discarded.
+pub fn nats_server_command(port: u16, store: &Path) -> Command {
+    let mut c = Command::new(nats_server_bin());
+    c.args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// Whether a NATS server on 127.0.0.1:`port` takes clients.
+pub async fn takes_clients(port: u16) -> bool {
+    async_nats::connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .is_ok()
+}
+
 /// A private NATS server (JetStream on, own storage) the test can stop and restart on one port.
 pub struct NatsServer {
     server: ChildServer,
@@ -137,24 +155,10 @@ impl NatsServer {
     }
 
     pub async fn start(&mut self) {
-        let bin = nats_server_bin();
         let store = self.store.clone();
-        let command = |port: u16| {
-            let mut c = Command::new(&bin);
-            c.args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-js", "-sd"])
-                .arg(&store)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            c
-        };
-        let ready = |port: u16| async move {
-            async_nats::connect(format!("nats://127.0.0.1:{port}"))
-                .await
-                .is_ok()
-        };
+        let command = |port: u16| nats_server_command(port, &store);
         self.server
-            .start(Duration::from_secs(10), command, ready)
+            .start(Duration::from_secs(10), command, takes_clients)
             .await;
     }
 }
