@@ -82,6 +82,9 @@ fn send_signed(url: &str, secret: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_signed_delivers_every_fixture_to_a_bridge_with_the_same_secret() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "exsend");
     cfg.auth.secrets = vec![SECRET.to_owned()];
@@ -279,6 +282,9 @@ async fn send_signed_honours_retry_after_and_retries_5xx_until_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_nats_prints_each_delivery_once_acks_and_skips_a_duplicate() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path(), "excn");
     let (stream, prefix) = (cfg.sink.nats.stream.clone(), cfg.routing.prefix.clone());
@@ -376,6 +382,9 @@ async fn consume_nats_prints_each_delivery_once_acks_and_skips_a_duplicate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_kafka_reads_every_topic_of_the_prefix_commits_and_skips_a_duplicate() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -507,6 +516,9 @@ fn hookbridge_status() -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_summarises_a_running_bridge_and_says_when_it_cannot() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path(), "exst");
     let stream = cfg.sink.nats.stream.clone();

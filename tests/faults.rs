@@ -210,11 +210,17 @@ async fn crash_loop(broker: Broker) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_under_load_nats() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     crash_loop(Broker::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_under_load_kafka() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     crash_loop(Broker::Kafka).await;
 }
 
@@ -381,6 +387,9 @@ async fn outage(broker: Broker, fault: Fault, total: u64, min_outage: Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_nats_stopped() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     outage(
         Broker::Nats,
         Fault::Stopped,
@@ -392,6 +401,9 @@ async fn outage_nats_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_kafka_stopped() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     outage(
         Broker::Kafka,
         Fault::Stopped,
@@ -403,6 +415,9 @@ async fn outage_kafka_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_nats_frozen() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     outage(
         Broker::Nats,
         Fault::Frozen,
@@ -415,6 +430,9 @@ async fn outage_nats_frozen() {
 /// A freeze shorter than `sink.kafka.message_timeout`: librdkafka's requests just wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_kafka_frozen_short() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     outage(
         Broker::Kafka,
         Fault::Frozen,
@@ -430,6 +448,9 @@ async fn outage_kafka_frozen_short() {
 /// producer and resend from the spool; before that fix, nothing moved again until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_kafka_frozen() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     outage(
         Broker::Kafka,
         Fault::Frozen,
@@ -507,6 +528,9 @@ async fn fill(url: &str, prefix: &str, refusals: usize) -> FillOutcome {
 /// and the backlog drained. Every 2xx arrives; no 503'd id arrives unless re-posted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_quota_full_answers_503_then_resumes_by_itself() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path()); // down until the spool is full
@@ -681,6 +705,9 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root to mount a tmpfs; CI runs it (cargo test --test faults -- --ignored)"]
 async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     let mnt = mount_tmpfs("2m");
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
@@ -927,16 +954,25 @@ async fn graceful(broker: Broker, frozen: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_nats() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     graceful(Broker::Nats, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_kafka() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     graceful(Broker::Kafka, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_kafka_frozen_exits_within_grace() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     graceful(Broker::Kafka, true).await;
 }
 
@@ -947,6 +983,9 @@ async fn sigterm_under_load_kafka_frozen_exits_within_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root to mount a tmpfs; CI runs it (cargo test --test faults -- --ignored)"]
 async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     let mnt = mount_tmpfs("4m");
     let spool = mnt.path().join("spool");
     let nats_dir = tempfile::tempdir().unwrap();
@@ -1026,6 +1065,9 @@ async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself(
 /// every intact record, moves the damaged files aside, and counts the corrupt record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     use hookbridge::delivery::Delivery;
     use hookbridge::spool::{Spool, SpoolConfig};
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,9 @@ const PATH: &str = "/webhooks/sessionboard";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_arrives_on_its_topic_keyed_by_data_id_byte_exact() {
+    if !require(&[Tier::Kafka, Tier::Python]) {
+        return;
+    }
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(dir.path(), "kfx", &tansu.brokers());
@@ -57,6 +60,9 @@ async fn every_fixture_arrives_on_its_topic_keyed_by_data_id_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_updates_to_one_resource_stay_in_order_in_one_partition() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(dir.path(), "kord", &tansu.brokers());
@@ -187,6 +193,9 @@ fn assert_all_arrived(got: &[KafkaRecord], tag: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_frozen_then_thawed_all_deliveries_arrive() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(dir.path(), "kfrz", &tansu.brokers());
@@ -231,6 +240,9 @@ async fn broker_frozen_then_thawed_all_deliveries_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_start_then_up_all_deliveries_arrive() {
+    if !require(&[Tier::Kafka, Tier::Python]) {
+        return;
+    }
     let mut tansu = Tansu::new(); // not started
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(dir.path(), "kdown", &tansu.brokers());
@@ -256,6 +268,9 @@ async fn broker_down_at_start_then_up_all_deliveries_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_bridge_replays_every_acknowledged_delivery_to_kafka() {
+    if !require(&[Tier::Kafka, Tier::Python]) {
+        return;
+    }
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("kkill");
@@ -345,6 +360,9 @@ async fn sigkilled_bridge_replays_every_acknowledged_delivery_to_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanently_failing_records_are_dead_lettered_while_other_topics_flow() {
+    if !require(&[Tier::Kafka, Tier::Python]) {
+        return;
+    }
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = kafka_config(dir.path(), "kdl", &tansu.brokers());

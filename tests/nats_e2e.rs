@@ -11,6 +11,9 @@ const PATH: &str = "/webhooks/sessionboard";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_arrives_on_its_subject_byte_exact_with_headers() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path(), "fx");
     let prefix = cfg.routing.prefix.clone();
@@ -62,6 +65,9 @@ async fn every_fixture_arrives_on_its_subject_byte_exact_with_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_updates_to_one_resource_arrive_in_order() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path(), "ord");
     let stream = cfg.sink.nats.stream.clone();
@@ -136,6 +142,9 @@ async fn a_thousand_updates_to_one_resource_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffers_while_nats_is_down_and_replays_when_it_returns() {
+    if !require(&[Tier::Nats, Tier::NatsServer]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let nats_dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(nats_dir.path());
@@ -221,6 +230,9 @@ async fn buffers_while_nats_is_down_and_replays_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_documented_answers_and_never_a_wildcard_publish() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "bad");
     cfg.http.max_body_bytes = 64 * 1024;
@@ -365,6 +377,9 @@ async fn bad_input_gets_documented_answers_and_never_a_wildcard_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_report_health_and_metrics() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = test_config(dir.path(), "adm");
     let stream = cfg.sink.nats.stream.clone();
@@ -439,6 +454,9 @@ async fn admin_endpoints_report_health_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_mode_publishes_confirmed_by_flush() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "core");
     cfg.sink.nats.mode = hookbridge::config::NatsMode::Core;
@@ -471,6 +489,9 @@ async fn core_mode_publishes_confirmed_by_flush() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_binary_replays_every_acknowledged_delivery() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("kill");
     let stream = prefix.to_uppercase();
@@ -534,6 +555,9 @@ async fn sigkilled_binary_replays_every_acknowledged_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_outlives_a_lower_body_limit_across_a_restart() {
+    if !require(&[Tier::Nats, Tier::NatsServer]) {
+        return;
+    }
     // Issue 14: deliveries accepted under a 1 MiB limit while NATS is down, then the bridge is
     // restarted with `http.max_body_bytes` lowered to 64 KiB. The backlog was acknowledged, so
     // every record of it (the newest being a large one) must still reach the broker.

@@ -254,6 +254,9 @@ fn stall_in(samples: &[Sample], from: Duration, to: Duration) -> (Duration, Dura
 /// with `hookbridge_broker_up` 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clustered_jetstream_survives_leader_kills() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = NatsCluster::start(&dir.path().join("nats"), 3).await;
@@ -472,6 +475,9 @@ async fn partition_count(brokers: &str, topic: &str) -> usize {
 /// the resources spread over several partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_partitions_keep_each_resource_in_order() {
+    if !require(&[Tier::Kafka, Tier::Python]) {
+        return;
+    }
     let _serial = serial().await;
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
@@ -556,6 +562,9 @@ async fn kafka_partitions_keep_each_resource_in_order() {
 /// the spool closed. After the restart one new delivery is the only record published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_clean_restart_replays_nothing() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     let _serial = serial().await;
     let tansu = Tansu::started().await;
     let dir = tempfile::tempdir().unwrap();
@@ -615,6 +624,9 @@ async fn kafka_clean_restart_replays_nothing() {
 /// acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_duplicates_per_sigkill() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
     let _serial = serial().await;
     let cycles = std::env::var("HOOKBRIDGE_SCALE_KILLS")
         .ok()
@@ -773,6 +785,9 @@ async fn deliver(
 /// published once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
+    if !require(&[Tier::Haproxy, Tier::NatsServer]) {
+        return;
+    }
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::new(&dir.path().join("nats"));

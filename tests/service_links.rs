@@ -41,6 +41,9 @@ fn service_links(name: &str, ip: &str, ports: &[(&str, u16)]) -> Vec<(String, St
 
 #[tokio::test]
 async fn the_binary_serves_with_kubernetes_service_link_variables() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("svclinks");
     let stream = prefix.to_uppercase();

@@ -21,6 +21,10 @@
 //! filesystem is reported).
 
 mod brokers;
+// The test harness's ports and program lookup (one copy for the tests and the benchmark).
+#[allow(dead_code)]
+#[path = "../../tests/common/child.rs"]
+mod child;
 mod load;
 mod procs;
 

@@ -2,7 +2,7 @@
 //! (the release binary with a generated configuration), a private nats-server, tansu, and the
 //! no-op ceiling server (this driver in `--noop-server` mode).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,25 +13,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// A loopback port nothing listens on right now, drawn from below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`): a port found by binding 0 and released can be handed to an
-/// outgoing connection before the process it was meant for binds it; one below the range cannot
-/// (only a process binding that very number could take it).
+/// A loopback port nothing listens on right now, from below the kernel's ephemeral range (see
+/// the harness's `broker_port`).
 pub fn free_port() -> u16 {
-    use rand::Rng;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let range = ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low;
-    let mut rng = rand::rng();
-    for _ in 0..100 {
-        let port = rng.random_range(range.clone());
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {range:?}")
+    crate::child::broker_port()
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -345,24 +330,14 @@ pub async fn noop_server() -> Service {
 
 /// `TANSU_BIN`, `tansu` on `PATH`, or cargo's bin directory.
 pub fn tansu_bin() -> PathBuf {
-    std::env::var_os("TANSU_BIN")
-        .map(PathBuf::from)
-        .or_else(|| which("tansu"))
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
-        })
+    let cargo_bin = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    crate::child::find_bin("tansu", "TANSU_BIN", &[]).unwrap_or(cargo_bin)
 }
 
+/// `NATS_SERVER_BIN`, `nats-server` on `PATH`, or Debian's path.
 pub fn nats_server_bin() -> PathBuf {
-    which("nats-server").unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
+    crate::child::find_bin("nats-server", "NATS_SERVER_BIN", &[])
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
 /// `--noop-server ADDR`: the runtime `hookbridge run` builds (`src/cli/run.rs`: multi-thread,

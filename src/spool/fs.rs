@@ -72,6 +72,90 @@ pub trait SpoolFs: Send + Sync + 'static {
     fn free_bytes(&self, path: &Path) -> io::Result<u64>;
 }
 
+/// A [`SpoolFs`] built on another one: every operation goes to [`inner`](Self::inner) unless the
+/// implementation overrides it. Test doubles and fault injection implement this and override
+/// only the operations they change; the blanket impl below makes each of them a `SpoolFs`.
+pub trait DelegatingFs: Send + Sync + 'static {
+    /// The filesystem the operations not overridden go to.
+    fn inner(&self) -> &dyn SpoolFs;
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.inner().open_read(path)
+    }
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.inner().open_write(path)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        self.inner().create(path)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        self.inner().lock_dir(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner().sync_dir(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner().is_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner().exists(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner().create_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner().rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner().remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        self.inner().list_dir(dir)
+    }
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        self.inner().free_bytes(path)
+    }
+}
+
+impl<T: DelegatingFs> SpoolFs for T {
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        DelegatingFs::open_read(self, path)
+    }
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        DelegatingFs::open_write(self, path)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        DelegatingFs::create(self, path)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        DelegatingFs::lock_dir(self, dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        DelegatingFs::sync_dir(self, dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        DelegatingFs::is_dir(self, path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        DelegatingFs::exists(self, path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        DelegatingFs::create_dir(self, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        DelegatingFs::rename(self, from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        DelegatingFs::remove_file(self, path)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        DelegatingFs::list_dir(self, dir)
+    }
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        DelegatingFs::free_bytes(self, path)
+    }
+}
+
 /// An open file. Reads and writes are positional, so no shared cursor can drift between the
 /// writer's idea of the end of a segment and the file's.
 // An `is_empty` would be one more method for every implementation to get right, for no caller.

@@ -279,7 +279,7 @@ mod format;
 pub use format::MAX_RECORD_BYTES;
 pub(crate) mod fs;
 pub mod inspect;
-pub use fs::{DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
+pub use fs::{DelegatingFs, DirEntry, DirLock, FsFile, RealFs, SpoolFs, DEAD_LETTER_DIR};
 // The crash-safe sequences, for the other durable files beside the spool (the dead-letter
 // store), so the fault and power-cut models reach them too.
 pub(crate) use fs::{ensure_dir, list_dir, publish_file, read_small, remove_file};

@@ -2,19 +2,17 @@
 //! its own storage), whose servers a test can SIGKILL and restart on the same ports and storage.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use super::{nats_server_bin, BrokerPort};
+use super::{nats_server_command, takes_clients, BrokerPort, ChildServer};
 
 struct Node {
     name: String,
-    port: BrokerPort,
+    server: ChildServer,
     cluster_port: BrokerPort,
     store: PathBuf,
-    child: Option<Child>,
 }
 
 pub struct NatsCluster {
@@ -26,18 +24,17 @@ impl NatsCluster {
     /// Picks ports (see [`super::broker_port`]) and storage directories under `dir` for `size`
     /// servers named `n0`, `n1`, …, and starts them all.
     pub async fn start(dir: &Path, size: usize) -> NatsCluster {
-        let mut nodes: Vec<Node> = (0..size)
+        let nodes: Vec<Node> = (0..size)
             .map(|i| Node {
                 name: format!("n{i}"),
-                port: BrokerPort::new(),
+                server: ChildServer::new("nats-server"),
                 cluster_port: BrokerPort::new(),
                 store: dir.join(format!("n{i}")),
-                child: None,
             })
             .collect();
         // Every server is told every route before any starts, so the ports are fixed from here.
-        for n in &mut nodes {
-            n.port.get();
+        for n in &nodes {
+            n.server.port();
             n.cluster_port.get();
         }
         let mut cluster = NatsCluster {
@@ -45,10 +42,7 @@ impl NatsCluster {
             nodes,
         };
         for i in 0..size {
-            cluster.spawn(i);
-        }
-        for i in 0..size {
-            cluster.wait_serving(i).await;
+            cluster.start_node(i).await;
         }
         cluster
     }
@@ -62,7 +56,7 @@ impl NatsCluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].port.port)
+        format!("nats://127.0.0.1:{}", self.nodes[i].server.port())
     }
 
     /// The server name of node `i` (`n<i>`), as JetStream reports it as a stream leader.
@@ -75,10 +69,11 @@ impl NatsCluster {
     }
 
     pub fn is_running(&self, i: usize) -> bool {
-        self.nodes[i].child.is_some()
+        self.nodes[i].server.is_running()
     }
 
-    fn spawn(&mut self, i: usize) {
+    /// Starts node `i` on its ports and storage and waits until it takes clients.
+    async fn start_node(&mut self, i: usize) {
         let routes = self
             .nodes
             .iter()
@@ -87,63 +82,35 @@ impl NatsCluster {
             .map(|(_, n)| format!("nats://127.0.0.1:{}", n.cluster_port.port))
             .collect::<Vec<_>>()
             .join(",");
-        let n = &self.nodes[i];
+        let cluster_name = self.cluster_name.clone();
+        let n = &mut self.nodes[i];
         std::fs::create_dir_all(&n.store).unwrap();
-        let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &n.port.port.to_string()])
-            .args(["--server_name", &n.name])
-            .args(["--cluster_name", &self.cluster_name])
-            .arg("--cluster")
-            .arg(format!("nats://127.0.0.1:{}", n.cluster_port.port))
-            .args(["--routes", &routes])
-            .args(["-js", "-sd"])
-            .arg(&n.store)
-            .arg("-l")
-            .arg(n.store.join("server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.nodes[i].child = Some(child);
-    }
-
-    async fn wait_serving(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let url = self.url(i);
-        loop {
-            let child = self.nodes[i].child.as_mut().expect("started");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nats-server {} exited: {status}; see {}",
-                    self.nodes[i].name,
-                    self.nodes[i].store.join("server.log").display()
-                );
-            }
-            if async_nats::connect(&url).await.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start",
-                self.nodes[i].name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (name, store, cluster_port) = (n.name.clone(), n.store.clone(), n.cluster_port.port);
+        let command = |port: u16| {
+            let mut c = nats_server_command(port, &store);
+            c.args(["--server_name", &name])
+                .args(["--cluster_name", &cluster_name])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{cluster_port}"))
+                .args(["--routes", &routes])
+                .arg("-l")
+                .arg(store.join("server.log"));
+            c
+        };
+        n.server
+            .start(Duration::from_secs(15), command, takes_clients)
+            .await;
     }
 
     /// SIGKILL node `i` (its storage stays).
     pub fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nodes[i].server.stop();
     }
 
     /// Starts node `i` again on its ports and storage.
     pub async fn restart(&mut self, i: usize) {
         assert!(!self.is_running(i), "node {i} is running");
-        self.spawn(i);
-        self.wait_serving(i).await;
+        self.start_node(i).await;
     }
 
     /// A JetStream context on the running servers. Its API requests time out after 500 ms, so
@@ -195,13 +162,5 @@ pub async fn wait_stream_leader(
             "stream {stream} has no new leader after {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill9(i);
-        }
     }
 }

@@ -3,31 +3,14 @@
 //! `x-served-by` response header.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use super::BrokerPort;
+use super::child::{require_bin, ChildServer};
 
 /// Path of the `haproxy` binary: `HAPROXY_BIN`, `PATH`, or Debian's `/usr/sbin/haproxy`.
 pub fn haproxy_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("HAPROXY_BIN") {
-        return p.into();
-    }
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v haproxy"])
-        .output()
-    {
-        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !p.is_empty() {
-            return p.into();
-        }
-    }
-    let p = Path::new("/usr/sbin/haproxy");
-    assert!(
-        p.exists(),
-        "haproxy not found: run scripts/test, which installs it (or set HAPROXY_BIN)"
-    );
-    p.to_owned()
+    require_bin("haproxy", "HAPROXY_BIN", &["/usr/sbin/haproxy"])
 }
 
 /// One replica behind the proxy: its ingress and admin ports on 127.0.0.1.
@@ -38,8 +21,7 @@ pub struct Backend {
 }
 
 pub struct Haproxy {
-    port: u16,
-    child: Child,
+    server: ChildServer,
 }
 
 /// The configuration: what the README's "Scaling out" shows, with test-sized timings (health
@@ -67,63 +49,30 @@ pub fn config(port: u16, backends: &[Backend]) -> String {
 impl Haproxy {
     /// Writes the configuration into `dir` and starts `haproxy -db` on a free loopback port.
     pub async fn start(dir: &Path, backends: &[Backend]) -> Haproxy {
-        let mut port = BrokerPort::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let path = dir.join("haproxy.cfg");
-            std::fs::write(&path, config(port.port, backends)).unwrap();
-            let mut child = Command::new(haproxy_bin())
-                .arg("-f")
+        let bin = haproxy_bin();
+        let path = dir.join("haproxy.cfg");
+        let command = |port: u16| {
+            std::fs::write(&path, config(port, backends)).unwrap();
+            let mut c = Command::new(&bin);
+            c.arg("-f")
                 .arg(&path)
                 .arg("-db")
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn haproxy");
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        use std::io::Read;
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    eprintln!("haproxy exited: {status}: {err}");
-                    port.retry("haproxy", &format!("exited: {status}"));
-                    assert!(Instant::now() < deadline, "haproxy did not start");
-                    break;
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port.port))
-                    .await
-                    .is_ok()
-                {
-                    // Its warnings (a backend down) go to the test's stderr.
-                    if let Some(e) = child.stderr.take() {
-                        std::thread::spawn(move || {
-                            use std::io::{BufRead, Write};
-                            for line in std::io::BufReader::new(e).lines().map_while(Result::ok) {
-                                let _ = writeln!(std::io::stderr(), "haproxy: {line}");
-                            }
-                        });
-                    }
-                    return Haproxy {
-                        port: port.get(),
-                        child,
-                    };
-                }
-                assert!(Instant::now() < deadline, "haproxy did not start");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+                // Its warnings (a backend down) go to the test's stderr.
+                .stderr(Stdio::piped());
+            c
+        };
+        let ready = |port: u16| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        };
+        let mut server = ChildServer::new("haproxy");
+        server.start(Duration::from_secs(15), command, ready).await;
+        Haproxy { server }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        format!("http://127.0.0.1:{}{path}", self.server.port())
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use hookbridge::spool::{DirEntry, DirLock, FsFile, SpoolFs};
+use hookbridge::spool::{DelegatingFs, FsFile, SpoolFs};
 
 pub const EIO: i32 = 5;
 pub const ENOSPC: i32 = 28;
@@ -209,7 +209,10 @@ impl FaultFs {
     }
 }
 
-impl SpoolFs for FaultFs {
+impl DelegatingFs for FaultFs {
+    fn inner(&self) -> &dyn SpoolFs {
+        &*self.inner
+    }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         Ok(self.wrap(self.inner.open_read(path)?, path))
     }
@@ -220,21 +223,9 @@ impl SpoolFs for FaultFs {
         self.before(Op::Create, path)?;
         Ok(self.wrap(self.inner.create(path)?, path))
     }
-    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
-        self.inner.lock_dir(dir)
-    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.before(Op::SyncDir, dir)?;
         self.inner.sync_dir(dir)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        self.inner.is_dir(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        self.inner.exists(path)
-    }
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.before(Op::Rename, to)?;
@@ -243,9 +234,6 @@ impl SpoolFs for FaultFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.before(Op::Remove, path)?;
         self.inner.remove_file(path)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
-        self.inner.list_dir(dir)
     }
     fn free_bytes(&self, path: &Path) -> io::Result<u64> {
         match self.lock().free {

@@ -19,7 +19,7 @@ use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::sink::{BrokerStatus, Message, SendError, Sink};
-use crate::spool::{DirEntry, DirLock, FsFile, RealFs, Spool, SpoolConfig, SpoolFs};
+use crate::spool::{DelegatingFs, FsFile, RealFs, Spool, SpoolConfig, SpoolFs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reply {
@@ -148,12 +148,9 @@ struct FlakyDeadLetterFs {
     creates: AtomicU32,
 }
 
-impl SpoolFs for Arc<FlakyDeadLetterFs> {
-    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        RealFs.open_read(path)
-    }
-    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        RealFs.open_write(path)
+impl DelegatingFs for Arc<FlakyDeadLetterFs> {
+    fn inner(&self) -> &dyn SpoolFs {
+        &RealFs
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         if path.to_string_lossy().ends_with(".dl.tmp") {
@@ -165,33 +162,6 @@ impl SpoolFs for Arc<FlakyDeadLetterFs> {
             }
         }
         RealFs.create(path)
-    }
-    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
-        RealFs.lock_dir(dir)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealFs.sync_dir(dir)
-    }
-    fn is_dir(&self, path: &Path) -> bool {
-        RealFs.is_dir(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        RealFs.exists(path)
-    }
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        RealFs.create_dir(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove_file(path)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
-        RealFs.list_dir(dir)
-    }
-    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
-        RealFs.free_bytes(path)
     }
 }
 

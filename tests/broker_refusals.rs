@@ -89,6 +89,9 @@ fn dead_letter_reasons(spool: &std::path::Path) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_streams_max_msg_size_is_dead_lettered_and_the_rest_flows() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "maxmsg");
     cfg.forward.max_in_flight = 64;
@@ -130,6 +133,9 @@ async fn a_record_over_the_streams_max_msg_size_is_dead_lettered_and_the_rest_fl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_no_stream_covers_is_given_up_while_others_flow() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "nostream");
     cfg.sink.nats.create_stream = false;
@@ -179,6 +185,9 @@ async fn a_subject_no_stream_covers_is_given_up_while_others_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_the_nats_user_may_not_publish_to_is_given_up_while_others_flow() {
+    if !require(&[Tier::NatsServer]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let nats_dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), "denied");

@@ -1,0 +1,106 @@
+//! HTTP: the client the tests post deliveries with, and reading the bridge's admin endpoints
+//! (`/metrics`, `/readyz`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http()
+}
+
+/// Sends a request; returns status, response headers and the body parsed as JSON (Null if not JSON).
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<(u16, http::HeaderMap, serde_json::Value), String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, headers, json))
+}
+
+/// POSTs a delivery body with a delivery id; returns the status.
+pub async fn post(client: &HttpClient, url: &str, id: &str, body: impl Into<Bytes>) -> u16 {
+    request(
+        client,
+        "POST",
+        url,
+        &[("content-type", "application/json"), ("webhook-id", id)],
+        body,
+    )
+    .await
+    .map(|(s, _, _)| s)
+    .unwrap_or(0)
+}
+
+/// The admin `/metrics` text.
+pub async fn metrics_text(client: &HttpClient, admin: SocketAddr) -> String {
+    let req = http::Request::builder()
+        .uri(format!("http://{admin}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// Reads a counter or gauge value from the admin `/metrics` text (sum over label sets that
+/// contain `label_filter`).
+pub async fn metric(client: &HttpClient, admin: SocketAddr, name: &str, label_filter: &str) -> f64 {
+    metrics_text(client, admin)
+        .await
+        .lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+                && l.contains(label_filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the bridge's `/readyz` reports an empty backlog (everything confirmed by the
+/// broker); returns the last `/readyz` body, or `None` on timeout.
+pub async fn wait_drained(
+    client: &HttpClient,
+    admin: SocketAddr,
+    timeout: Duration,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((_, _, ready)) =
+            request(client, "GET", &format!("http://{admin}/readyz"), &[], "").await
+        {
+            if ready["backlog_records"] == 0 {
+                return Some(ready);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
