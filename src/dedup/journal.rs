@@ -41,7 +41,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 use super::fingerprint::{Fingerprint, Key};
 use super::lock;
@@ -501,13 +503,6 @@ impl JournalWriter {
         self.bytes.store(self.len, Ordering::Relaxed);
         Ok(())
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A text journal line (hookbridge ≤ 0.1), if it is one: `<ms> <id> <crc>` with an id of

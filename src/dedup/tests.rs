@@ -6,6 +6,7 @@ use super::fingerprint::*;
 use super::journal::*;
 use super::set::*;
 use super::*;
+use crate::clock::now_ms;
 use crate::spool::RealFs;
 use std::collections::VecDeque;
 

@@ -40,10 +40,7 @@ impl Forwarder {
             destination: rec.msg.destination.clone(),
             reason: e.kind().to_owned(),
             error: e.to_string(),
-            dead_lettered_at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            dead_lettered_at_ms: crate::clock::now_ms(),
         });
         rec.dead_letter = Some(DeadLetterJob {
             meta: meta.clone(),

@@ -2,8 +2,6 @@
 //! `webhook-*`/`sessionboard-*`/`hookbridge-*` headers, and the body (wrapped or annotated for
 //! CloudEvents).
 
-use std::time::Duration;
-
 use crate::cloudevents::CloudEvents;
 use crate::delivery::Delivery;
 use crate::routing::Router;
@@ -34,7 +32,10 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
     // the time the original was received, so a consumer can keep the newest state.
     if let Some(c) = d.copied {
         headers.push(("hookbridge-copy", c.how.as_str().to_owned()));
-        headers.push(("hookbridge-received-at", rfc3339_millis(d.received_at_ms)));
+        headers.push((
+            "hookbridge-received-at",
+            crate::clock::rfc3339(d.received_at_ms),
+        ));
     }
     // An unusable body is never published (it goes to the dead-letter store as the spool
     // record), and may not even be JSON: it is not wrapped.
@@ -52,29 +53,34 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
     }
 }
 
-/// `2026-12-05T12:00:00.123Z`.
-fn rfc3339_millis(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `msg_1`, a `session.updated` of resource `r-1` with `body` and nothing optional.
+    fn delivery(body: &'static [u8]) -> Delivery {
+        Delivery {
+            id: "msg_1".into(),
+            timestamp: None,
+            action: "session.updated".into(),
+            resource_id: "r-1".into(),
+            org_id: None,
+            event_id: None,
+            received_at_ms: 0,
+            reject_reason: None,
+            copied: None,
+            body: bytes::Bytes::from_static(body),
+        }
+    }
 
     #[test]
     fn message_headers_and_key() {
         let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
         let d = Delivery {
-            id: "msg_1".into(),
             timestamp: Some("1700000000".into()),
-            action: "session.updated".into(),
-            resource_id: "r-1".into(),
             org_id: Some("org\r\nx".into()),
             event_id: Some("4001".into()),
-            received_at_ms: 0,
-            reject_reason: None,
-            copied: None,
-            body: bytes::Bytes::from_static(b"{}"),
+            ..delivery(b"{}")
         };
         let m = message(&router, &CloudEvents::off(), 7, d);
         assert_eq!(m.destination, "sb.session.updated");
@@ -92,16 +98,8 @@ mod tests {
     fn a_copy_says_so_with_the_original_receive_time() {
         let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
         let d = Delivery {
-            id: "msg_1".into(),
-            timestamp: None,
-            action: "session.updated".into(),
-            resource_id: "r-1".into(),
-            org_id: None,
-            event_id: None,
             received_at_ms: 1_764_936_000_123,
-            reject_reason: None,
-            copied: None,
-            body: bytes::Bytes::from_static(b"{}"),
+            ..delivery(b"{}")
         };
         let header = |m: &Message, name: &str| {
             m.headers
@@ -130,18 +128,7 @@ mod tests {
     #[test]
     fn cloudevents_never_change_destination_or_key() {
         let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
-        let d = Delivery {
-            id: "msg_1".into(),
-            timestamp: None,
-            action: "session.updated".into(),
-            resource_id: "r-1".into(),
-            org_id: None,
-            event_id: None,
-            received_at_ms: 0,
-            reject_reason: None,
-            copied: None,
-            body: bytes::Bytes::from_static(br#"{"data":{"id":"r-1"}}"#),
-        };
+        let d = delivery(br#"{"data":{"id":"r-1"}}"#);
         let off = message(&router, &CloudEvents::off(), 1, d.clone());
         for mode in ["binary", "structured"] {
             let toml = format!("[sink]\ncloudevents = \"{mode}\"\n");
