@@ -204,9 +204,9 @@ impl Admin {
             oldest_unconfirmed: oldest.map(|o| OldestUnconfirmed {
                 age_seconds: o.since.elapsed().as_secs(),
                 attempts: o.attempts,
-                delivery_id: o.delivery_id,
-                destination: o.destination,
-                last_error: o.last_error,
+                delivery_id: o.delivery_id.to_string(),
+                destination: o.destination.to_string(),
+                last_error: o.last_error.as_deref().map(str::to_owned),
                 seq: o.seq,
             }),
             ready,
@@ -230,8 +230,8 @@ impl Admin {
         m.spool_preallocated_bytes.set(s.preallocated_bytes as i64);
         m.spool_oldest_retained_age
             .set(s.oldest_retained_age.map_or(0.0, |d| d.as_secs_f64()));
-        let (oldest, stuck) = self.forward.snapshot();
-        m.forward_stuck_records.set(stuck as i64);
+        // The stuck count is the forwarder's own gauge; the ages need the scrape's clock.
+        let (oldest, _) = self.forward.snapshot();
         m.forward_oldest_age.set(
             oldest
                 .as_ref()

@@ -35,9 +35,9 @@ impl Forwarder {
             .unwrap_or_default();
         let meta = Arc::new(deadletter::Meta {
             seq: rec.msg.seq,
-            id: rec.msg.id.clone(),
+            id: rec.msg.id.to_string(),
             action,
-            destination: rec.msg.destination.clone(),
+            destination: rec.msg.destination.to_string(),
             reason: e.kind().to_owned(),
             error: e.to_string(),
             dead_lettered_at_ms: crate::clock::now_ms(),

@@ -168,8 +168,8 @@ impl Forwarder {
                 let msg = message(&self.router, &self.cloudevents, seq, delivery);
                 let sent = Sent {
                     seq,
-                    id: msg.id.clone(),
-                    destination: msg.destination.clone(),
+                    id: msg.id.as_str().into(),
+                    destination: msg.destination.as_str().into(),
                     key: msg.key.clone(),
                 };
                 (sent, Some(msg), rejected)

@@ -2,6 +2,7 @@
 //! (one send in flight per ordering key), and each record's failures and strikes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::dead_letter::DeadLetterJob;
@@ -13,8 +14,9 @@ use crate::sink::Message;
 #[derive(Default)]
 pub(super) struct Sent {
     pub(super) seq: u64,
-    pub(super) id: String,
-    pub(super) destination: String,
+    /// Shared with [`super::Oldest`]: showing the oldest record costs no copy.
+    pub(super) id: Arc<str>,
+    pub(super) destination: Arc<str>,
     pub(super) key: String,
 }
 
@@ -39,7 +41,7 @@ pub(super) struct Pending {
     /// The first strike: from here `forward.max_retry_age` counts.
     pub(super) stuck_since: Option<Instant>,
     /// The last failure, for `/readyz`.
-    pub(super) last_error: Option<String>,
+    pub(super) last_error: Option<Arc<str>>,
     /// The ingress kept this authentic but unroutable body for the dead-letter store, or it does
     /// not decode (reason).
     pub(super) rejected: Option<&'static str>,
@@ -104,7 +106,7 @@ impl Pending {
     /// the record, not an outage. Returns true when this is the record's first strike.
     pub(super) fn failed(&mut self, error: String, confirms: u64) -> bool {
         self.attempts += 1;
-        self.last_error = Some(error);
+        self.last_error = Some(error.into());
         let mut first_strike = false;
         if confirms != self.confirms_seen {
             self.strikes += 1;

@@ -582,10 +582,7 @@ async fn a_stuck_record_holds_one_slot_and_is_shown() {
     assert_eq!(bed.metrics.forward_in_flight.get(), 2, "1, and 2 behind it");
     let (oldest, stuck) = bed.progress.snapshot();
     let oldest = oldest.expect("an oldest record");
-    assert_eq!(
-        (oldest.seq, oldest.delivery_id.as_str(), stuck),
-        (1, "msg_1", 1)
-    );
+    assert_eq!((oldest.seq, &*oldest.delivery_id, stuck), (1, "msg_1", 1));
     assert!(oldest.attempts >= 1 && oldest.last_error.is_some());
     let _ = stop.send(());
     task.await.unwrap();
