@@ -633,8 +633,8 @@ fn write_stalled(e: &hyper::Error) -> bool {
     false
 }
 
-/// A JSON response with the given status. Serialized straight into the body buffer (a
-/// `Value`'s `to_string` goes through `fmt::Display`, several times slower per request).
+/// A JSON response with the given status. Serialized straight into the body buffer, not through
+/// `fmt::Display` as a `Value`'s `to_string` would.
 pub fn json<T: serde::Serialize + ?Sized>(status: http::StatusCode, body: &T) -> HttpResponse {
     let body = serde_json::to_vec(body).expect("response bodies serialize");
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -79,7 +79,7 @@ pub(crate) struct Request {
 /// The outcome of an append, and its payload back: the payload is freed by the task that
 /// allocated it, not by this thread. (glibc's malloc frees a block into the arena that
 /// allocated it, under that arena's lock: frees from the writer would contend with the runtime's
-/// workers, and in a profile they did.)
+/// workers.)
 pub(crate) type Reply = (Result<u64, Error>, Bytes);
 
 /// The segment new frames are appended to.
