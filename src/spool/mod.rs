@@ -276,6 +276,9 @@
 //!
 //! The test filesystems and the fault model they assume: `fs.rs`.
 
+// This file runs past 700 lines because its first 275 are the spool's design document, kept
+// whole above the code it governs.
+
 mod format;
 pub use format::MAX_RECORD_BYTES;
 pub(crate) mod fs;
