@@ -149,21 +149,31 @@ async fn read_run(dir: PathBuf, preallocate: u64, records: u64) -> serde_json::V
     })
 }
 
-fn main() {
-    let mut smoke = false;
-    let mut json_out: Option<PathBuf> = None;
-    let mut base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/work");
-    let mut preallocate = hookbridge::config::Config::default()
-        .spool
-        .preallocate_bytes;
+/// The command line.
+struct Args {
+    smoke: bool,
+    json_out: Option<PathBuf>,
+    base: PathBuf,
+    preallocate: u64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        smoke: false,
+        json_out: None,
+        base: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/work"),
+        preallocate: hookbridge::config::Config::default()
+            .spool
+            .preallocate_bytes,
+    };
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--smoke" => smoke = true,
-            "--json" => json_out = args.next().map(PathBuf::from),
-            "--dir" => base = args.next().map(PathBuf::from).expect("--dir DIR"),
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => a.smoke = true,
+            "--json" => a.json_out = args.next().map(PathBuf::from),
+            "--dir" => a.base = args.next().map(PathBuf::from).expect("--dir DIR"),
             "--preallocate" => {
-                preallocate = args
+                a.preallocate = args
                     .next()
                     .and_then(|b| b.parse().ok())
                     .expect("--preallocate BYTES")
@@ -175,6 +185,29 @@ fn main() {
             }
         }
     }
+    a
+}
+
+/// The filesystem type and source holding `dir`, as findmnt says.
+fn filesystem(dir: &std::path::Path) -> String {
+    std::process::Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE", "-T"])
+        .arg(dir)
+        .output()
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn main() {
+    let Args {
+        smoke,
+        json_out,
+        base,
+        preallocate,
+    } = parse_args();
     std::fs::create_dir_all(&base).unwrap();
     let tmp = tempfile::Builder::new()
         .prefix("spool-bench-")
@@ -190,15 +223,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let fs = std::process::Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE,SOURCE", "-T"])
-        .arg(tmp.path())
-        .output()
-        .map(|o| {
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            out.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
-        .unwrap_or_default();
+    let fs = filesystem(tmp.path());
     let mut appends = Vec::new();
     println!(
         "spool micro-benchmark ({PAYLOAD} B payloads, spool on {fs}, preallocate_bytes {preallocate})\n"

@@ -14,8 +14,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use hookbridge::clock::{now_ms, Clock};
 use hookbridge::dedup::{Claim, Dedup};
 use hookbridge::spool::RealFs;
 
@@ -34,15 +35,8 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn open(dir: &Path, max: usize) -> Arc<Dedup> {
-    Arc::new(Dedup::open(Arc::new(RealFs), dir, DAY, max, now_ms()).expect("open"))
+    Arc::new(Dedup::open(Arc::new(RealFs), dir, DAY, max, Clock::system()).expect("open"))
 }
 
 fn main() {

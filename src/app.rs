@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, AdminService};
+use crate::clock::Clock;
 use crate::cloudevents::CloudEvents;
 use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
@@ -230,6 +231,7 @@ impl App {
             status: broker.clone(),
             dead_letters: dead_letters.clone(),
             progress: progress.clone(),
+            clock: Clock::system(),
         };
         let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
         let forward_task = tokio::spawn(forwarder.run(stopped(fwd_stop_rx), grace));
@@ -449,8 +451,8 @@ async fn open_dedup(c: &Config, fs: Arc<dyn SpoolFs>) -> Result<Option<Arc<Dedup
         c.auth.dedup_window,
         c.auth.dedup_max_entries,
     );
-    let now_ms = crate::clock::now_ms();
-    let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, now_ms))
+    let clock = Clock::system();
+    let d = tokio::task::spawn_blocking(move || Dedup::open(fs, &dir, window, max, clock))
         .await
         .expect("dedup open does not panic")
         .map_err(|e| Error::Dedup(e.to_string()))?;

@@ -54,7 +54,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Family;
 
@@ -136,12 +136,7 @@ pub async fn serve<M, S, F>(
         (Some(r), None) => Some(Arc::new(Semaphore::new(r.connections))),
         _ => None,
     };
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
+    let http = http_builder(&limits);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -156,59 +151,24 @@ pub async fn serve<M, S, F>(
                 }
             },
         };
-        let (permit, reserved) = match permits.clone().try_acquire_owned() {
-            Ok(p) => (p, false),
-            Err(_) => match reserve.as_ref().map(|r| r.clone().try_acquire_owned()) {
-                Some(Ok(p)) => (p, true),
-                _ => {
-                    if let Some(c) = &limits.rejected_counter {
-                        c.inc();
-                    }
-                    tracing::debug!(%peer, "connection limit reached; closing");
-                    drop(stream);
-                    continue;
-                }
-            },
+        let Some((permit, reserved)) = take_slot(&permits, reserve.as_ref(), &limits, peer) else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        // Taken now, so that `graceful.shutdown()` also waits for a connection still in its
-        // handshake; it then stops after its first request.
-        let watcher = graceful.watcher();
-        let http = http.clone();
-        let tls = tls.clone();
-        let limits = limits.clone();
+        let conn = Connection {
+            service: make_service(peer),
+            peer,
+            // Taken now, so that `graceful.shutdown()` also waits for a connection still in its
+            // handshake; it then stops after its first request.
+            watcher: graceful.watcher(),
+            http: http.clone(),
+            tls: tls.clone(),
+            limits: limits.clone(),
+            reserved,
+        };
         tokio::spawn(async move {
-            if let Some(g) = &limits.open_gauge {
-                g.inc();
-            }
-            let result = match (tls, &limits.reserve) {
-                (None, Some(r)) if reserved => {
-                    serve_probe(stream, &http, service, watcher, &limits, r).await
-                }
-                (None, _) => serve_lingering(stream, &http, service, watcher, &limits).await,
-                (Some(tls), _) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                        .await
-                    {
-                        Err(_) => Err(ConnError::HandshakeTimeout),
-                        Ok(Err(e)) => Err(ConnError::Handshake(e)),
-                        Ok(Ok(stream)) => {
-                            serve_lingering(stream, &http, service, watcher, &limits).await
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                let kind = e.kind();
-                if let Some(c) = &limits.error_counter {
-                    c.with_label_values(&[kind]).inc();
-                }
-                tracing::debug!(%peer, error = %e, kind, "connection ended with error");
-            }
-            if let Some(g) = &limits.open_gauge {
-                g.dec();
-            }
+            conn.serve(stream).await;
             drop(permit);
         });
     }
@@ -221,6 +181,102 @@ pub async fn serve<M, S, F>(
             ?grace,
             "connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// The HTTP/1 settings every connection of a listener shares.
+fn http_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    http
+}
+
+/// A slot for a new connection from `peer`: one of `max_connections`, else one of the probe
+/// `reserve` (then `true`: it may ask for a probe only), else none: the caller closes it, and it
+/// is counted as rejected.
+fn take_slot(
+    permits: &Arc<Semaphore>,
+    reserve: Option<&Arc<Semaphore>>,
+    limits: &Limits,
+    peer: std::net::SocketAddr,
+) -> Option<(OwnedSemaphorePermit, bool)> {
+    if let Ok(p) = permits.clone().try_acquire_owned() {
+        return Some((p, false));
+    }
+    if let Some(Ok(p)) = reserve.map(|r| r.clone().try_acquire_owned()) {
+        return Some((p, true));
+    }
+    if let Some(c) = &limits.rejected_counter {
+        c.inc();
+    }
+    tracing::debug!(%peer, "connection limit reached; closing");
+    None
+}
+
+/// An accepted connection, about to be served on its own task.
+struct Connection<S> {
+    service: S,
+    peer: std::net::SocketAddr,
+    watcher: Watcher,
+    http: hyper::server::conn::http1::Builder,
+    tls: Option<TlsAccept>,
+    limits: Arc<Limits>,
+    /// It holds a slot of the probe reserve.
+    reserved: bool,
+}
+
+impl<S, F> Connection<S>
+where
+    S: Service<Request<Incoming>, Response = HttpResponse, Error = Infallible, Future = F>
+        + Send
+        + 'static,
+    F: Future<Output = Result<HttpResponse, Infallible>> + Send + 'static,
+{
+    /// Serves the connection to its end (TLS handshake first, if any), keeping the
+    /// open-connection gauge and counting how it ended if by an error.
+    async fn serve(self, stream: TcpStream) {
+        let Connection {
+            service,
+            peer,
+            watcher,
+            http,
+            tls,
+            limits,
+            reserved,
+        } = self;
+        if let Some(g) = &limits.open_gauge {
+            g.inc();
+        }
+        let result = match (tls, &limits.reserve) {
+            (None, Some(r)) if reserved => {
+                serve_probe(stream, &http, service, watcher, &limits, r).await
+            }
+            (None, _) => serve_lingering(stream, &http, service, watcher, &limits).await,
+            (Some(tls), _) => {
+                match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await
+                {
+                    Err(_) => Err(ConnError::HandshakeTimeout),
+                    Ok(Err(e)) => Err(ConnError::Handshake(e)),
+                    Ok(Ok(stream)) => {
+                        serve_lingering(stream, &http, service, watcher, &limits).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            let kind = e.kind();
+            if let Some(c) = &limits.error_counter {
+                c.with_label_values(&[kind]).inc();
+            }
+            tracing::debug!(%peer, error = %e, kind, "connection ended with error");
+        }
+        if let Some(g) = &limits.open_gauge {
+            g.dec();
+        }
     }
 }
 
@@ -577,8 +633,8 @@ fn write_stalled(e: &hyper::Error) -> bool {
     false
 }
 
-/// A JSON response with the given status. Serialized straight into the body buffer (a
-/// `Value`'s `to_string` goes through `fmt::Display`, several times slower per request).
+/// A JSON response with the given status. Serialized straight into the body buffer, not through
+/// `fmt::Display` as a `Value`'s `to_string` would.
 pub fn json<T: serde::Serialize + ?Sized>(status: http::StatusCode, body: &T) -> HttpResponse {
     let body = serde_json::to_vec(body).expect("response bodies serialize");
     let mut resp = Response::new(Full::new(Bytes::from(body)));

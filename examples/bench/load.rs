@@ -447,42 +447,10 @@ pub fn open_loop(
 
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let mut tasks = Vec::new();
-            for (i, mut c) in cs.into_iter().enumerate() {
+            for (i, c) in cs.into_iter().enumerate() {
                 let (slots, free, done) = (slots.clone(), free.clone(), done.clone());
-                let mut stopped = stopped.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut r = Partial::default();
-                    let mut service = histogram();
-                    let mut lateness = histogram();
-                    loop {
-                        // Reading is cancel-safe: what arrived stays in the connection's buffer.
-                        let res = tokio::select! {
-                            res = c.response() => res,
-                            _ = stopped.wait_for(|s| *s) => break,
-                        };
-                        let now = Instant::now();
-                        let Some((due, sent)) = slots[i].lock().unwrap().inflight.take() else {
-                            // The server closed an idle connection (or spoke unasked).
-                            if c.stream.is_none() && reopen(&mut c, &slots[i]).await {
-                                continue;
-                            }
-                            break;
-                        };
-                        if res.as_ref().is_ok_and(|s| (200..300).contains(s)) {
-                            service.saturating_record(us(now - sent));
-                            lateness.saturating_record(us(sent.saturating_duration_since(due)));
-                        }
-                        r.record(res, now - due);
-                        // Failed or closed by the server: a new connection for the next one.
-                        if c.stream.is_none() && !reopen(&mut c, &slots[i]).await {
-                            done.fetch_add(1, Ordering::Release);
-                            break;
-                        }
-                        free.lock().unwrap().push(i);
-                        done.fetch_add(1, Ordering::Release);
-                    }
-                    (r, service, lateness)
-                }));
+                let stopped = stopped.clone();
+                tasks.push(tokio::spawn(read_answers(i, c, slots, free, done, stopped)));
             }
 
             let pacer = {
@@ -510,6 +478,50 @@ pub fn open_loop(
             total.finish(elapsed, missed, service, lateness)
         })
     })
+}
+
+/// The reader of open-loop connection `i`: takes each answer, records its latency from the
+/// due time, service time and send lateness, and hands the connection back to the pacer
+/// (`free`), until `stopped`. Counts every answered or failed request in `done`.
+async fn read_answers(
+    i: usize,
+    mut c: Conn,
+    slots: Arc<Vec<std::sync::Mutex<Slot>>>,
+    free: Arc<std::sync::Mutex<Vec<usize>>>,
+    done: Arc<AtomicU64>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> (Partial, Histogram<u64>, Histogram<u64>) {
+    let mut r = Partial::default();
+    let mut service = histogram();
+    let mut lateness = histogram();
+    loop {
+        // Reading is cancel-safe: what arrived stays in the connection's buffer.
+        let res = tokio::select! {
+            res = c.response() => res,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let now = Instant::now();
+        let Some((due, sent)) = slots[i].lock().unwrap().inflight.take() else {
+            // The server closed an idle connection (or spoke unasked).
+            if c.stream.is_none() && reopen(&mut c, &slots[i]).await {
+                continue;
+            }
+            break;
+        };
+        if res.as_ref().is_ok_and(|s| (200..300).contains(s)) {
+            service.saturating_record(us(now - sent));
+            lateness.saturating_record(us(sent.saturating_duration_since(due)));
+        }
+        r.record(res, now - due);
+        // Failed or closed by the server: a new connection for the next one.
+        if c.stream.is_none() && !reopen(&mut c, &slots[i]).await {
+            done.fetch_add(1, Ordering::Release);
+            break;
+        }
+        free.lock().unwrap().push(i);
+        done.fetch_add(1, Ordering::Release);
+    }
+    (r, service, lateness)
 }
 
 /// Reconnects `c` and gives the pacer the new connection to write to; false if that failed.

@@ -27,6 +27,8 @@ mod brokers;
 mod child;
 mod load;
 mod procs;
+mod report;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -356,27 +358,10 @@ fn open_json(run: &Run, key: &str, addr: std::net::SocketAddr, rate: f64) -> Val
     )
 }
 
-/// End to end for `sustained`: closed-loop load on the bridge while it forwards to the broker;
-/// `/metrics` sampled every second for what the broker confirmed and the backlog.
-async fn end_to_end(run: &mut Run, kind: &str) {
-    let (sustained, alone) = (run.args.params.sustained, run.args.params.alone);
-    // The broker alone, on a broker of its own.
-    let dir = run.scenario_dir(&format!("{kind}-alone"));
-    let alone_r = if kind == "nats" {
-        let nats = procs::nats_server(&dir.join("nats")).await;
-        brokers::nats(&format!("nats://{}", nats.addr), &run.fixture, alone).await
-    } else {
-        let tansu = procs::tansu().await;
-        brokers::kafka(&tansu.addr.to_string(), &run.fixture, alone).await
-    };
-    run.record(
-        &format!("{kind}_alone"),
-        json!({"confirmed": alone_r.confirmed, "seconds": alone_r.elapsed.as_secs_f64(),
-               "per_s": alone_r.rate(), "window": brokers::WINDOW}),
-    );
-
-    let dir = run.scenario_dir(kind);
-    let (_broker, sink) = if kind == "nats" {
+/// A broker of `kind` (`nats`: a private nats-server storing under `dir`; `kafka`: tansu) and
+/// the bridge's sink setting for it.
+async fn start_broker(kind: &str, dir: &Path) -> (procs::Service, Sink) {
+    if kind == "nats" {
         let nats = procs::nats_server(&dir.join("nats")).await;
         let url = format!("nats://{}", nats.addr);
         (nats, Sink::Nats(url))
@@ -384,7 +369,17 @@ async fn end_to_end(run: &mut Run, kind: &str) {
         let tansu = procs::tansu().await;
         let b = tansu.addr.to_string();
         (tansu, Sink::Kafka(b))
-    };
+    }
+}
+
+/// End to end for `sustained`: closed-loop load on the bridge while it forwards to the broker;
+/// `/metrics` sampled every second for what the broker confirmed and the backlog. Beside it,
+/// the broker alone, on a broker of its own.
+async fn end_to_end(run: &mut Run, kind: &str) {
+    let dir = run.scenario_dir(&format!("{kind}-alone"));
+    let alone_rate = broker_alone(run, kind, &dir).await;
+    let dir = run.scenario_dir(kind);
+    let (_broker, sink) = start_broker(kind, &dir).await;
     let bridge = Bridge::start(
         &run.args.bin,
         &BridgeConfig {
@@ -399,8 +394,10 @@ async fn end_to_end(run: &mut Run, kind: &str) {
     let addr = bridge.http;
     let published0 = bridge.metric("hookbridge_published_total").await;
     let start = Instant::now();
+    let sustained = run.args.params.sustained;
     let load =
         tokio::task::spawn_blocking(move || closed_loop(addr, CONNS, Until::Time(sustained), reqs));
+    // (seconds, published, backlog)
     let mut samples: Vec<(f64, f64, f64)> = Vec::new();
     while !load.is_finished() {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -415,31 +412,60 @@ async fn end_to_end(run: &mut Run, kind: &str) {
     let m = bridge.metrics().await;
     let published = procs::metric(&m, "hookbridge_published_total") - published0;
     let backlog_end = procs::metric(&m, "hookbridge_spool_records");
-    let max_backlog = samples.iter().map(|s| s.2).fold(backlog_end, f64::max);
-    // Growth over the second half: a bounded backlog does not grow with time.
-    let half = samples
-        .iter()
-        .find(|s| s.0 >= r.elapsed.as_secs_f64() / 2.0)
-        .map_or(0.0, |s| s.2);
-    let growth = (backlog_end - half) / (r.elapsed.as_secs_f64() / 2.0);
-    let confirmed_rate = published / r.elapsed.as_secs_f64();
     let v = merge(
         load_json(&r),
-        json!({
-            "confirmed": published,
-            "confirmed_per_s": confirmed_rate,
-            "ratio_to_alone": confirmed_rate / alone_r.rate(),
-            "max_backlog": max_backlog,
-            "backlog_end": backlog_end,
-            "backlog_growth_per_s_second_half": growth,
-            "backlog_bounded": growth < 0.01 * confirmed_rate.max(1.0),
-            "load": "full closed loop, 64 connections",
-            "samples": samples.iter().map(|s| json!([s.0, s.1, s.2])).collect::<Vec<_>>(),
-        }),
+        forwarding_json(&samples, r.elapsed, published, backlog_end, alone_rate),
     );
     let v = merge(v, rss_json(bridge.pid()));
     bridge.stop();
     run.record(&format!("{kind}_e2e"), v);
+}
+
+/// The broker of `kind` alone, publishing from the Rust client: its rate, recorded too.
+async fn broker_alone(run: &mut Run, kind: &str, dir: &Path) -> f64 {
+    let (_broker, sink) = start_broker(kind, dir).await;
+    let alone = run.args.params.alone;
+    let r = match &sink {
+        Sink::Nats(url) => brokers::nats(url, &run.fixture, alone).await,
+        Sink::Kafka(b) => brokers::kafka(b, &run.fixture, alone).await,
+    };
+    run.record(
+        &format!("{kind}_alone"),
+        json!({"confirmed": r.confirmed, "seconds": r.elapsed.as_secs_f64(),
+               "per_s": r.rate(), "window": brokers::WINDOW}),
+    );
+    r.rate()
+}
+
+/// What the broker confirmed over a load of `elapsed` and how the backlog behaved, from the
+/// per-second `samples` (seconds, published, backlog).
+fn forwarding_json(
+    samples: &[(f64, f64, f64)],
+    elapsed: Duration,
+    published: f64,
+    backlog_end: f64,
+    alone_rate: f64,
+) -> Value {
+    let secs = elapsed.as_secs_f64();
+    let max_backlog = samples.iter().map(|s| s.2).fold(backlog_end, f64::max);
+    // Growth over the second half: a bounded backlog does not grow with time.
+    let half = samples
+        .iter()
+        .find(|s| s.0 >= secs / 2.0)
+        .map_or(0.0, |s| s.2);
+    let growth = (backlog_end - half) / (secs / 2.0);
+    let confirmed_rate = published / secs;
+    json!({
+        "confirmed": published,
+        "confirmed_per_s": confirmed_rate,
+        "ratio_to_alone": confirmed_rate / alone_rate,
+        "max_backlog": max_backlog,
+        "backlog_end": backlog_end,
+        "backlog_growth_per_s_second_half": growth,
+        "backlog_bounded": growth < 0.01 * confirmed_rate.max(1.0),
+        "load": "full closed loop, 64 connections",
+        "samples": samples.iter().map(|s| json!([s.0, s.1, s.2])).collect::<Vec<_>>(),
+    })
 }
 
 /// Replay: fill a backlog with the broker unreachable (so the de-duplication journal holds as
@@ -447,31 +473,9 @@ async fn end_to_end(run: &mut Run, kind: &str) {
 /// the backlog (startup = exec → `/readyz` 200) and time the drain from `/readyz` until
 /// `hookbridge_published_total` covers the backlog.
 async fn replay(run: &mut Run) {
-    let backlog = run.args.params.backlog;
     let dir = run.scenario_dir("replay");
     let spool = dir.join("spool");
-    let bridge = Bridge::start(
-        &run.args.bin,
-        &BridgeConfig {
-            spool: &spool,
-            sink: Sink::Nats(unreachable_nats()),
-            secret: None,
-            log: &dir.join("bridge.log"),
-        },
-    )
-    .await;
-    let reqs = Arc::new(run.requests(bridge.http, "replay"));
-    let r = closed_loop(bridge.http, CONNS, Until::Count(backlog), reqs);
-    let records = bridge.metric("hookbridge_spool_records").await;
-    let v = merge(
-        merge(load_json(&r), rss_json(bridge.pid())),
-        json!({"spool_records": records}),
-    );
-    bridge.stop();
-    let journal = std::fs::metadata(spool.join("dedup.journal")).map_or(0, |m| m.len());
-    let v = merge(v, json!({"dedup_journal_bytes": journal}));
-    run.record("replay_fill", v);
-
+    let records = fill_backlog(run, &dir, &spool).await;
     // The same backlog for the second broker: a copy made while no bridge runs.
     let copy = dir.join("spool-kafka");
     let t = Instant::now();
@@ -483,313 +487,84 @@ async fn replay(run: &mut Run) {
         .unwrap();
     assert!(status.success(), "copying the spool");
     eprintln!("bench: spool copied in {:.1} s", t.elapsed().as_secs_f64());
-
     for (kind, spool) in [("nats", spool), ("kafka", copy)] {
-        let bdir = dir.join(kind);
-        std::fs::create_dir_all(&bdir).unwrap();
-        let (_broker, sink) = if kind == "nats" {
-            let nats = procs::nats_server(&bdir.join("nats")).await;
-            let url = format!("nats://{}", nats.addr);
-            (nats, Sink::Nats(url))
-        } else {
-            let tansu = procs::tansu().await;
-            let b = tansu.addr.to_string();
-            (tansu, Sink::Kafka(b))
-        };
-        // Nothing left for the kernel to write back when the clock starts: not the 1.3 GB
-        // copy, nor the broker store of the scenario before (the first full runs measured the
-        // second startup at 1.2-1.4 s instead of 0.4 s while that was being written).
-        let status = std::process::Command::new("sync").status().unwrap();
-        assert!(status.success(), "sync before starting the bridge");
-        let bridge = Bridge::start(
-            &run.args.bin,
-            &BridgeConfig {
-                spool: &spool,
-                sink,
-                secret: None,
-                log: &bdir.join("bridge.log"),
-            },
-        )
-        .await;
-        let ready = Instant::now();
-        let deadline = ready + Duration::from_secs(900);
-        let mut published = 0.0;
-        while published < records && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            published = bridge.metric("hookbridge_published_total").await;
-        }
-        let drain = ready.elapsed();
-        let v = merge(
-            json!({
-                "startup_s": bridge.startup.as_secs_f64(),
-                "records": records,
-                "published": published,
-                "drain_seconds": drain.as_secs_f64(),
-                "per_s": published / drain.as_secs_f64(),
-                "complete": published >= records,
-            }),
-            rss_json(bridge.pid()),
-        );
-        bridge.stop();
+        let v = drain_backlog(run, kind, &dir.join(kind), &spool, records).await;
         run.record(&format!("replay_{kind}"), v);
     }
 }
 
-/// The output of a shell command, whitespace runs folded to one space.
-fn sh(cmd: &str) -> String {
-    std::process::Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| {
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            out.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
-        .unwrap_or_default()
-}
-
-fn machine(work: &Path) -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    json!({
-        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "cpu": cpu,
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "memory_mib": sh("awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo"),
-        "work_dir": work.display().to_string(),
-        "work_fs": sh(&format!("findmnt -n -o FSTYPE,SOURCE -T '{}' || stat -f -c %T '{}'", work.display(), work.display())),
-        "git_rev": sh(&format!("git -C '{manifest}' rev-parse --short HEAD")),
-        "git_dirty": !sh(&format!("git -C '{manifest}' status --porcelain --untracked-files=no")).is_empty(),
-        "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
-    })
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn k(x: f64) -> String {
-    if x >= 1_000_000.0 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 10_000.0 {
-        format!("{:.1}k", x / 1000.0)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-/// The markdown table: every figure beside the issue's "now" and target.
-fn table(run: &Run, ceiling: Option<f64>) -> String {
-    let r = &run.results;
-    let f = |key: &str, field: &str| {
-        r.get(key)
-            .and_then(|v| v.get(field))
-            .and_then(Value::as_f64)
-    };
-    let lat = |key: &str, field: &str| {
-        r.get(key)
-            .and_then(|v| v.get(field))
-            .map(|l| {
-                let g = |n: &str| l.get(n).and_then(Value::as_f64).unwrap_or(f64::NAN);
-                format!(
-                    "p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.1} ms",
-                    g("p50_ms"),
-                    g("p99_ms"),
-                    g("p99_9_ms"),
-                    g("max_ms")
-                )
-            })
-            .unwrap_or_default()
-    };
-    let rss = |key: &str| f(key, "peak_rss_mib").map_or(String::new(), |m| format!("{m:.0} MiB"));
-    let ratio = |x: Option<f64>| match (x, ceiling) {
-        (Some(x), Some(c)) => format!("{:.2}×", x / c),
-        _ => String::new(),
-    };
-    let mut rows: Vec<[String; 6]> = Vec::new();
-    let mut row = |a: &str, b: String, c: String, d: String, e: &str, g: &str| {
-        rows.push([a.into(), b, c, d, e.into(), g.into()]);
-    };
-    if let (Some(b), Some(a)) = (f("ceiling_before", "per_s"), f("ceiling_after", "per_s")) {
-        row(
-            "1 ceiling: no-op server, 64 conns (before / after)",
-            format!("{} / {} req/s", k(b), k(a)),
-            String::new(),
-            rss("ceiling_before"),
-            "46.4k / 58.3k req/s",
-            "",
-        );
-    }
-    if let Some(x) = f("spool_only", "per_s") {
-        row(
-            "2 durable acks, spool only, 64 conns",
-            format!("{} acks/s; {}", k(x), lat("spool_only", "latency")),
-            ratio(Some(x)),
-            rss("spool_only"),
-            "21.7k (0.41×), p50 2.5 / p99 7.5 ms, 53 MiB",
-            "≥ 0.6×",
-        );
-    }
-    if let Some(x) = f("spool_signed", "per_s") {
-        row(
-            "7 same, Standard Webhooks signed",
-            format!("{} acks/s; {}", k(x), lat("spool_signed", "latency")),
-            ratio(Some(x)),
-            rss("spool_signed"),
-            "",
-            "≥ 0.55×",
-        );
-    }
-    for (key, what) in [
-        ("open_loop_noop", "0.4 × ceiling, no-op server"),
-        ("open_loop", "0.4 × ceiling"),
-        ("open_loop_half_acks", "0.5 × row 2's acks/s"),
-    ] {
-        let Some(rate) = f(key, "rate_target") else {
-            continue;
-        };
-        let p99 = |field: &str| {
-            r[key][field]["p99_ms"]
-                .as_f64()
-                .map_or(String::new(), |x| format!("{x:.2}"))
-        };
-        let noop = key == "open_loop_noop";
-        row(
-            &format!("3 open loop at {what} (latency from intended send)"),
-            format!(
-                "{} req/s offered, {} ok/s; {}; {} missed slots; p99 service {} / send lateness {} ms; steal {:.0} ms{}",
-                k(rate),
-                k(f(key, "per_s").unwrap_or(0.0)),
-                lat(key, "latency"),
-                f(key, "missed_slots").unwrap_or(0.0),
-                p99("service"),
-                p99("send_lateness"),
-                f(key, "steal_ms").unwrap_or(0.0),
-                match (
-                    r[key]["bridge_ack_ms_bucket"]["p99"].as_f64(),
-                    r[key]["bridge_ack_ms_bucket"]["p99_9"].as_f64(),
-                ) {
-                    (Some(a), Some(b)) => format!("; the bridge's own p99 ≤ {a} / p99.9 ≤ {b} ms"),
-                    _ => String::new(),
-                },
-            ),
-            String::new(),
-            rss(key),
-            if noop { "" } else { "(closed loop: p50 2.5 / p99 7.5 ms)" },
-            if noop { "" } else { "p99 ≤ 5 ms, p99.9 ≤ 10 ms" },
-        );
-    }
-    for (kind, name, now) in [
-        ("nats", "JetStream", "12.0k"),
-        ("kafka", "Kafka (tansu)", "14.8k"),
-    ] {
-        let key = format!("{kind}_e2e");
-        if let Some(x) = f(&key, "confirmed_per_s") {
-            row(
-                &format!("4 end to end → {name}, sustained"),
-                format!(
-                    "{} confirmed/s ({} acks/s); backlog max {} end {}{}",
-                    k(x),
-                    k(f(&key, "per_s").unwrap_or(0.0)),
-                    k(f(&key, "max_backlog").unwrap_or(0.0)),
-                    k(f(&key, "backlog_end").unwrap_or(0.0)),
-                    if r[&key]["backlog_bounded"] == true {
-                        ""
-                    } else {
-                        " (growing)"
-                    }
-                ),
-                f(&key, "ratio_to_alone").map_or(String::new(), |r| format!("{r:.2}× alone")),
-                rss(&key),
-                now,
-                "≥ 20k/s and ≥ 0.7× alone",
-            );
-        }
-        if let Some(x) = f(&format!("{kind}_alone"), "per_s") {
-            row(
-                &format!(
-                    "4 {name} alone (Rust client, {} acks in flight)",
-                    brokers::WINDOW
-                ),
-                format!("{} msgs/s", k(x)),
-                String::new(),
-                String::new(),
-                "",
-                "",
-            );
-        }
-    }
-    if let Some(x) = f("replay_fill", "per_s") {
-        row(
-            &format!(
-                "5 fill: {} deliveries, broker unreachable",
-                k(run.args.params.backlog as f64)
-            ),
-            format!("{} acks/s; {}", k(x), lat("replay_fill", "latency")),
-            String::new(),
-            rss("replay_fill"),
-            "",
-            "",
-        );
-    }
-    for (kind, name, now) in [
-        ("nats", "JetStream", "27–34k rec/s; restart 2.24 s (950k)"),
-        ("kafka", "Kafka (tansu)", ""),
-    ] {
-        let key = format!("replay_{kind}");
-        if let Some(x) = f(&key, "per_s") {
-            row(
-                &format!("5 replay → {name}; startup with backlog + ids"),
-                format!(
-                    "{} rec/s{}; startup {:.2} s",
-                    k(x),
-                    if r[&key]["complete"] == true {
-                        ""
-                    } else {
-                        " (incomplete)"
-                    },
-                    f(&key, "startup_s").unwrap_or(f64::NAN)
-                ),
-                String::new(),
-                rss(&key),
-                now,
-                "≥ 60k rec/s; startup ≤ 1 s",
-            );
-        }
-    }
-    if let Some(m) = f("replay_fill", "peak_rss_mib") {
-        row(
-            &format!(
-                "6 memory after {} distinct delivery ids",
-                k(run.args.params.backlog as f64)
-            ),
-            format!(
-                "peak {m:.0} MiB, now {:.0} MiB",
-                f("replay_fill", "rss_mib").unwrap_or(f64::NAN)
-            ),
-            String::new(),
-            String::new(),
-            "53 MiB (spool only)",
-            "≤ 48 MiB everywhere",
-        );
-    }
-    let mut out = String::from(
-        "| scenario | measured | ratio | peak RSS | issue \"now\" | target |\n| --- | --- | --- | --- | --- | --- |\n",
+/// Appends `backlog` deliveries into `spool` with the broker unreachable; records how that
+/// went and returns how many records the spool holds.
+async fn fill_backlog(run: &mut Run, dir: &Path, spool: &Path) -> f64 {
+    let bridge = Bridge::start(
+        &run.args.bin,
+        &BridgeConfig {
+            spool,
+            sink: Sink::Nats(unreachable_nats()),
+            secret: None,
+            log: &dir.join("bridge.log"),
+        },
+    )
+    .await;
+    let reqs = Arc::new(run.requests(bridge.http, "replay"));
+    let r = closed_loop(
+        bridge.http,
+        CONNS,
+        Until::Count(run.args.params.backlog),
+        reqs,
     );
-    for r in rows {
-        out.push_str(&format!("| {} |\n", r.join(" | ")));
+    let records = bridge.metric("hookbridge_spool_records").await;
+    let v = merge(
+        merge(load_json(&r), rss_json(bridge.pid())),
+        json!({"spool_records": records}),
+    );
+    bridge.stop();
+    let journal = std::fs::metadata(spool.join("dedup.journal")).map_or(0, |m| m.len());
+    let v = merge(v, json!({"dedup_journal_bytes": journal}));
+    run.record("replay_fill", v);
+    records
+}
+
+/// Starts the bridge on the backlog in `spool` (`records` of them) beside a broker of `kind`
+/// and times its startup and the drain.
+async fn drain_backlog(run: &Run, kind: &str, bdir: &Path, spool: &Path, records: f64) -> Value {
+    std::fs::create_dir_all(bdir).unwrap();
+    let (_broker, sink) = start_broker(kind, bdir).await;
+    // Nothing left for the kernel to write back when the clock starts: not the spool copy,
+    // nor the broker store of the scenario before, whose writeback slows a startup.
+    let status = std::process::Command::new("sync").status().unwrap();
+    assert!(status.success(), "sync before starting the bridge");
+    let bridge = Bridge::start(
+        &run.args.bin,
+        &BridgeConfig {
+            spool,
+            sink,
+            secret: None,
+            log: &bdir.join("bridge.log"),
+        },
+    )
+    .await;
+    let ready = Instant::now();
+    let deadline = ready + Duration::from_secs(900);
+    let mut published = 0.0;
+    while published < records && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        published = bridge.metric("hookbridge_published_total").await;
     }
-    out
+    let drain = ready.elapsed();
+    let v = merge(
+        json!({
+            "startup_s": bridge.startup.as_secs_f64(),
+            "records": records,
+            "published": published,
+            "drain_seconds": drain.as_secs_f64(),
+            "per_s": published / drain.as_secs_f64(),
+            "complete": published >= records,
+        }),
+        rss_json(bridge.pid()),
+    );
+    bridge.stop();
+    v
 }
 
 fn main() {
@@ -807,12 +582,30 @@ async fn bench(args: Args) {
     std::fs::create_dir_all(&args.work).unwrap();
     let dir = args.work.join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    check_programs(&args);
+    let load_before = report::loadavg();
+    let started = Instant::now();
+    let mut run = Run {
+        args,
+        fixture,
+        dir: dir.clone(),
+        results: Default::default(),
+        n: 0,
+    };
+    run_scenarios(&mut run).await;
+    report::report(&run, &load_before, started);
+    // Spools and broker stores of a full run take gigabytes.
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails before minutes of work, not in the middle: the bridge binary and the brokers the
+/// chosen scenarios need are there.
+fn check_programs(args: &Args) {
     assert!(
         args.bin.is_file(),
         "{}: no hookbridge binary (benches/run builds it)",
         args.bin.display()
     );
-    // Fail before minutes of work, not in the middle.
     let needs = [
         (
             ["nats", "replay"],
@@ -836,78 +629,31 @@ async fn bench(args: Args) {
             bin.display()
         );
     }
-    let load_before = loadavg();
-    let started = Instant::now();
-    let mut run = Run {
-        args,
-        fixture,
-        dir: dir.clone(),
-        results: Default::default(),
-        n: 0,
-    };
+}
+
+/// Every scenario `--only` selects, in order, the ceiling first and last.
+async fn run_scenarios(run: &mut Run) {
     if run.wants("ceiling") {
-        ceiling(&mut run, "ceiling_before").await;
+        ceiling(run, "ceiling_before").await;
     }
     if run.wants("spool") || run.wants("signed") {
-        spool_only(&mut run, "spool_only", false).await;
+        spool_only(run, "spool_only", false).await;
     }
     if run.wants("signed") {
-        spool_only(&mut run, "spool_signed", true).await;
+        spool_only(run, "spool_signed", true).await;
     }
     if run.wants("open") {
-        open(&mut run).await;
+        open(run).await;
     }
     for kind in ["nats", "kafka"] {
         if run.wants(kind) {
-            end_to_end(&mut run, kind).await;
+            end_to_end(run, kind).await;
         }
     }
     if run.wants("replay") {
-        replay(&mut run).await;
+        replay(run).await;
     }
     if run.wants("ceiling") {
-        ceiling(&mut run, "ceiling_after").await;
+        ceiling(run, "ceiling_after").await;
     }
-    let ceiling = match (
-        run.get("ceiling_before", "per_s"),
-        run.get("ceiling_after", "per_s"),
-    ) {
-        (Some(b), Some(a)) => Some((a + b) / 2.0),
-        (b, a) => b.or(a),
-    };
-    let ratios = json!({
-        "ceiling_mean_per_s": ceiling,
-        "spool_only": ceiling.and_then(|c| Some(run.get("spool_only", "per_s")? / c)),
-        "spool_signed": ceiling.and_then(|c| Some(run.get("spool_signed", "per_s")? / c)),
-    });
-    let table = table(&run, ceiling);
-    let doc = json!({
-        "smoke": run.args.params.smoke,
-        "machine": machine(&run.args.work),
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
-        "run_seconds": started.elapsed().as_secs_f64(),
-        "hookbridge": run.args.bin.display().to_string(),
-        "fixture": run.args.fixture.display().to_string(),
-        "body_bytes": run.fixture.len(),
-        "resources": load::RESOURCES,
-        "ratios_to_ceiling": ratios,
-        "results": Value::Object(run.results.clone()),
-        "table": table,
-    });
-    if let Some(p) = run.args.out.parent() {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    std::fs::write(&run.args.out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    println!("{table}");
-    println!(
-        "ratios use the mean of the ceiling before and after; load average {} before, {} after; \
-         {:.0} s; JSON: {}",
-        load_before,
-        loadavg(),
-        started.elapsed().as_secs_f64(),
-        run.args.out.display()
-    );
-    // Spools and broker stores of a full run take gigabytes.
-    let _ = std::fs::remove_dir_all(&dir);
 }

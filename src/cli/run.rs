@@ -29,9 +29,9 @@ pub fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 /// glibc gives a thread that finds every arena busy a heap of its own, up to 8 per core, and
-/// each keeps its own free memory: with librdkafka's threads beside the runtime's, peak RSS in
-/// Kafka mode was 52-53 MiB against 49.7 with one arena per core (BENCHMARKS.md). Called before
-/// any thread starts; an operator's own `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` wins.
+/// each keeps its own free memory: with librdkafka's threads beside the runtime's, one arena per
+/// core lowers peak RSS in Kafka mode (BENCHMARKS.md has the figures). Called before any thread
+/// starts; an operator's own `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none()

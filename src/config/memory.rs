@@ -22,21 +22,19 @@
 
 use super::{Config, SinkKind};
 
-/// Binary, runtime, metrics, spool index and buffers of an idle bridge (12 MiB RSS measured
-/// idle, debug and release alike within 1 MiB), rounded up.
+/// Binary, runtime, metrics, spool index and buffers of an idle bridge, as measured
+/// (docs/operations.md, "Memory"), rounded up.
 pub const BASE_BYTES: u64 = 16 << 20;
-/// librdkafka's threads, metadata and buffers beyond the NATS client's (Kafka peaks ran about
-/// 5 MiB over NATS ones), rounded up.
+/// librdkafka's threads, metadata and buffers beyond the NATS client's, as measured, rounded up.
 pub const KAFKA_BASE_BYTES: u64 = 8 << 20;
 /// One open ingress connection without its body: hyper's read buffer (at most
 /// `http.max_header_bytes`, 16 KiB by default), its write buffer, the task, the socket, the
-/// lingering close's 8 KiB and, with TLS, rustls' record buffers. Measured (debug build, plain
-/// HTTP): 23 KiB for a connection holding an unfinished body, 46–72 KiB per connection under
-/// the 1-byte-chunk flood (`benches/ingress_flood.py`, `tests/ingress_budget.rs`); rounded up.
-/// TLS connections were not measured.
+/// lingering close's 8 KiB and, with TLS, rustls' record buffers: the most measured on plain
+/// HTTP (`benches/ingress_flood.py`, `tests/ingress_budget.rs`; figures in docs/operations.md),
+/// rounded up. TLS connections were not measured.
 pub const PER_CONNECTION_BYTES: u64 = 64 << 10;
-/// One remembered delivery id in the de-duplication set (`examples/dedup_mem.rs`: 21.2 bytes
-/// per id at a million), rounded up.
+/// One remembered delivery id in the de-duplication set, as `examples/dedup_mem.rs` measures
+/// it, rounded up.
 pub const DEDUP_BYTES_PER_ID: u64 = 22;
 /// A spool record beyond its body: the delivery's metadata (ids, action, resource id) and the
 /// frame, generously.

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 
 use super::fingerprint::{Fingerprint, Key};
 use super::lock;
@@ -101,8 +101,9 @@ pub(super) fn open(
     dir: &Path,
     window_ms: u64,
     max_entries: usize,
-    now_ms: u64,
+    clock: Clock,
 ) -> io::Result<Opened> {
+    let now_ms = clock.wall_ms();
     let existing = match fs.open_write(&dir.join(JOURNAL_FILE)) {
         Ok(f) => Some(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -137,6 +138,7 @@ pub(super) fn open(
                 live,
                 window_ms,
                 max_entries,
+                clock,
                 key: key.clone(),
                 failing: false,
                 bytes: bytes.clone(),
@@ -399,6 +401,8 @@ pub(super) struct JournalWriter {
     live: usize,
     window_ms: u64,
     max_entries: usize,
+    /// What compaction judges the window by: the de-duplication set's clock.
+    clock: Clock,
     key: Key,
     /// A write failed and nothing has succeeded since (to warn once per failure streak).
     failing: bool,
@@ -452,7 +456,7 @@ impl JournalWriter {
             }
         }
         if self.records > 2 * self.live + COMPACT_SLACK {
-            if let Err(e) = self.compact(now_ms()) {
+            if let Err(e) = self.compact(self.clock.wall_ms()) {
                 tracing::warn!(error = %e, "compacting the de-duplication journal failed");
                 // Try again after as many records again.
                 self.live = self.records;

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::spool::SpoolFs;
 use fingerprint::{Fingerprint, FirstWord, Key};
 pub use journal::JOURNAL_FILE;
@@ -142,19 +143,20 @@ impl Drop for ClaimGuard {
 }
 
 impl Dedup {
-    /// Opens the journal in `dir` and loads the ids still inside the window. Blocking.
-    /// `max_entries` is capped at [`MAX_ENTRIES`]. Fails on an I/O error or a journal of an
-    /// unknown format version (which it leaves as it is).
+    /// Opens the journal in `dir` and loads the ids still inside the window at `clock`'s wall
+    /// time, which the journal's compaction reads too (claims and commits are given their time
+    /// by the caller). Blocking. `max_entries` is capped at [`MAX_ENTRIES`]. Fails on an I/O
+    /// error or a journal of an unknown format version (which it leaves as it is).
     pub fn open(
         fs: Arc<dyn SpoolFs>,
         dir: &Path,
         window: Duration,
         max_entries: usize,
-        now_ms: u64,
+        clock: Clock,
     ) -> io::Result<Dedup> {
         let window_ms = window.as_millis() as u64;
         let max_entries = max_entries.min(MAX_ENTRIES);
-        let journal = journal::open(fs, dir, window_ms, max_entries, now_ms)?;
+        let journal = journal::open(fs, dir, window_ms, max_entries, clock)?;
         Ok(Dedup {
             window_ms,
             key: journal.key,

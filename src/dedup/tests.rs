@@ -6,15 +6,20 @@ use super::fingerprint::*;
 use super::journal::*;
 use super::set::*;
 use super::*;
-use crate::clock::now_ms;
+use crate::clock::ManualClock;
 use crate::spool::RealFs;
 use std::collections::VecDeque;
 
 const H: u64 = 3_600_000;
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// A set whose clock stands at `now` (claims and commits are given their own times).
 fn open(dir: &Path, window: Duration, max: usize, now: u64) -> Arc<Dedup> {
-    Arc::new(Dedup::open(Arc::new(RealFs), dir, window, max, now).unwrap())
+    open_on(dir, window, max, &ManualClock::new(now))
+}
+
+fn open_on(dir: &Path, window: Duration, max: usize, clock: &ManualClock) -> Arc<Dedup> {
+    Arc::new(Dedup::open(Arc::new(RealFs), dir, window, max, clock.clock()).unwrap())
 }
 
 fn new(c: Claim) -> ClaimGuard {
@@ -433,9 +438,15 @@ fn a_journal_of_another_version_is_refused_and_left_alone() {
     let crc = crc32c::crc32c(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(dir.path().join(JOURNAL_FILE), &bytes).unwrap();
-    let err = Dedup::open(Arc::new(RealFs), dir.path(), DAY, 100, 2000)
-        .err()
-        .expect("refused");
+    let err = Dedup::open(
+        Arc::new(RealFs),
+        dir.path(),
+        DAY,
+        100,
+        ManualClock::new(2000).clock(),
+    )
+    .err()
+    .expect("refused");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("version 4"), "{err}");
     assert_eq!(journal(dir.path()), bytes);
@@ -482,7 +493,16 @@ fn a_text_journal_is_read_once_and_rewritten_in_the_binary_format() {
 fn without_a_writable_journal_ids_are_remembered_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("gone");
-    let d = Arc::new(Dedup::open(Arc::new(RealFs), &missing, DAY, 100, 0).unwrap());
+    let d = Arc::new(
+        Dedup::open(
+            Arc::new(RealFs),
+            &missing,
+            DAY,
+            100,
+            ManualClock::new(0).clock(),
+        )
+        .unwrap(),
+    );
     store(&d, "a", 1);
     assert!(is_duplicate(d.claim("a", 2)));
     assert_eq!(d.journal_bytes(), 0);
@@ -493,12 +513,14 @@ fn without_a_writable_journal_ids_are_remembered_in_memory() {
 fn the_journal_thread_compacts_and_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let max = 100;
-    // The journal thread judges expiry by the wall clock.
-    let t0 = now_ms();
-    let d = open(dir.path(), DAY, max, t0);
+    // The journal thread judges expiry by the set's clock, which moves with the commits.
+    let t0 = 1_700_000_000_000;
+    let clock = ManualClock::new(t0);
+    let d = open_on(dir.path(), DAY, max, &clock);
     let n = 2 * COMPACT_SLACK as u64;
     for i in 0..n {
         store(&d, &format!("id{i}"), t0 + i * 1000);
+        clock.advance(Duration::from_secs(1));
     }
     d.close();
     let bytes = journal(dir.path());

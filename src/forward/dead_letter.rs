@@ -40,7 +40,7 @@ impl Forwarder {
             destination: rec.msg.destination.to_string(),
             reason: e.kind().to_owned(),
             error: e.to_string(),
-            dead_lettered_at_ms: crate::clock::now_ms(),
+            dead_lettered_at_ms: self.clock.wall_ms(),
         });
         rec.dead_letter = Some(DeadLetterJob {
             meta: meta.clone(),

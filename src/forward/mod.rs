@@ -38,6 +38,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use rand::Rng;
 
+use crate::clock::Clock;
 use crate::cloudevents::CloudEvents;
 use crate::config::ForwardConfig;
 use crate::deadletter::{self, DeadLetters};
@@ -71,6 +72,9 @@ pub struct Forwarder {
     pub dead_letters: Arc<DeadLetters>,
     /// What the admin listener shows of the oldest unsettled record.
     pub progress: Arc<Progress>,
+    /// A retry age (`forward.max_retry_age`) is measured on its monotonic time, a dead letter's
+    /// time is its wall time. [`Clock::system`] in production.
+    pub clock: Clock,
 }
 
 /// How one attempt at a record ended.
@@ -319,13 +323,14 @@ impl Forwarder {
             .publish_errors
             .with_label_values(&[sink, e.kind()])
             .inc();
-        if rec.failed(e.to_string(), w.confirms) {
+        let now = self.clock.mono_ms();
+        if rec.failed(e.to_string(), w.confirms, now) {
             w.stuck += 1;
         }
         let n = rec.attempts;
         match &e {
-            SendError::Retryable { .. } if rec.exhausted(&self.cfg, window_full) => {
-                let age = rec.stuck_since.map(|t| t.elapsed()).unwrap_or_default();
+            SendError::Retryable { .. } if rec.exhausted(&self.cfg, window_full, now) => {
+                let age = Duration::from_millis(rec.stuck_age_ms(now));
                 tracing::error!(seq, delivery_id = %rec.msg.id, destination = %rec.msg.destination,
                     attempts = n, strikes = rec.strikes, ?age, error = %e,
                     "record kept failing while the broker confirmed others; moving it to the dead-letter store");

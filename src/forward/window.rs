@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::dead_letter::DeadLetterJob;
 use crate::config::ForwardConfig;
@@ -38,8 +38,9 @@ pub(super) struct Pending {
     pub(super) strikes: u32,
     /// `Window::confirms` when this record last failed (or was first sent).
     pub(super) confirms_seen: u64,
-    /// The first strike: from here `forward.max_retry_age` counts.
-    pub(super) stuck_since: Option<Instant>,
+    /// The first strike, on the forwarder's monotonic clock ([`crate::clock::Clock::mono_ms`]):
+    /// from here `forward.max_retry_age` counts.
+    pub(super) stuck_since: Option<u64>,
     /// The last failure, for `/readyz`.
     pub(super) last_error: Option<Arc<str>>,
     /// The ingress kept this authentic but unroutable body for the dead-letter store, or it does
@@ -103,15 +104,16 @@ impl Pending {
 
     /// Counts a failed send. It is a strike if the broker confirmed other records (`confirms`,
     /// [`Window::confirms`] now) since this one last failed or was sent: then the failure is about
-    /// the record, not an outage. Returns true when this is the record's first strike.
-    pub(super) fn failed(&mut self, error: String, confirms: u64) -> bool {
+    /// the record, not an outage. `now_ms` is the forwarder's monotonic time. Returns true when
+    /// this is the record's first strike.
+    pub(super) fn failed(&mut self, error: String, confirms: u64, now_ms: u64) -> bool {
         self.attempts += 1;
         self.last_error = Some(error.into());
         let mut first_strike = false;
         if confirms != self.confirms_seen {
             self.strikes += 1;
             if self.stuck_since.is_none() {
-                self.stuck_since = Some(Instant::now());
+                self.stuck_since = Some(now_ms);
                 first_strike = true;
             }
         }
@@ -121,11 +123,19 @@ impl Pending {
 
     /// Whether a record that just failed has used up its budget: `forward.max_attempts` strikes,
     /// and either `forward.max_retry_age` since the first one or a full window (the record is
-    /// then holding up records that could be published).
-    pub(super) fn exhausted(&self, cfg: &ForwardConfig, window_full: bool) -> bool {
-        let Some(since) = self.stuck_since else {
+    /// then holding up records that could be published). `now_ms` is the forwarder's monotonic
+    /// time.
+    pub(super) fn exhausted(&self, cfg: &ForwardConfig, window_full: bool, now_ms: u64) -> bool {
+        if self.stuck_since.is_none() {
             return false;
-        };
-        self.strikes >= cfg.max_attempts && (window_full || since.elapsed() >= cfg.max_retry_age)
+        }
+        let age = Duration::from_millis(self.stuck_age_ms(now_ms));
+        self.strikes >= cfg.max_attempts && (window_full || age >= cfg.max_retry_age)
+    }
+
+    /// Milliseconds since the first strike at monotonic time `now_ms` (0 without one).
+    pub(super) fn stuck_age_ms(&self, now_ms: u64) -> u64 {
+        self.stuck_since
+            .map_or(0, |since| now_ms.saturating_sub(since))
     }
 }

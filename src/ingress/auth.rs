@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::signature::{self, Key, SigError};
+use crate::clock::Clock;
 use crate::config::{self, invalid, AuthConfig, Config};
 
 /// A request body that passed the gate, with the delivery headers the gate looked at.
@@ -124,12 +125,18 @@ pub struct Gate {
     pub token: Option<TokenAuth>,
     pub signatures: Option<SignatureAuth>,
     pub source: SourceAuth,
-    /// Current Unix time in seconds; injected so tolerance can be tested.
-    pub clock: fn() -> i64,
+    /// What the signature timestamp's tolerance is judged against (its wall time); the ingress
+    /// stamps `received_at_ms` from it too. [`Clock::system`] unless a test sets it.
+    pub clock: Clock,
 }
 
+/// The system's Unix time in seconds, as a signature timestamp carries it.
 pub fn system_clock() -> i64 {
-    (crate::clock::now_ms() / 1000) as i64
+    unix_secs(&Clock::system())
+}
+
+fn unix_secs(clock: &Clock) -> i64 {
+    (clock.wall_ms() / 1000) as i64
 }
 
 /// SHA-256 of a token, the form tokens are compared in.
@@ -173,7 +180,7 @@ impl Gate {
                 allow: auth.allow_cidrs.clone(),
                 trusted_proxies: c.http.trusted_proxies.clone(),
             },
-            clock: system_clock,
+            clock: Clock::system(),
         })
     }
 
@@ -183,7 +190,7 @@ impl Gate {
             token: None,
             signatures: None,
             source: SourceAuth::default(),
-            clock: system_clock,
+            clock: Clock::system(),
         }
     }
 
@@ -255,7 +262,7 @@ impl Gate {
                 ts,
                 header,
                 &body,
-                (self.clock)(),
+                unix_secs(&self.clock),
             )
             .map_err(Denied::Signature)?;
         }
@@ -402,7 +409,7 @@ mod tests {
                 keys: vec![Key::parse(secret).unwrap()],
                 tolerance: Duration::from_secs(300),
             }),
-            clock: || 1614265330,
+            clock: crate::clock::ManualClock::new(1_614_265_330_000).clock(),
             ..token_gate()
         };
         let body = Bytes::from_static(br#"{"test": 2432232314}"#);

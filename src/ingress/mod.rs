@@ -503,7 +503,7 @@ impl Ingress {
         let authentic = verified.authentic();
         let body = verified.into_body();
         let id = id.unwrap_or_else(|| body_id(&body));
-        let received_at_ms = crate::clock::now_ms();
+        let received_at_ms = self.gate.clock.wall_ms();
         let env = match envelope::parse(&body) {
             Ok(env) => env,
             Err(e) if authentic => {

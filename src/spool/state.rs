@@ -10,26 +10,13 @@ use tokio::sync::watch;
 use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::fs::SpoolFs;
 use super::SpoolConfig;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// Locks ignoring poisoning: a panic elsewhere has already poisoned the spool itself (see the
 /// writer's panic guard), and what these mutexes protect stays readable for stats and readers.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) use crate::clock::now_ms;
-
-/// Milliseconds on a monotonic clock (since the first call in this process): how the retention
-/// clock measures ages, so that a wall-clock step (NTP, an operator's `date -s`) can neither
-/// expire retained segments early nor keep them forever. Meaningless across restarts, which
-/// is fine: the retention clock is in memory only and restarts at open.
-pub(crate) fn mono_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
 }
 
 /// How far the durable, readable part of the spool reaches. Published by the writer after every
@@ -132,7 +119,8 @@ pub(crate) struct SegmentMeta {
     /// again does not count them twice.
     pub known_corrupt: Vec<u64>,
     /// When the writer first saw every record of this segment covered by the persisted
-    /// confirmed position, on the monotonic [`mono_ms`] clock: the retention clock. In memory
+    /// confirmed position, on the spool's monotonic clock ([`Clock::mono_ms`]): the retention
+    /// clock. In memory
     /// only; recovery leaves it `None`, so the writer stamps a segment found fully confirmed at
     /// open with the open time (see "Retention" in the module docs).
     pub confirmed_at_ms: Option<u64>,
@@ -306,6 +294,8 @@ pub(crate) struct Shared {
     /// The filesystem: [`super::RealFs`] in production.
     pub fs: Arc<dyn SpoolFs>,
     pub metrics: Arc<Metrics>,
+    /// Append times (wall) and retention ages (monotonic): [`Clock::system`] in production.
+    pub clock: Clock,
     pub segments: Mutex<SegmentTable>,
     pub quota: Mutex<Quota>,
     /// Latest position passed to `confirm` (in memory; the writer persists it).
@@ -323,6 +313,7 @@ impl Shared {
         cfg: SpoolConfig,
         fs: Arc<dyn SpoolFs>,
         metrics: Arc<Metrics>,
+        clock: Clock,
         table: SegmentTable,
         disk: u64,
         confirmed: u64,
@@ -334,6 +325,7 @@ impl Shared {
             cfg,
             fs,
             metrics,
+            clock,
             segments: Mutex::new(table),
             quota: Mutex::new(Quota {
                 disk,
@@ -523,6 +515,7 @@ mod tests {
             cfg,
             Arc::new(super::super::RealFs),
             Arc::new(Metrics::new()),
+            Clock::system(),
             SegmentTable::default(),
             0,
             0,

@@ -60,8 +60,10 @@ use super::format::{
     SEGMENT_HEADER_LEN,
 };
 use super::fs::{self, DirLock, SpoolFile};
-use super::state::{lock, mono_ms, now_ms, SegmentMeta, Shared};
+use super::state::{lock, SegmentMeta, Shared};
 use super::{Error, CONFIRMED_FILE, CONFIRMED_TMP_FILE};
+
+mod retention;
 
 /// One append waiting for its group commit.
 pub(crate) struct Request {
@@ -77,7 +79,7 @@ pub(crate) struct Request {
 /// The outcome of an append, and its payload back: the payload is freed by the task that
 /// allocated it, not by this thread. (glibc's malloc frees a block into the arena that
 /// allocated it, under that arena's lock: frees from the writer would contend with the runtime's
-/// workers, and in a profile they did.)
+/// workers.)
 pub(crate) type Reply = (Result<u64, Error>, Bytes);
 
 /// The segment new frames are appended to.
@@ -97,6 +99,10 @@ pub(crate) struct ActiveSegment {
 
 /// Confirm-persist period when the configured one is zero (a zero `recv_timeout` would spin).
 const MIN_CONFIRM_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How often, on the spool's monotonic clock, the writer looks for retained segments whose
+/// retention ran out (when `retain_confirmed` is set): they expire with time alone.
+const EXPIRY_CHECK_EVERY_MS: u64 = 1000;
 
 /// How often the writer asks the filesystem for its free space (when `min_free_bytes` is set).
 /// Between samples the spool subtracts its own writes from the last sample, so it cannot eat
@@ -136,6 +142,8 @@ pub(crate) struct Writer {
     last_persist: Instant,
     /// When free space was last sampled (`Shared::quota.fs_free`).
     last_free_sample: Instant,
+    /// When expiry was last looked for, on the spool's monotonic clock.
+    last_expiry_check: u64,
     /// Segments may be deletable without the confirmed position having moved: a rotation just
     /// sealed a fully confirmed segment, or the writer just started.
     deletions_due: bool,
@@ -156,6 +164,7 @@ impl Writer {
         persisted: u64,
     ) -> Writer {
         let dir = shared.cfg.dir.clone();
+        let last_expiry_check = shared.clock.mono_ms();
         let mut writer = Writer {
             shared,
             rx,
@@ -165,6 +174,7 @@ impl Writer {
             persisted,
             last_persist: Instant::now(),
             last_free_sample: Instant::now(),
+            last_expiry_check,
             deletions_due: true,
             buf: Vec::new(),
             _lock: lock,
@@ -274,7 +284,7 @@ impl Writer {
     /// those are replayed (the client got an error and may resend: a duplicate, never a loss)
     /// and any cut off as a torn tail have their seqs skipped, so no seq is reused.
     fn write_batch(&mut self, batch: &[Request]) -> Result<u64, String> {
-        let at_ms = now_ms();
+        let at_ms = self.shared.clock.wall_ms();
         let first_seq = self.next_seq;
         let end_seq = first_seq + batch.len() as u64;
         let mut run = std::mem::take(&mut self.buf);
@@ -458,7 +468,7 @@ impl Writer {
         table
             .segs
             .push_back(SegmentMeta::new(base, self.dir.join(&name)));
-        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
+        let (_, retained) = table.stamp_retained(self.persisted, self.shared.clock.mono_ms());
         let mut quota = lock(&self.shared.quota);
         quota.wrote(SEGMENT_HEADER_LEN);
         quota.retained = retained;
@@ -473,8 +483,13 @@ impl Writer {
         }
         if self.last_free_sample.elapsed() >= FREE_SPACE_SAMPLE_EVERY {
             self.resample_free_space();
-            // Retained segments expire with time alone; once a second is accuracy enough.
-            self.deletions_due |= !self.shared.cfg.retain_confirmed.is_zero();
+        }
+        let now = self.shared.clock.mono_ms();
+        if !self.shared.cfg.retain_confirmed.is_zero()
+            && now.saturating_sub(self.last_expiry_check) >= EXPIRY_CHECK_EVERY_MS
+        {
+            self.last_expiry_check = now;
+            self.deletions_due = true;
         }
         let confirmed = self.shared.confirmed();
         if confirmed > self.persisted && self.last_persist.elapsed() >= interval {
@@ -511,196 +526,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes, oldest first, every segment whose retention ran out: all of its records are <=
-    /// the persisted position, and it was first seen so at least `retain_confirmed` ago (with
-    /// `0s`, at once). The newest segment is kept (appends continue it) unless it is fully
-    /// confirmed and the quota is so tight that a maximum-size record would not fit even with
-    /// every other retained segment evicted: then it goes too, with all older ones (an
-    /// eviction, if their retention had not run out), and the next append starts a new segment.
-    /// That is safe because the durable `confirmed` file keeps the seq high-water mark. Sealed
-    /// segments still inside their retention otherwise go only by [`Self::make_room`].
-    fn delete_confirmed_segments(&mut self) {
-        self.deletions_due = false;
-        let persisted = self.persisted;
-        let retain_ms = self.shared.cfg.retain_confirmed.as_millis() as u64;
-        // Monotonic: a wall-clock step must not expire a retention window early.
-        let now = mono_ms();
-        // (base, path, len, records if deleted before its retention ran out)
-        let victims: Vec<(u64, PathBuf, u64, Option<u64>)> = {
-            let mut table = lock(&self.shared.segments);
-            table.stamp_retained(persisted, now);
-            // Invariant 3: `expired` only counts segments stamped fully confirmed.
-            let n = table.expired(retain_ms, now);
-            let mut v: Vec<_> = table
-                .segs
-                .iter()
-                .take(n)
-                .map(|s| (s.base, s.path.clone(), s.len, None))
-                .collect();
-            // Fully confirmed newest implies every older segment is fully confirmed too. The
-            // retained ones count as free for appends already; the newest does not (see
-            // `SegmentTable::stamp_retained`), so under quota pressure it goes here.
-            let newest = table.segs.len().checked_sub(1);
-            if newest.is_some_and(|i| table.fully_confirmed(i, persisted)) && self.quota_pressed() {
-                let bases: Vec<u64> = table.segs.iter().map(|s| s.base).collect();
-                for (i, s) in table.segs.iter().enumerate().skip(n) {
-                    let records = match bases.get(i + 1) {
-                        Some(next) => next - s.base,
-                        None => s.last_seq.map_or(0, |l| l + 1 - s.base),
-                    };
-                    let expired = s
-                        .confirmed_at_ms
-                        .is_some_and(|at| now.saturating_sub(at) >= retain_ms);
-                    v.push((s.base, s.path.clone(), s.len, (!expired).then_some(records)));
-                }
-            }
-            v
-        };
-        if victims.is_empty() {
-            return;
-        }
-        let mut removed = 0;
-        for (base, path, len, evicted) in victims {
-            if !self.remove_segment(
-                base,
-                &path,
-                len,
-                "deleting a confirmed segment failed; will retry after the next persist",
-            ) {
-                break;
-            }
-            if let Some(records) = evicted {
-                self.shared.metrics.spool_evicted_segments.inc();
-                self.shared.metrics.spool_evicted_records.inc_by(records);
-            }
-            removed += 1;
-        }
-        self.sync_dir_after_deleting("deleting");
-        tracing::debug!(
-            segments = removed,
-            confirmed = persisted,
-            "deleted confirmed segments"
-        );
-        // Deleting is what frees space: look at once rather than refuse for up to a period.
-        self.resample_free_space();
-    }
-
-    /// Unlinks a fully confirmed segment and forgets it; on failure counts and logs `failed`
-    /// and returns false (the caller stops: it is retried after the next persist or batch).
-    fn remove_segment(
-        &mut self,
-        base: u64,
-        path: &std::path::Path,
-        len: u64,
-        failed: &str,
-    ) -> bool {
-        if let Err(e) = fs::remove_file(self.shared.fs.as_ref(), path) {
-            self.shared
-                .metrics
-                .spool_errors
-                .with_label_values(&["confirm"])
-                .inc();
-            tracing::error!(segment = %path.display(), error = %e, "{failed}");
-            return false;
-        }
-        self.forget_segment(base, len);
-        true
-    }
-
-    /// Makes the unlinks of confirmed segments durable. A failure is counted and logged but not
-    /// fatal: a lost unlink only brings back confirmed records, which recovery deletes (or
-    /// eviction evicts) again.
-    fn sync_dir_after_deleting(&self, what: &str) {
-        if let Err(e) = self.shared.fs.sync_dir(&self.dir) {
-            self.shared
-                .metrics
-                .spool_errors
-                .with_label_values(&["confirm"])
-                .inc();
-            tracing::error!(error = %e, "fsync of the spool directory after {what} segments failed");
-        }
-    }
-
-    /// Rule 6: before a batch is written, evicts fully confirmed segments, oldest first, while
-    /// the batch (`reserved` bytes) would not fit the quota or would eat into `min_free_bytes`.
-    /// Appends were admitted counting retained bytes as free, so this is what keeps the segment
-    /// files within `max_bytes`. Only segments covered by the persisted position are ever
-    /// candidates (invariant 3): an unconfirmed record is never evicted.
-    fn make_room(&mut self, reserved: u64) {
-        let cfg = &self.shared.cfg;
-        let (max_bytes, min_free) = (cfg.max_bytes, cfg.min_free_bytes);
-        let mut evicted = 0u64;
-        loop {
-            let pressed = {
-                let q = lock(&self.shared.quota);
-                // The batch goes into the preallocated zeros first (or a rotation cuts them).
-                let used = q.disk.saturating_sub(q.preallocated);
-                let free = q.fs_free.saturating_add(q.preallocated);
-                q.retained > 0
-                    && (used + reserved > max_bytes
-                        || (min_free > 0 && free.saturating_sub(reserved) < min_free))
-            };
-            if !pressed {
-                break;
-            }
-            let victim = {
-                let table = lock(&self.shared.segments);
-                // Invariant 3: only a segment every record of which the persisted position covers;
-                // and a sealed one, as counted in `Quota::retained`.
-                match (table.segs.front(), table.segs.get(1)) {
-                    (Some(s), Some(next)) if table.fully_confirmed(0, self.persisted) => {
-                        Some((s.base, s.path.clone(), s.len, next.base - s.base))
-                    }
-                    _ => None,
-                }
-            };
-            let Some((base, path, len, records)) = victim else {
-                break;
-            };
-            if !self.remove_segment(base, &path, len, "evicting a retained segment failed") {
-                break;
-            }
-            // The estimate until the resample below.
-            let mut q = lock(&self.shared.quota);
-            q.fs_free = q.fs_free.saturating_add(len);
-            drop(q);
-            self.shared.metrics.spool_evicted_segments.inc();
-            self.shared.metrics.spool_evicted_records.inc_by(records);
-            evicted += 1;
-        }
-        if evicted > 0 {
-            self.sync_dir_after_deleting("evicting");
-            tracing::info!(
-                segments = evicted,
-                "evicted retained confirmed segments to make room for new deliveries"
-            );
-            self.resample_free_space();
-        }
-    }
-
-    /// Drops a deleted segment from the table and the quota (with the retained bytes it held).
-    fn forget_segment(&mut self, base: u64, len: u64) {
-        // The newest segment's file is longer than its frames by what was preallocated.
-        let active = self.active.take_if(|a| a.base == base);
-        let mut table = lock(&self.shared.segments);
-        table.segs.retain(|s| s.base != base);
-        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
-        let mut quota = lock(&self.shared.quota);
-        quota.freed(active.as_ref().map_or(len, |a| a.alloc));
-        if active.is_some() {
-            quota.preallocated = 0;
-        }
-        quota.retained = retained;
-    }
-
-    /// Recomputes the retained bytes (and starts the retention clock of newly fully confirmed
-    /// segments) after the persisted position moved.
-    fn refresh_retained(&mut self) {
-        let mut table = lock(&self.shared.segments);
-        let (_, retained) = table.stamp_retained(self.persisted, mono_ms());
-        lock(&self.shared.quota).retained = retained;
-    }
-
     fn resample_free_space(&mut self) {
         self.last_free_sample = Instant::now();
         let free = sample_free_space(
@@ -709,15 +534,6 @@ impl Writer {
             self.shared.fs.as_ref(),
         );
         lock(&self.shared.quota).fs_free = free;
-    }
-
-    /// Whether a maximum-size append would be refused for quota even counting every retained
-    /// (sealed, fully confirmed) segment as free: then only deleting the newest segment, if it
-    /// is fully confirmed, can make room.
-    fn quota_pressed(&self) -> bool {
-        let q = lock(&self.shared.quota);
-        let used = q.used() + q.queued;
-        self.shared.cfg.max_bytes.saturating_sub(used) < self.shared.max_reservation()
     }
 
     /// After the last request: persist the final confirmed position, mark the spool closed.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hookbridge::clock::ManualClock;
 use hookbridge::dedup::{Claim, Dedup};
 
 use crate::memfs::MemFs;
@@ -63,7 +64,13 @@ fn after_a_power_cut_the_journal_remembers_only_committed_ids() {
         // A small bound, so that compaction drops ids too.
         let max = 60;
         for phase in 0..2 {
-            let Ok(d) = Dedup::open(Arc::new(fs.clone()), &dir, DAY, max, now) else {
+            let Ok(d) = Dedup::open(
+                Arc::new(fs.clone()),
+                &dir,
+                DAY,
+                max,
+                ManualClock::new(now).clock(),
+            ) else {
                 break;
             };
             let d = Arc::new(d);
@@ -75,8 +82,14 @@ fn after_a_power_cut_the_journal_remembers_only_committed_ids() {
         }
         fs.cut_now();
         let (cut, survivor) = fs.survivor().expect("power was cut");
-        let d = Dedup::open(Arc::new(survivor), &dir, DAY, 1000, now + 2)
-            .unwrap_or_else(|e| panic!("seed {seed}, cut at {cut:?}: reopen failed: {e}"));
+        let d = Dedup::open(
+            Arc::new(survivor),
+            &dir,
+            DAY,
+            1000,
+            ManualClock::new(now + 2).clock(),
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}, cut at {cut:?}: reopen failed: {e}"));
         // The ids are remembered as fingerprints, so the check asks about every id the test
         // ever claimed.
         let claimed = (0..2).flat_map(|phase| ids(seed, phase).chain(released(seed, phase)));
@@ -117,7 +130,16 @@ fn a_power_cut_during_the_journal_threads_compaction_keeps_only_committed_ids() 
     let (mut in_compaction, mut after_compaction) = (0, 0);
     for k in 0..14u64 {
         let fs = MemFs::new(Path::new("/power"), k);
-        let d = Arc::new(Dedup::open(Arc::new(fs.clone()), &dir, DAY, max, now).unwrap());
+        let d = Arc::new(
+            Dedup::open(
+                Arc::new(fs.clone()),
+                &dir,
+                DAY,
+                max,
+                ManualClock::new(now).clock(),
+            )
+            .unwrap(),
+        );
         let mut committed = HashSet::new();
         let fill = (0..COMPACT_AFTER).map(|i| format!("fill_{k}_{i}"));
         commit_all(&d, fill, now, &mut committed);
@@ -145,8 +167,14 @@ fn a_power_cut_during_the_journal_threads_compaction_keeps_only_committed_ids() 
         if cut.path.ends_with("dedup.journal.tmp") || cut.op == "rename" {
             in_compaction += 1;
         }
-        let d = Dedup::open(Arc::new(survivor), &dir, DAY, 100_000, now + 1)
-            .unwrap_or_else(|e| panic!("cut {k} at {cut:?}: reopen failed: {e}"));
+        let d = Dedup::open(
+            Arc::new(survivor),
+            &dir,
+            DAY,
+            100_000,
+            ManualClock::new(now + 1).clock(),
+        )
+        .unwrap_or_else(|e| panic!("cut {k} at {cut:?}: reopen failed: {e}"));
         let fill = (0..COMPACT_AFTER).map(|i| format!("fill_{k}_{i}"));
         for id in fill.chain(ids(k, 9)).chain(released(k, 9)) {
             assert!(

@@ -8,7 +8,9 @@
 //! (Prometheus' instrumentation guidance). In debug builds a label value missing from its table
 //! panics, so the tables cannot drift from the code that counts.
 
-use prometheus::core::{MetricVec, MetricVecBuilder};
+mod family;
+
+pub use family::Family;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -112,65 +114,6 @@ const DEAD_LETTER_REASON: Dim = &[
     labels::FORWARD_REASONS,
 ];
 
-/// A labelled metric family whose label values come from [`labels`]. The vector inside is
-/// reached only through [`Family::with_label_values`], which checks the values in debug builds:
-/// a value missing from its table fails the first test that counts it, instead of becoming a
-/// series that appears only after its first event.
-#[derive(Clone, Debug)]
-pub struct Family<V> {
-    vec: V,
-    dims: &'static [Dim],
-}
-
-impl<T: MetricVecBuilder> Family<MetricVec<T>> {
-    fn new(vec: MetricVec<T>, dims: &'static [Dim]) -> Self {
-        Family { vec, dims }
-    }
-
-    /// The child for `values`, one per dimension, each from its table.
-    pub fn with_label_values(&self, values: &[&str]) -> T::M {
-        debug_assert!(
-            self.known(values),
-            "{}: label values {values:?} are not in metrics::labels; add them to its table",
-            prometheus::core::Collector::desc(&self.vec)[0].fq_name
-        );
-        self.vec.with_label_values(values)
-    }
-
-    fn known(&self, values: &[&str]) -> bool {
-        values.len() == self.dims.len()
-            && values.iter().zip(self.dims).all(|(v, dim)| {
-                dim.iter().any(|t| t.contains(v)) || (cfg!(test) && labels::TEST_ONLY.contains(v))
-            })
-    }
-
-    /// Creates (at 0) the child of every combination of known values; with `first`, only those
-    /// whose first label is `first`.
-    fn precreate(&self, first: Option<&str>) {
-        let mut combos: Vec<Vec<&str>> = vec![Vec::new()];
-        for (i, dim) in self.dims.iter().enumerate() {
-            let mut values: Vec<&str> = match (i, first) {
-                (0, Some(f)) => vec![f],
-                _ => dim.iter().flat_map(|t| t.iter().copied()).collect(),
-            };
-            values.sort_unstable();
-            values.dedup();
-            combos = combos
-                .iter()
-                .flat_map(|c| values.iter().map(move |v| [&c[..], &[*v]].concat()))
-                .collect();
-        }
-        for c in combos {
-            self.with_label_values(&c);
-        }
-    }
-
-    /// The vector itself, to register it.
-    pub fn vec(&self) -> &MetricVec<T> {
-        &self.vec
-    }
-}
-
 /// Latency buckets from 100 µs to 10 s: an fsync on a good disk is well under a millisecond, and
 /// anything near the sender's 15 s timeout must still be visible.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -240,6 +183,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // One table on purpose: every family's name, help, labels and buckets, read top to bottom.
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
@@ -742,34 +686,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_family_has_a_sample_from_the_start() {
-        let m = Metrics::new();
-        m.start_sink("nats", false);
-        let text = m.render();
-        for name in m.metric_names() {
-            assert!(
-                text.lines()
-                    .any(|l| !l.starts_with('#') && l.starts_with(&name)),
-                "{name} has no sample on a fresh registry"
-            );
-        }
-        assert!(text.contains(r#"hookbridge_broker_up{sink="nats"} 1"#));
-        assert!(
-            !text.contains(r#"sink="kafka""#),
-            "only the configured sink's series"
-        );
-        assert!(text.contains(r#"hookbridge_dead_lettered_total{reason="retries_exhausted"} 0"#));
-        assert!(text.contains(r#"hookbridge_http_requests_total{status="429"} 0"#));
-    }
-
-    #[test]
-    #[cfg(debug_assertions)]
-    #[should_panic(expected = "not in metrics::labels")]
-    fn a_label_value_missing_from_its_table_panics_in_debug_builds() {
-        Metrics::new().spool_errors.with_label_values(&["rename"]);
-    }
-}
+mod tests;
