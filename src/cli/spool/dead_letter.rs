@@ -1,26 +1,18 @@
-//! `spool dead-letter list` and `spool dead-letter requeue`.
+//! `spool dead-letter list`, `requeue` and `purge`. Requeue and purge run through a running
+//! bridge when one holds the lock (`live.rs`); the work is [`crate::repair`]'s either way.
 
 use std::io::Write;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use serde::Serialize;
-
-use super::{mark_copy, open_for_writing, Error, Selection};
+use super::live::{self, Target};
+use super::{open_for_writing, Error};
+use crate::admin::api::DeadLetterJson;
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::deadletter::{DeadLetters, Meta};
-use crate::delivery::{CopyKind, Delivery};
-use crate::spool::{inspect, Spool};
-
-#[derive(Serialize)]
-pub(super) struct DeadLetterJson<'a> {
-    seq: u64,
-    id: &'a str,
-    action: &'a str,
-    destination: &'a str,
-    reason: &'a str,
-    error: &'a str,
-    dead_lettered_at: String,
-}
+use crate::repair::{self, RequeueReport, Selection};
+use crate::spool::inspect;
 
 pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> {
     let Some(dl) = DeadLetters::open_existing(&config.spool.dir)? else {
@@ -42,15 +34,7 @@ pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u
     }
     if json {
         for m in &metas {
-            let j = DeadLetterJson {
-                seq: m.seq,
-                id: &m.id,
-                action: &m.action,
-                destination: &m.destination,
-                reason: &m.reason,
-                error: &m.error,
-                dead_lettered_at: rfc3339(m.dead_lettered_at_ms),
-            };
+            let j = DeadLetterJson::from(m);
             say!(
                 out,
                 "{}",
@@ -114,131 +98,121 @@ fn print_table(metas: &[Meta], out: &mut dyn Write) -> Result<u8, Error> {
     }
     say!(
         out,
-        "{} dead letter(s). After fixing the cause: stop the bridge, `hookbridge spool dead-letter requeue --seq N | --id ID | --all`, start it.",
+        "{} dead letter(s). After fixing the cause: `hookbridge spool dead-letter requeue --seq N | --id ID | --reason R | --all` (through the running bridge, or offline when it is stopped).",
         rows.len()
     );
     Ok(0)
 }
 
-/// Selected dead letters, seq order, and how many unreadable files `--all` had to leave alone
-/// (reported on stderr).
-pub(super) fn select(dl: &DeadLetters, sel: &Selection) -> Result<(Vec<Meta>, u64), Error> {
-    let mut out = Vec::new();
-    let mut unreadable = 0;
-    for e in dl.list()? {
-        match e {
-            Ok(m) => {
-                let hit =
-                    sel.all || sel.seq == Some(m.seq) || sel.id.as_deref() == Some(m.id.as_str());
-                if hit {
-                    out.push(m);
-                }
-            }
-            Err(e) if sel.all => {
-                eprintln!("hookbridge: skipping {e}");
-                unreadable += 1;
-            }
-            Err(_) => {}
-        }
-    }
-    Ok((out, unreadable))
-}
-
-pub(super) fn describe(sel: &Selection) -> String {
-    match (&sel.id, sel.seq) {
-        (Some(id), _) => format!("with delivery id {id:?}"),
-        (None, Some(seq)) => format!("with seq {seq}"),
-        _ => "at all".to_owned(),
-    }
-}
-
-pub(super) fn requeue(
-    mut config: Config,
-    sel: &Selection,
+/// What a requeue printed, live or offline: one line per record, the total, and what was left.
+pub(super) fn print_requeue(
+    report: &RequeueReport,
+    then: &str,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
-    // Appending needs the spool settings `run` would use; check them like `run` does.
-    let dir = config.spool.dir.clone();
-    config = crate::app::Settings::new(config)?.raw;
-    let cfg = crate::app::spool_config(&config);
-    // `Spool::open` would create a missing directory: a typo must not make an empty spool.
-    if !dir.is_dir() {
-        return Err(inspect::Error::NoSuchDir(dir).into());
+    for r in &report.requeued {
+        say!(
+            out,
+            "requeued dead letter seq {} (id {}, action {}) as spool seq {}",
+            r.seq,
+            r.id,
+            r.action,
+            r.new_seq
+        );
     }
-    // Read-only first, so a selection that matches nothing changes nothing (opening the spool
-    // runs recovery, which may truncate a torn tail).
-    let nothing = || Error::Refused(format!("no dead letter {}: nothing to do", describe(sel)));
-    let Some(dl) = DeadLetters::open_existing(&dir)? else {
-        return Err(nothing());
-    };
-    if select(&dl, sel)?.0.is_empty() {
-        return Err(nothing());
+    for s in &report.skipped {
+        eprintln!("hookbridge: {s}");
     }
-    drop(dl);
-
-    let (spool, rt) = open_for_writing(cfg, &dir)?;
-    let result = requeue_locked(&rt, &spool, &dir, sel, out);
-    let closed = rt.block_on(spool.close());
-    let (done, skipped) = result?;
-    closed.map_err(|source| Error::Spool {
-        dir: dir.clone(),
-        source,
-    })?;
-    say!(
-        out,
-        "requeued {done} record(s); start the bridge to forward them"
-    );
-    if skipped > 0 {
+    say!(out, "requeued {} record(s); {then}", report.requeued.len());
+    if let Some(e) = &report.stopped {
         return Err(Error::Refused(format!(
-            "{skipped} dead letter(s) could not be requeued and were left in the store"
+            "requeue stopped, the spool refused: {e}; the rest are still in the store"
+        )));
+    }
+    if !report.skipped.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} dead letter(s) could not be requeued and were left in the store",
+            report.skipped.len()
         )));
     }
     Ok(0)
 }
 
-/// With the lock held: append each selected record (fsync'd) and only then remove it from the
-/// store, so a crash in between leaves a duplicate, never a loss. Returns (requeued, skipped).
-pub(super) fn requeue_locked(
-    rt: &tokio::runtime::Runtime,
-    spool: &Spool,
-    dir: &std::path::Path,
+/// The offline path's checks before it takes the lock: the directory exists (opening the spool
+/// would create it) and the selection matches something, read-only, so a selection that matches
+/// nothing changes nothing (opening the spool runs recovery).
+fn precheck(config: &Config, sel: &Selection) -> Result<repair::Matcher, Error> {
+    let matcher = sel.matcher(true)?;
+    let dir = &config.spool.dir;
+    if !dir.is_dir() {
+        return Err(inspect::Error::NoSuchDir(dir.clone()).into());
+    }
+    let nothing = || Error::Refused(format!("no dead letter {}: nothing to do", sel.describe()));
+    let dl = DeadLetters::open_existing(dir)?.ok_or_else(nothing)?;
+    if repair::select(&dl, &matcher)?.0.is_empty() {
+        return Err(nothing());
+    }
+    Ok(matcher)
+}
+
+pub(super) fn requeue(
+    config: Config,
+    target: &Target,
     sel: &Selection,
     out: &mut dyn Write,
-) -> Result<(u64, u64), Error> {
-    // Under the lock the store cannot change behind us: only the lock holder's forwarder adds.
-    let dl = DeadLetters::open(dir)?;
-    let (selected, mut skipped) = select(&dl, sel)?;
-    let mut done = 0;
-    for m in selected {
-        let Some((_, payload)) = dl.get(m.seq)? else {
-            continue;
-        };
-        let payload = match Delivery::decode(payload.clone()) {
-            Ok(d) => mark_copy(d, CopyKind::Requeue),
-            Err(e) => {
-                eprintln!(
-                    "hookbridge: dead letter seq {} is not a delivery record ({e}); left in the store",
-                    m.seq
-                );
-                skipped += 1;
-                continue;
-            }
-        };
-        let new_seq = rt
-            .block_on(spool.append(payload))
-            .map_err(|source| Error::Spool {
-                dir: dir.to_owned(),
-                source,
-            })?;
-        dl.remove(m.seq)?;
-        done += 1;
-        say!(
-            out,
-            "requeued dead letter seq {} (id {}, action {}) as spool seq {new_seq}",
-            m.seq,
-            m.id,
-            m.action
-        );
+) -> Result<u8, Error> {
+    if target.wanted(&config) {
+        return live::requeue(&config, target, sel, out);
     }
-    Ok((done, skipped))
+    // Appending needs the spool settings `run` would use; check them like `run` does.
+    let config = crate::app::Settings::new(config)?.raw;
+    let matcher = precheck(&config, sel)?;
+    let dir = config.spool.dir.clone();
+    let (spool, rt) = open_for_writing(crate::app::spool_config(&config), &dir)?;
+    let result = (|| -> Result<RequeueReport, Error> {
+        // Under the lock the store cannot change behind us: only the lock holder's forwarder adds.
+        let dl = Arc::new(DeadLetters::open(&dir)?);
+        let (selected, unreadable) = repair::select(&dl, &matcher)?;
+        let mut report = rt.block_on(repair::requeue(&spool, &dl, selected, &AtomicU64::new(0)))?;
+        if matcher.is_all() {
+            report.skipped.extend(unreadable);
+        }
+        Ok(report)
+    })();
+    let closed = rt.block_on(spool.close());
+    let report = result?;
+    closed.map_err(|source| Error::Spool { dir, source })?;
+    print_requeue(&report, "start the bridge to forward them", out)
+}
+
+pub(super) fn purge(
+    config: Config,
+    target: &Target,
+    sel: &Selection,
+    yes: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Error> {
+    if !yes {
+        return Err(Error::Usage(
+            "purge deletes dead letters for good: add --yes".into(),
+        ));
+    }
+    if target.wanted(&config) {
+        return live::purge(&config, target, sel, out);
+    }
+    config.validate()?;
+    let matcher = precheck(&config, sel)?;
+    let dir = config.spool.dir.clone();
+    // The lock, so no bridge adds to the store while we remove from it.
+    let (spool, rt) = open_for_writing(crate::app::spool_config(&config), &dir)?;
+    let result = (|| -> Result<u64, Error> {
+        let dl = Arc::new(DeadLetters::open(&dir)?);
+        let (selected, _) = repair::select(&dl, &matcher)?;
+        Ok(rt.block_on(repair::purge(&dl, selected))?)
+    })();
+    let closed = rt.block_on(spool.close());
+    let n = result?;
+    closed.map_err(|source| Error::Spool { dir, source })?;
+    say!(out, "purged {n} dead letter(s)");
+    Ok(0)
 }
