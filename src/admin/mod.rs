@@ -195,6 +195,11 @@ impl Admin {
             "/livez" => server::json(StatusCode::OK, &json!({"status": "alive"})),
             "/readyz" => self.readyz(),
             "/ui" => ui::page(),
+            // Browsers ask for it with every page; an empty answer keeps their consoles clean.
+            "/favicon.ico" => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("static response parts are valid"),
             _ => server::json(
                 StatusCode::NOT_FOUND,
                 &json!({"error": "not_found", "detail": "try /metrics, /livez, /readyz, /api/v1/status or /ui"}),
