@@ -7,13 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use hookbridge::deadletter::{DeadLetters, Meta};
-use hookbridge::delivery::Delivery;
+use hookbridge::deadletter::DeadLetters;
 
 const PATH: &str = "/webhooks/sessionboard";
-const TOKEN: &str = "ui-test-token-0123456789";
+const TOKEN: &str = ADMIN_TOKEN;
 const ACTION: &str = "session.updated";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,40 +21,12 @@ async fn the_page_shows_requeues_and_replays_in_chromium() {
     }
     let began = Instant::now();
     let (spool, etc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dead = Delivery {
-        id: "ui-dead-7".into(),
-        timestamp: None,
-        action: ACTION.into(),
-        resource_id: "u".into(),
-        org_id: None,
-        event_id: None,
-        received_at_ms: hookbridge::clock::now_ms(),
-        reject_reason: None,
-        copied: None,
-        body: Bytes::from(body(ACTION, "u", 7)),
-    };
-    let meta = Meta {
-        seq: 500,
-        id: dead.id.clone(),
-        action: ACTION.into(),
-        destination: format!("x.{ACTION}"),
-        reason: "too_large".into(),
-        error: "made by the test".into(),
-        dead_lettered_at_ms: hookbridge::clock::now_ms(),
-    };
-    DeadLetters::open(spool.path())
-        .unwrap()
-        .put(&meta, &dead.encode())
-        .unwrap();
-    let token_file = etc.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
+    put_dead_letter(spool.path(), 500, "ui-dead-7", "u", 7, "too_large");
+    let token_file = token_file(etc.path());
     let id = unique("ui");
     let stream = id.to_uppercase();
     let mut env = bridge_env(spool.path(), &id, &stream);
-    env.push((
-        "HOOKBRIDGE_ADMIN__TOKEN_FILE".into(),
-        token_file.display().to_string(),
-    ));
+    env.push(("HOOKBRIDGE_ADMIN__TOKEN_FILE".into(), token_file));
     env.push(("HOOKBRIDGE_SPOOL__RETAIN_CONFIRMED".into(), "1h".into()));
     env.push(("HOOKBRIDGE_SPOOL__CONFIRM_INTERVAL".into(), "100ms".into()));
     let bridge = BridgeProcess::spawn(&env).await;
