@@ -33,6 +33,7 @@ fn spool_cli(
     )
 }
 
+// Over 80 lines: each command and its expected output, in the order an operator runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_repairs_through_the_running_bridge() {
     if !require(&[Tier::Nats]) {

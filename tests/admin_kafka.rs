@@ -46,12 +46,10 @@ async fn requeued_dead_letters_reach_kafka_in_order() {
             }
         })
     };
-    let (s, v) = api(
+    let (s, v) = admin_post(
         &client,
         bridge.admin,
-        "POST",
         "dead-letters/requeue",
-        Some(ADMIN_TOKEN),
         r#"{"reason":"unknown_topic"}"#,
     )
     .await;

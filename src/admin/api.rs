@@ -19,7 +19,6 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::{Token, Verdict};
@@ -83,30 +82,18 @@ impl Refusal {
 
 type Answer = Result<(StatusCode, Value), Refusal>;
 
-/// One row of `GET dead-letters`: the store's metadata, time as RFC 3339.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DeadLetterJson {
-    pub seq: u64,
-    pub id: String,
-    pub action: String,
-    pub destination: String,
-    pub reason: String,
-    pub error: String,
-    pub dead_lettered_at: String,
-}
-
-impl From<&Meta> for DeadLetterJson {
-    fn from(m: &Meta) -> Self {
-        DeadLetterJson {
-            seq: m.seq,
-            id: m.id.clone(),
-            action: m.action.clone(),
-            destination: m.destination.clone(),
-            reason: m.reason.clone(),
-            error: m.error.clone(),
-            dead_lettered_at: rfc3339(m.dead_lettered_at_ms),
-        }
+/// One dead letter as JSON (`GET dead-letters`, `spool dead-letter list --json`): the store's
+/// metadata, its time as RFC 3339 (`dead_lettered_at`) instead of epoch ms.
+pub fn dead_letter_json(m: &Meta) -> Value {
+    let mut v = serde_json::to_value(m).expect("meta serializes");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("dead_lettered_at_ms");
+        o.insert(
+            "dead_lettered_at".into(),
+            json!(rfc3339(m.dead_lettered_at_ms)),
+        );
     }
+    v
 }
 
 impl Api {
@@ -292,12 +279,7 @@ impl Api {
         let matcher = q.selection.matcher(false).map_err(usage)?;
         let after = q.cursor.unwrap_or(0);
         let (metas, unreadable) = self.store(move |dl| repair::select(dl, &matcher)).await?;
-        let page: Vec<DeadLetterJson> = metas
-            .iter()
-            .filter(|m| m.seq > after)
-            .take(limit)
-            .map(DeadLetterJson::from)
-            .collect();
+        let page: Vec<&Meta> = metas.iter().filter(|m| m.seq > after).take(limit).collect();
         let more = metas.iter().filter(|m| m.seq > after).count() > page.len();
         let next = more
             .then(|| page.last().map(|m| m.seq.to_string()))
@@ -346,7 +328,7 @@ impl Api {
                 )
             })?;
         let (meta, payload) = found;
-        let mut doc = serde_json::to_value(DeadLetterJson::from(&meta)).expect("serializes");
+        let mut doc = dead_letter_json(&meta);
         match Delivery::decode(payload) {
             Ok(d) => {
                 doc["received_at"] = json!(rfc3339(d.received_at_ms));

@@ -112,3 +112,18 @@ pub fn env_with_token(spool: &Path, etc: &Path, tag: &str) -> (Vec<(String, Stri
     env.push(("HOOKBRIDGE_SPOOL__CONFIRM_INTERVAL".into(), "100ms".into()));
     (env, id.to_uppercase())
 }
+
+/// `POST /api/v1/{path}` with [`ADMIN_TOKEN`].
+pub async fn admin_post(
+    client: &HttpClient,
+    admin: SocketAddr,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    api(client, admin, "POST", path, Some(ADMIN_TOKEN), body).await
+}
+
+/// `GET /api/v1/{path}` with [`ADMIN_TOKEN`].
+pub async fn admin_get(client: &HttpClient, admin: SocketAddr, path: &str) -> (u16, Value) {
+    api(client, admin, "GET", path, Some(ADMIN_TOKEN), "").await
+}

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use super::live::{self, Target};
 use super::{open_for_writing, Error};
-use crate::admin::api::DeadLetterJson;
+use crate::admin::api::dead_letter_json;
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::deadletter::{DeadLetters, Meta};
 use crate::repair::{self, RequeueReport, Selection};
-use crate::spool::inspect;
+use crate::spool::{inspect, Spool};
 
 pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> {
     let Some(dl) = DeadLetters::open_existing(&config.spool.dir)? else {
@@ -34,12 +34,7 @@ pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u
     }
     if json {
         for m in &metas {
-            let j = DeadLetterJson::from(m);
-            say!(
-                out,
-                "{}",
-                serde_json::to_string(&j).expect("meta serializes")
-            );
+            say!(out, "{}", dead_letter_json(m));
         }
         return Ok(0);
     }
@@ -155,6 +150,34 @@ fn precheck(config: &Config, sel: &Selection) -> Result<repair::Matcher, Error> 
     Ok(matcher)
 }
 
+/// With the spool's lock held (so no bridge adds to the store meanwhile): opens the store
+/// and runs `work` on the selected records, then closes the spool.
+fn under_lock<T>(
+    config: &Config,
+    matcher: &repair::Matcher,
+    work: impl FnOnce(
+        &Spool,
+        &tokio::runtime::Runtime,
+        &Arc<DeadLetters>,
+        Vec<Meta>,
+        Vec<String>,
+    ) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let dir = config.spool.dir.clone();
+    let (spool, rt) = open_for_writing(crate::app::spool_config(config), &dir)?;
+    let result = DeadLetters::open(&dir)
+        .map_err(Error::from)
+        .map(Arc::new)
+        .and_then(|dl| {
+            let (selected, unreadable) = repair::select(&dl, matcher)?;
+            work(&spool, &rt, &dl, selected, unreadable)
+        });
+    let closed = rt.block_on(spool.close());
+    let value = result?;
+    closed.map_err(|source| Error::Spool { dir, source })?;
+    Ok(value)
+}
+
 pub(super) fn requeue(
     config: Config,
     target: &Target,
@@ -167,21 +190,13 @@ pub(super) fn requeue(
     // Appending needs the spool settings `run` would use; check them like `run` does.
     let config = crate::app::Settings::new(config)?.raw;
     let matcher = precheck(&config, sel)?;
-    let dir = config.spool.dir.clone();
-    let (spool, rt) = open_for_writing(crate::app::spool_config(&config), &dir)?;
-    let result = (|| -> Result<RequeueReport, Error> {
-        // Under the lock the store cannot change behind us: only the lock holder's forwarder adds.
-        let dl = Arc::new(DeadLetters::open(&dir)?);
-        let (selected, unreadable) = repair::select(&dl, &matcher)?;
-        let mut report = rt.block_on(repair::requeue(&spool, &dl, selected, &AtomicU64::new(0)))?;
+    let report = under_lock(&config, &matcher, |spool, rt, dl, selected, unreadable| {
+        let mut report = rt.block_on(repair::requeue(spool, dl, selected, &AtomicU64::new(0)))?;
         if matcher.is_all() {
             report.skipped.extend(unreadable);
         }
         Ok(report)
-    })();
-    let closed = rt.block_on(spool.close());
-    let report = result?;
-    closed.map_err(|source| Error::Spool { dir, source })?;
+    })?;
     print_requeue(&report, "start the bridge to forward them", out)
 }
 
@@ -202,17 +217,9 @@ pub(super) fn purge(
     }
     config.validate()?;
     let matcher = precheck(&config, sel)?;
-    let dir = config.spool.dir.clone();
-    // The lock, so no bridge adds to the store while we remove from it.
-    let (spool, rt) = open_for_writing(crate::app::spool_config(&config), &dir)?;
-    let result = (|| -> Result<u64, Error> {
-        let dl = Arc::new(DeadLetters::open(&dir)?);
-        let (selected, _) = repair::select(&dl, &matcher)?;
-        Ok(rt.block_on(repair::purge(&dl, selected))?)
-    })();
-    let closed = rt.block_on(spool.close());
-    let n = result?;
-    closed.map_err(|source| Error::Spool { dir, source })?;
+    let n = under_lock(&config, &matcher, |_, rt, dl, selected, _| {
+        Ok(rt.block_on(repair::purge(dl, selected))?)
+    })?;
     say!(out, "purged {n} dead letter(s)");
     Ok(0)
 }

@@ -156,17 +156,31 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Error> {
     serde_json::from_value(v).map_err(|e| Error::Live(format!("unexpected answer: {e}")))
 }
 
+/// Posts a selection (plus `extra` fields) to `path` of the running bridge.
+fn post_selection(
+    config: &Config,
+    target: &Target,
+    sel: &Selection,
+    path: &str,
+    extra: Option<(&str, &str)>,
+) -> Result<Value, Error> {
+    sel.matcher(true)?;
+    let live = Live::new(config, target)?;
+    let mut body = serde_json::to_value(sel).expect("selection serializes");
+    if let Some((k, v)) = extra {
+        body[k] = json!(v);
+    }
+    live.call("POST", path, Some(&body))
+}
+
 pub(super) fn requeue(
     config: &Config,
     target: &Target,
     sel: &Selection,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
-    sel.matcher(true)?;
-    let live = Live::new(config, target)?;
-    let body = serde_json::to_value(sel).expect("selection serializes");
-    let report: RequeueReport = decode(live.call("POST", "dead-letters/requeue", Some(&body))?)?;
-    print_requeue(&report, THEN, out)
+    let v = post_selection(config, target, sel, "dead-letters/requeue", None)?;
+    print_requeue(&decode::<RequeueReport>(v)?, THEN, out)
 }
 
 pub(super) fn purge(
@@ -175,11 +189,8 @@ pub(super) fn purge(
     sel: &Selection,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
-    sel.matcher(true)?;
-    let live = Live::new(config, target)?;
-    let mut body = serde_json::to_value(sel).expect("selection serializes");
-    body["confirm"] = json!("purge");
-    let v = live.call("POST", "dead-letters/purge", Some(&body))?;
+    let extra = Some(("confirm", "purge"));
+    let v = post_selection(config, target, sel, "dead-letters/purge", extra)?;
     say!(
         out,
         "purged {} dead letter(s)",
