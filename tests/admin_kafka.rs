@@ -46,15 +46,8 @@ async fn requeued_dead_letters_reach_kafka_in_order() {
             }
         })
     };
-    let (s, v) = admin_post(
-        &client,
-        bridge.admin,
-        "dead-letters/requeue",
-        r#"{"reason":"unknown_topic"}"#,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["requeued"].as_array().unwrap().len(), 40, "{v}");
+    // While the live deliveries are still being posted.
+    requeue_and_drain(&client, bridge.admin, r#"{"reason":"unknown_topic"}"#, 40).await;
     live.await.unwrap();
     wait_drained(&client, bridge.admin, Duration::from_secs(60))
         .await
@@ -142,18 +135,7 @@ async fn records_for_a_missing_topic_are_requeued_once_it_exists() {
     create_topic(&admin_cfg, &topic).await;
     // One metadata refresh of the bridge's client, so it knows the topic.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, v) = admin_post(
-        &client,
-        app.admin,
-        "dead-letters/requeue",
-        r#"{"reason":"unknown_topic"}"#,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["requeued"].as_array().unwrap().len(), 10, "{v}");
-    wait_drained(&client, app.admin, Duration::from_secs(60))
-        .await
-        .expect("drained");
+    requeue_and_drain(&client, app.admin, r#"{"reason":"unknown_topic"}"#, 10).await;
     let got = kafka_read_all(&tansu.brokers(), &topic, Duration::from_secs(60)).await;
     let ids: HashSet<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
     let want: HashSet<String> = (0..10).map(|n| format!("miss-{n}")).collect();

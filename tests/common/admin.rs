@@ -127,3 +127,14 @@ pub async fn admin_post(
 pub async fn admin_get(client: &HttpClient, admin: SocketAddr, path: &str) -> (u16, Value) {
     api(client, admin, "GET", path, Some(ADMIN_TOKEN), "").await
 }
+
+/// Requeues the dead letters `selection` (JSON) names on the bridge at `admin`, checks that
+/// `n` were requeued, and waits until its backlog is empty again.
+pub async fn requeue_and_drain(client: &HttpClient, admin: SocketAddr, selection: &str, n: usize) {
+    let (s, v) = admin_post(client, admin, "dead-letters/requeue", selection).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["requeued"].as_array().unwrap().len(), n, "{v}");
+    super::http::wait_drained(client, admin, std::time::Duration::from_secs(60))
+        .await
+        .expect("drained");
+}
