@@ -54,6 +54,8 @@ pub struct Settings {
     pub gate: Gate,
     /// The ingress listener's certificate, loaded; `None` serves plain HTTP.
     pub tls: Option<Tls>,
+    /// `admin.token_file`, read; `None` leaves the admin API off.
+    pub admin_token: Option<std::sync::Arc<crate::admin::auth::Token>>,
 }
 
 impl Settings {
@@ -65,11 +67,13 @@ impl Settings {
         let router = Router::from_config(&config.routing)?;
         let gate = Gate::from_config(&config)?;
         let tls = Tls::from_config(&config.http.tls)?;
+        let admin_token = crate::admin::auth::Token::from_config(&config.admin)?.map(Arc::new);
         Ok(Settings {
             raw: config,
             router,
             gate,
             tls,
+            admin_token,
         })
     }
 }
@@ -260,11 +264,12 @@ impl App {
                 spool: spool.clone(),
                 metrics: metrics.clone(),
                 broker,
-                dead_letters,
+                dead_letters: dead_letters.clone(),
                 dedup: dedup.clone(),
                 forward: progress,
                 renders: Default::default(),
                 render_wait: c.admin.write_timeout,
+                api: admin_api(&settings, &spool, dead_letters, &metrics),
             },
             admin_limits(c, &metrics),
         );
@@ -355,13 +360,37 @@ fn spawn_admin(
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(server::serve(
         listener,
-        move |_| AdminService(admin.clone()),
+        move |peer| AdminService(admin.clone(), peer),
         limits,
         None,
         stopped(stop_rx),
         std::time::Duration::from_secs(1),
     ));
     (stop_tx, task)
+}
+
+/// The admin API on the running bridge's own spool writer and dead-letter store.
+fn admin_api(
+    settings: &Settings,
+    spool: &Spool,
+    dead_letters: Arc<DeadLetters>,
+    metrics: &Arc<Metrics>,
+) -> crate::admin::api::Api {
+    let a = &settings.raw.admin;
+    crate::admin::api::Api {
+        spool: spool.clone(),
+        spool_dir: settings.raw.spool.dir.clone(),
+        dead_letters,
+        metrics: metrics.clone(),
+        token: settings.admin_token.clone(),
+        max_page_size: a.max_page_size,
+        max_request_bytes: a.max_request_bytes,
+        max_replay_bytes: a.max_replay_bytes,
+        read_timeout: a.idle_timeout,
+        busy: Default::default(),
+        job: Default::default(),
+        next_job: Default::default(),
+    }
 }
 
 /// The one line that says the bridge is up, and where.

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;
+pub mod repair;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

@@ -35,6 +35,21 @@ pub struct AdminClient {
     url: String,
 }
 
+/// One request to the admin listener.
+pub struct Call<'a> {
+    pub method: &'static str,
+    /// Path and query, after the client's prefix.
+    pub path: &'a str,
+    /// The admin API token, sent as a bearer token.
+    pub token: Option<&'a str>,
+    /// A JSON body.
+    pub body: Option<&'a str>,
+    /// Bound on the whole exchange.
+    pub timeout: Duration,
+    /// Most bytes of the answer read.
+    pub max_bytes: usize,
+}
+
 /// An answer: its status code and (the start of) its body.
 #[derive(Debug)]
 pub struct Answer {
@@ -93,6 +108,27 @@ impl AdminClient {
     /// `GET path`, reading at most `max_bytes` of the answer. The whole exchange (resolving,
     /// connecting, sending, reading) is bounded by `timeout`.
     pub fn get(&self, path: &str, timeout: Duration, max_bytes: usize) -> Result<Answer, Error> {
+        self.send(Call {
+            method: "GET",
+            path,
+            token: None,
+            body: None,
+            timeout,
+            max_bytes,
+        })
+    }
+
+    /// One request (`Call`), as [`AdminClient::get`]; a token goes as `Authorization: Bearer`,
+    /// a body as JSON.
+    pub fn send(&self, call: Call<'_>) -> Result<Answer, Error> {
+        let Call {
+            method,
+            path,
+            token,
+            body,
+            timeout,
+            max_bytes,
+        } = call;
         let deadline = Instant::now() + timeout;
         let remaining = || {
             deadline
@@ -102,13 +138,23 @@ impl AdminClient {
         };
         let mut stream = self.connect(remaining()?)?;
         stream.set_write_timeout(Some(remaining()?))?;
-        stream.write_all(
-            format!(
-                "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.prefix, self.authority
-            )
-            .as_bytes(),
-        )?;
+        let mut head = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.prefix, self.authority
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method != "GET" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
         // `Connection: close`: the answer ends at EOF. Each read gets only what is left of the
         // deadline.
         let mut response = Vec::new();

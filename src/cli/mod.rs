@@ -51,7 +51,9 @@ enum Command {
         memory_limit: Option<u64>,
     },
     /// Operator tools for the spool and the dead-letter store (stats, verify, inspect,
-    /// dead-letter list/requeue, replay). Exit codes: 0 done, 1 damage found or refused, 2 could not run.
+    /// dead-letter list/requeue/purge, replay). Requeue, purge and replay work on a running
+    /// bridge too: it does them through its admin API (admin.token_file). Exit codes: 0 done,
+    /// 1 damage found or refused, 2 could not run.
     Spool(spool::SpoolArgs),
     /// One-screen summary of a running bridge from its admin listener: readiness, broker,
     /// backlog against the quota, rates, dead letters, errors. Exit codes: 0 ready, 1 not

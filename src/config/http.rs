@@ -182,6 +182,18 @@ pub struct AdminConfig {
     /// it gets 503. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// File holding the bearer token of the admin API (`/api/v1/`) and the page (`/ui`), at
+    /// least 16 characters (surrounding whitespace ignored); re-read when it changes, so a
+    /// rotated Kubernetes Secret applies without a restart. Without it only the status
+    /// document answers. Default none.
+    pub token_file: Option<PathBuf>,
+    /// Most dead letters one `GET /api/v1/dead-letters` page lists. Default 1000.
+    pub max_page_size: usize,
+    /// Largest admin API request body; larger ones get 413. Default 64 KiB.
+    pub max_request_bytes: u64,
+    /// Most bytes of records a replay through the running bridge holds in memory; a larger one
+    /// gets 413 and is for `hookbridge spool replay` with the bridge stopped. Default 64 MiB.
+    pub max_replay_bytes: u64,
 }
 
 impl Default for AdminConfig {
@@ -193,6 +205,10 @@ impl Default for AdminConfig {
             probe_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
+            token_file: None,
+            max_page_size: 1000,
+            max_request_bytes: 64 * 1024,
+            max_replay_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -216,6 +232,21 @@ impl AdminConfig {
             if t.is_zero() || t > Duration::from_secs(300) {
                 return Err(invalid(key, "must be between 1ms and 300s"));
             }
+        }
+        if self.max_page_size == 0 || self.max_page_size > 100_000 {
+            return Err(invalid(
+                "admin.max_page_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_request_bytes) {
+            return Err(invalid(
+                "admin.max_request_bytes",
+                "must be between 1 KiB and 16 MiB",
+            ));
+        }
+        if self.max_replay_bytes < 1024 * 1024 {
+            return Err(invalid("admin.max_replay_bytes", "must be at least 1 MiB"));
         }
         Ok(())
     }

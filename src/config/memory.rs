@@ -15,6 +15,10 @@
 //!   × 2 for Kafka (librdkafka keeps its own copy of each message it has not had confirmed),
 //!   at most queue.buffering.max.kbytes more when that option is set
 //! + spool.max_batch_bytes                                   (the writer's group-commit buffer)
+//! + admin.max_replay_bytes + admin.max_connections × admin.max_request_bytes
+//!                                                          (only with admin.token_file: without
+//!                                                           a token no request body is read and
+//!                                                           no live replay can run)
 //! ```
 //!
 //! The constants are measured figures (docs/operations.md, BENCHMARKS.md); the estimate is an
@@ -55,11 +59,20 @@ pub struct MemoryEstimate {
     pub window: u64,
     /// The spool writer's group-commit buffer.
     pub writer: u64,
+    /// The admin API: one live replay's records and the request bodies of authenticated
+    /// clients; 0 without `admin.token_file`.
+    pub admin: u64,
 }
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.base + self.connections + self.bodies + self.dedup + self.window + self.writer
+        self.base
+            + self.connections
+            + self.bodies
+            + self.dedup
+            + self.window
+            + self.writer
+            + self.admin
     }
 
     /// One line per term, for `check-config` (in MiB, one decimal).
@@ -74,6 +87,7 @@ impl MemoryEstimate {
                 self.window,
             ),
             ("spool writer (spool.max_batch_bytes)", self.writer),
+            ("admin API (admin.max_replay_bytes)", self.admin),
             ("total", self.total()),
         ]
     }
@@ -116,6 +130,13 @@ impl Config {
             dedup,
             window,
             writer: self.spool.max_batch_bytes as u64,
+            admin: match self.admin.token_file {
+                None => 0,
+                Some(_) => self.admin.max_replay_bytes.saturating_add(
+                    (self.admin.max_connections as u64)
+                        .saturating_mul(self.admin.max_request_bytes),
+                ),
+            },
         }
     }
 }
@@ -200,7 +221,10 @@ mod tests {
             "forward.max_in_flight_bytes, one record over, and 1024 records' overhead"
         );
         assert_eq!(e.writer, 4 * MIB);
+        assert_eq!(e.admin, 0, "no admin token, no live replay");
         assert_eq!(e.total(), e.lines().last().unwrap().1);
+        let c = load_str("[admin]\ntoken_file = \"/run/t\"\n").unwrap();
+        assert_eq!(c.memory_estimate().admin, 64 * MIB + 64 * 64 * 1024);
     }
 
     #[test]

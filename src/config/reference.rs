@@ -17,6 +17,7 @@ pub const UNSET_KEYS: &[(&str, &str)] = &[
     ("http.tls.cert_file", "path"),
     ("http.tls.key_file", "path"),
     ("auth.header_name", "string"),
+    ("admin.token_file", "path"),
     ("sink.nats.credentials_file", "path"),
     ("sink.nats.token", "string"),
     ("sink.nats.user", "string"),
@@ -97,7 +98,10 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         "http.tls.handshake_timeout",
         r#"time a client has to complete the TLS handshake before the connection is closed"#,
     ),
-    ("admin.listen", r#"`/metrics`, `/livez`, `/readyz`"#),
+    (
+        "admin.listen",
+        r#"`/metrics`, `/livez`, `/readyz`, the admin API `/api/v1/` and the page `/ui` (see [Repairs on a running bridge](operations.md#repairs-on-a-running-bridge))"#,
+    ),
     (
         "admin.max_connections",
         r#"concurrent admin connections; more are closed at once, except probes (next row)"#,
@@ -117,6 +121,22 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "admin.write_timeout",
         r#"an admin connection whose answer makes no progress this long is closed; also the longest a `/metrics` request waits for a render (503 `busy` after); 1 ms – 300 s"#,
+    ),
+    (
+        "admin.token_file",
+        r#"file with the bearer token of `/api/v1/` and `/ui` (at least 16 characters; whitespace around it ignored); re-read when it changes. Unset: only `GET /api/v1/status` answers, everything else 403 `no_token`"#,
+    ),
+    (
+        "admin.max_page_size",
+        r#"most dead letters one `GET /api/v1/dead-letters` page lists (`limit` above it is cut to it); 1 – 100000"#,
+    ),
+    (
+        "admin.max_request_bytes",
+        r#"largest admin API request body (413 above); 1 KiB – 16 MiB"#,
+    ),
+    (
+        "admin.max_replay_bytes",
+        r#"most bytes of records a live replay holds in memory; a larger plan gets 413 `replay_too_large` (use `hookbridge spool replay` with the bridge stopped). Counted in the memory estimate; at least 1 MiB"#,
     ),
     (
         "auth.secrets",

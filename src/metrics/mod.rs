@@ -49,6 +49,11 @@ pub mod labels {
     /// `hookbridge_admin_rejected_connections_total{reason}`: every slot taken (`limit`), or a
     /// connection in the probe reserve that asked for something other than a probe.
     pub const ADMIN_REJECT_REASONS: &[&str] = &["limit", "not_probe"];
+    /// `hookbridge_admin_actions_total{action}` (and `…_records_total`): what the admin API did.
+    pub const ADMIN_ACTIONS: &[&str] = &["requeue", "purge", "replay", "replay_plan"];
+    /// `hookbridge_admin_actions_total{outcome}`: done, refused (bad input, busy, too large,
+    /// nothing selected), unauthorized (401/403), failed (the store or the spool failed).
+    pub const ADMIN_OUTCOMES: &[&str] = &["ok", "refused", "unauthorized", "failed"];
     /// `hookbridge_tls_reloads_total{result}`.
     pub const TLS_RELOAD_RESULTS: &[&str] = &["ok", "error"];
     /// `hookbridge_spool_errors_total{op}`.
@@ -145,6 +150,9 @@ pub struct Metrics {
     pub http_rejected_bodies: Family<IntCounterVec>,
     pub admin_connections: IntGauge,
     pub admin_rejected_connections: Family<IntCounterVec>,
+    /// `hookbridge_admin_actions_total{action,outcome}`, `hookbridge_admin_records_total{action}`.
+    pub admin_actions: Family<IntCounterVec>,
+    pub admin_records: Family<IntCounterVec>,
     pub admin_connection_errors: Family<IntCounterVec>,
     pub tls_reloads: Family<IntCounterVec>,
     pub tls_cert_expiry: IntGauge,
@@ -187,25 +195,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
-            http_requests: Family::new(
-                IntCounterVec::new(
-                    Opts::new("hookbridge_http_requests_total", "Ingress HTTP responses by status code."),
-                    &["status"],
-                )
-                .unwrap(),
-                &[STATUS],
-            ),
-            deliveries_accepted: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_deliveries_accepted_total",
-                        "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).",
-                    ),
-                    &["action"],
-                )
-                .unwrap(),
-                &[ACTION],
-            ),
+            http_requests: counter_family("hookbridge_http_requests_total", "Ingress HTTP responses by status code.", &["status"], &[STATUS]),
+            deliveries_accepted: counter_family("hookbridge_deliveries_accepted_total", "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).", &["action"], &[ACTION]),
             deliveries_unroutable: IntCounter::new(
                 "hookbridge_deliveries_unroutable_total",
                 "Accepted deliveries whose action is not a valid subject token, routed to the dead-letter subject.",
@@ -216,17 +207,7 @@ impl Metrics {
                 "Deliveries whose id was stored before within auth.dedup_window: acknowledged, not stored again.",
             )
             .unwrap(),
-            dedup_waits: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_dedup_waits_total",
-                        "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).",
-                    ),
-                    &["outcome"],
-                )
-                .unwrap(),
-                &[&[labels::DEDUP_WAIT_OUTCOMES]],
-            ),
+            dedup_waits: counter_family("hookbridge_dedup_waits_total", "Requests that arrived while an earlier attempt with the same delivery id was still being stored, by how the wait ended (duplicate: it was stored; retried: it failed and this request stored it; timeout: 503 after auth.dedup_wait).", &["outcome"], &[&[labels::DEDUP_WAIT_OUTCOMES]]),
             dedup_ids: IntGauge::new(
                 "hookbridge_dedup_ids",
                 "Delivery ids remembered as stored (at most auth.dedup_max_entries), as keyed 128-bit fingerprints of about 21 bytes each.",
@@ -237,50 +218,10 @@ impl Metrics {
                 "Size of the de-duplication journal (<spool.dir>/dedup.journal): 32 bytes of header and 24 per record; compacted when it holds more than twice the remembered ids.",
             )
             .unwrap(),
-            deliveries_invalid: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_deliveries_invalid_total",
-                        "Authentic deliveries that cannot be routed (invalid_json, missing_action, missing_data_id): acknowledged and dead-lettered.",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-                &[&[labels::UNUSABLE_REASONS]],
-            ),
-            http_connection_errors: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_http_connection_errors_total",
-                        "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, write_timeout: the client read nothing for http.write_timeout, tls_handshake, tls_handshake_timeout, other).",
-                    ),
-                    &["kind"],
-                )
-                .unwrap(),
-                &[&[labels::CONNECTION_ERROR_KINDS]],
-            ),
-            http_lingering_closes: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_http_lingering_closes_total",
-                        "Ingress connections that kept reading (and discarding) after the answer before closing, by how that ended (closed: the client closed; byte_limit: http.linger_bytes read; timeout: http.linger_timeout passed; error).",
-                    ),
-                    &["ended"],
-                )
-                .unwrap(),
-                &[&[labels::LINGER_ENDS]],
-            ),
-            tls_reloads: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_tls_reloads_total",
-                        "Attempts to load a changed TLS certificate and key (result: ok, error; on error the previous certificate stays in use).",
-                    ),
-                    &["result"],
-                )
-                .unwrap(),
-                &[&[labels::TLS_RELOAD_RESULTS]],
-            ),
+            deliveries_invalid: counter_family("hookbridge_deliveries_invalid_total", "Authentic deliveries that cannot be routed (invalid_json, missing_action, missing_data_id): acknowledged and dead-lettered.", &["reason"], &[&[labels::UNUSABLE_REASONS]]),
+            http_connection_errors: counter_family("hookbridge_http_connection_errors_total", "Ingress connections ended by a protocol limit or error (header_timeout, headers_too_large, incomplete, write_timeout: the client read nothing for http.write_timeout, tls_handshake, tls_handshake_timeout, other).", &["kind"], &[&[labels::CONNECTION_ERROR_KINDS]]),
+            http_lingering_closes: counter_family("hookbridge_http_lingering_closes_total", "Ingress connections that kept reading (and discarding) after the answer before closing, by how that ended (closed: the client closed; byte_limit: http.linger_bytes read; timeout: http.linger_timeout passed; error).", &["ended"], &[&[labels::LINGER_ENDS]]),
+            tls_reloads: counter_family("hookbridge_tls_reloads_total", "Attempts to load a changed TLS certificate and key (result: ok, error; on error the previous certificate stays in use).", &["result"], &[&[labels::TLS_RELOAD_RESULTS]]),
             tls_cert_expiry: IntGauge::new(
                 "hookbridge_tls_cert_expiry_timestamp_seconds",
                 "notAfter of the certificate the ingress serves, as Unix seconds (0 without TLS).",
@@ -314,44 +255,26 @@ impl Metrics {
                 "Configured ingress body memory budget (`http.max_buffered_bytes`).",
             )
             .unwrap(),
-            http_rejected_bodies: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_http_rejected_bodies_total",
-                        "Request bodies refused before being read, by reason (buffer_full: 503, http.max_buffered_bytes reached; too_many_bodies: 429, http.max_bodies_per_client reached).",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-                &[&[labels::HTTP_REJECTED_BODY_REASONS]],
-            ),
+            http_rejected_bodies: counter_family("hookbridge_http_rejected_bodies_total", "Request bodies refused before being read, by reason (buffer_full: 503, http.max_buffered_bytes reached; too_many_bodies: 429, http.max_bodies_per_client reached).", &["reason"], &[&[labels::HTTP_REJECTED_BODY_REASONS]]),
             admin_connections: IntGauge::new(
                 "hookbridge_admin_connections",
                 "Open admin connections (metrics and probes).",
             )
             .unwrap(),
-            admin_rejected_connections: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_admin_rejected_connections_total",
-                        "Admin connections closed unserved, by reason (limit: admin.max_connections and the probe reserve were all taken; not_probe: a connection in the probe reserve asked for something other than /livez or /readyz).",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-                &[&[labels::ADMIN_REJECT_REASONS]],
+            admin_rejected_connections: counter_family("hookbridge_admin_rejected_connections_total", "Admin connections closed unserved, by reason (limit: admin.max_connections and the probe reserve were all taken; not_probe: a connection in the probe reserve asked for something other than /livez or /readyz).", &["reason"], &[&[labels::ADMIN_REJECT_REASONS]]),
+            admin_actions: counter_family(
+                "hookbridge_admin_actions_total",
+                "Admin API actions (requeue, purge, replay, replay_plan), by outcome (ok, refused, unauthorized, failed); one audit log line each.",
+                &["action", "outcome"],
+                &[&[labels::ADMIN_ACTIONS], &[labels::ADMIN_OUTCOMES]],
             ),
-            admin_connection_errors: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_admin_connection_errors_total",
-                        "Admin connections ended by a limit or an error, by kind (header_timeout: idle or no whole request within admin.idle_timeout; write_timeout: the client read nothing for admin.write_timeout; probe_timeout: a reserve connection not done within admin.probe_timeout; headers_too_large, incomplete, other).",
-                    ),
-                    &["kind"],
-                )
-                .unwrap(),
-                &[&[labels::CONNECTION_ERROR_KINDS]],
+            admin_records: counter_family(
+                "hookbridge_admin_records_total",
+                "Records the admin API requeued, purged or replayed (replay_plan stays 0).",
+                &["action"],
+                &[&[labels::ADMIN_ACTIONS]],
             ),
+            admin_connection_errors: counter_family("hookbridge_admin_connection_errors_total", "Admin connections ended by a limit or an error, by kind (header_timeout: idle or no whole request within admin.idle_timeout; write_timeout: the client read nothing for admin.write_timeout; probe_timeout: a reserve connection not done within admin.probe_timeout; headers_too_large, incomplete, other).", &["kind"], &[&[labels::CONNECTION_ERROR_KINDS]]),
             spool_records: IntGauge::new(
                 "hookbridge_spool_records",
                 "Records in the spool not yet confirmed by the broker.",
@@ -392,33 +315,13 @@ impl Metrics {
                 .buckets(BATCH_BUCKETS.to_vec()),
             )
             .unwrap(),
-            spool_errors: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_spool_errors_total",
-                        "Spool I/O failures by operation (write, fsync, rotate, confirm, read, statvfs).",
-                    ),
-                    &["op"],
-                )
-                .unwrap(),
-                &[&[labels::SPOOL_OPS]],
-            ),
+            spool_errors: counter_family("hookbridge_spool_errors_total", "Spool I/O failures by operation (write, fsync, rotate, confirm, read, statvfs).", &["op"], &[&[labels::SPOOL_OPS]]),
             spool_corrupt_records: IntCounter::new(
                 "hookbridge_spool_corrupt_records_total",
                 "Records found corrupt (bad CRC or frame) and skipped, at recovery or while reading.",
             )
             .unwrap(),
-            spool_rejected: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_spool_rejected_total",
-                        "Appends refused by the spool, by reason (full, disk_low, too_large, failed).",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-                &[&[labels::SPOOL_REJECT_REASONS]],
-            ),
+            spool_rejected: counter_family("hookbridge_spool_rejected_total", "Appends refused by the spool, by reason (full, disk_low, too_large, failed).", &["reason"], &[&[labels::SPOOL_REJECT_REASONS]]),
             spool_retained_records: IntGauge::new(
                 "hookbridge_spool_retained_records",
                 "Confirmed records still on disk (kept for spool.retain_confirmed, for `hookbridge spool replay`).",
@@ -449,28 +352,8 @@ impl Metrics {
                 "Confirmed records in the segments counted by hookbridge_spool_evicted_segments_total.",
             )
             .unwrap(),
-            published: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_published_total",
-                        "Records confirmed by the broker.",
-                    ),
-                    &["sink"],
-                )
-                .unwrap(),
-                &[SINK],
-            ),
-            publish_errors: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_publish_errors_total",
-                        "Failed publish attempts by sink and error kind (each is retried).",
-                    ),
-                    &["sink", "kind"],
-                )
-                .unwrap(),
-                &[SINK, SEND_ERROR],
-            ),
+            published: counter_family("hookbridge_published_total", "Records confirmed by the broker.", &["sink"], &[SINK]),
+            publish_errors: counter_family("hookbridge_publish_errors_total", "Failed publish attempts by sink and error kind (each is retried).", &["sink", "kind"], &[SINK, SEND_ERROR]),
             publish_latency: Family::new(
                 HistogramVec::new(
                     HistogramOpts::new(
@@ -519,28 +402,8 @@ impl Metrics {
                 "Failed publish attempts of the oldest unsettled record; 0 when none.",
             )
             .unwrap(),
-            forward_retries: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_forward_retries_total",
-                        "Records scheduled for another publish attempt, by sink.",
-                    ),
-                    &["sink"],
-                )
-                .unwrap(),
-                &[SINK],
-            ),
-            dead_lettered: Family::new(
-                IntCounterVec::new(
-                    Opts::new(
-                        "hookbridge_dead_lettered_total",
-                        "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-                &[DEAD_LETTER_REASON],
-            ),
+            forward_retries: counter_family("hookbridge_forward_retries_total", "Records scheduled for another publish attempt, by sink.", &["sink"], &[SINK]),
+            dead_lettered: counter_family("hookbridge_dead_lettered_total", "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.", &["reason"], &[DEAD_LETTER_REASON]),
             dead_letter_records: IntGauge::new(
                 "hookbridge_dead_letter_records",
                 "Records in the local dead-letter store.",
@@ -569,6 +432,8 @@ impl Metrics {
             &self.http_lingering_closes,
             &self.admin_rejected_connections,
             &self.admin_connection_errors,
+            &self.admin_actions,
+            &self.admin_records,
             &self.http_rejected_bodies,
             &self.tls_reloads,
             &self.spool_errors,
@@ -633,6 +498,8 @@ impl Metrics {
             Box::new(self.admin_connections.clone()),
             Box::new(self.admin_rejected_connections.vec().clone()),
             Box::new(self.admin_connection_errors.vec().clone()),
+            Box::new(self.admin_actions.vec().clone()),
+            Box::new(self.admin_records.vec().clone()),
             Box::new(self.tls_reloads.vec().clone()),
             Box::new(self.tls_cert_expiry.clone()),
             Box::new(self.spool_records.clone()),
@@ -677,6 +544,18 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text format is UTF-8")
     }
+}
+
+fn counter_family(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    dims: &'static [Dim],
+) -> Family<IntCounterVec> {
+    Family::new(
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+        dims,
+    )
 }
 
 impl Default for Metrics {

@@ -348,3 +348,26 @@ impl std::ops::DerefMut for Tansu {
         &mut self.server
     }
 }
+
+/// Creates a topic through the bridge's own sink with `create_topics` (admin CreateTopics).
+pub async fn create_topic(cfg: &hookbridge::config::KafkaConfig, topic: &str) {
+    use hookbridge::sink::{kafka::KafkaSink, BrokerStatus, Message, Sink};
+    let sink = KafkaSink::new(
+        cfg,
+        std::sync::Arc::new(BrokerStatus::default()),
+        prometheus::IntGauge::new("q", "q").unwrap(),
+    )
+    .unwrap();
+    // Sending a marker record creates the topic; consumers in the test ignore it by id.
+    sink.send(Message {
+        seq: 0,
+        id: "topic-setup".into(),
+        destination: topic.into(),
+        key: "setup".into(),
+        headers: vec![],
+        payload: bytes::Bytes::from_static(b"{}"),
+    })
+    .await
+    .unwrap();
+    sink.close().await;
+}

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod admin;
 mod child;
 pub mod cluster;
 pub mod delivered;
@@ -18,6 +19,7 @@ mod process;
 mod tier;
 pub mod tls;
 
+pub use admin::*;
 pub use child::*;
 pub use http::*;
 pub use kafka::*;

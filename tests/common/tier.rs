@@ -30,6 +30,8 @@ pub enum Tier {
     Haproxy,
     /// libfaketime (Debian's `faketime`).
     Faketime,
+    /// Debian's `chromium` (`CHROMIUM_BIN`) and `playwright-core` in `tests/ui/node_modules`.
+    Browser,
 }
 
 impl Tier {
@@ -56,6 +58,13 @@ impl Tier {
             Tier::Haproxy => find_bin("haproxy", "HAPROXY_BIN", &["/usr/sbin/haproxy"])
                 .is_some_and(|p| p.exists()),
             Tier::Faketime => faketime_lib().is_some(),
+            Tier::Browser => {
+                chromium_bin().exists()
+                    && succeeds("node", &["--version"])
+                    && Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/ui/node_modules/playwright-core")
+                        .is_dir()
+            }
         };
         if ok {
             return None;
@@ -75,6 +84,9 @@ impl Tier {
             }
             Tier::Haproxy => "haproxy (HAPROXY_BIN)".into(),
             Tier::Faketime => "libfaketime (Debian's faketime)".into(),
+            Tier::Browser => {
+                "chromium (CHROMIUM_BIN) and playwright-core (npm ci in tests/ui)".into()
+            }
         })
     }
 }
@@ -98,6 +110,12 @@ pub fn require(tiers: &[Tier]) -> bool {
         "skipped {test}: needs {needs}; run scripts/test"
     );
     false
+}
+
+/// The headless browser of the page test: `CHROMIUM_BIN`, else Debian's `/usr/bin/chromium`.
+pub fn chromium_bin() -> PathBuf {
+    std::env::var_os("CHROMIUM_BIN")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
 /// libfaketime's preloadable library, if installed.

@@ -1,26 +1,18 @@
-//! `spool dead-letter list` and `spool dead-letter requeue`.
+//! `spool dead-letter list`, `requeue` and `purge`. Requeue and purge run through a running
+//! bridge when one holds the lock (`live.rs`); the work is [`crate::repair`]'s either way.
 
 use std::io::Write;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use serde::Serialize;
-
-use super::{mark_copy, open_for_writing, Error, Selection};
+use super::live::{self, Target};
+use super::{open_for_writing, Error};
+use crate::admin::api::dead_letter_json;
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::deadletter::{DeadLetters, Meta};
-use crate::delivery::{CopyKind, Delivery};
+use crate::repair::{self, RequeueReport, Selection};
 use crate::spool::{inspect, Spool};
-
-#[derive(Serialize)]
-pub(super) struct DeadLetterJson<'a> {
-    seq: u64,
-    id: &'a str,
-    action: &'a str,
-    destination: &'a str,
-    reason: &'a str,
-    error: &'a str,
-    dead_lettered_at: String,
-}
 
 pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u8, Error> {
     let Some(dl) = DeadLetters::open_existing(&config.spool.dir)? else {
@@ -42,20 +34,7 @@ pub(super) fn list(config: &Config, json: bool, out: &mut dyn Write) -> Result<u
     }
     if json {
         for m in &metas {
-            let j = DeadLetterJson {
-                seq: m.seq,
-                id: &m.id,
-                action: &m.action,
-                destination: &m.destination,
-                reason: &m.reason,
-                error: &m.error,
-                dead_lettered_at: rfc3339(m.dead_lettered_at_ms),
-            };
-            say!(
-                out,
-                "{}",
-                serde_json::to_string(&j).expect("meta serializes")
-            );
+            say!(out, "{}", dead_letter_json(m));
         }
         return Ok(0);
     }
@@ -114,131 +93,133 @@ fn print_table(metas: &[Meta], out: &mut dyn Write) -> Result<u8, Error> {
     }
     say!(
         out,
-        "{} dead letter(s). After fixing the cause: stop the bridge, `hookbridge spool dead-letter requeue --seq N | --id ID | --all`, start it.",
+        "{} dead letter(s). After fixing the cause: `hookbridge spool dead-letter requeue --seq N | --id ID | --reason R | --all` (through the running bridge, or offline when it is stopped).",
         rows.len()
     );
     Ok(0)
 }
 
-/// Selected dead letters, seq order, and how many unreadable files `--all` had to leave alone
-/// (reported on stderr).
-pub(super) fn select(dl: &DeadLetters, sel: &Selection) -> Result<(Vec<Meta>, u64), Error> {
-    let mut out = Vec::new();
-    let mut unreadable = 0;
-    for e in dl.list()? {
-        match e {
-            Ok(m) => {
-                let hit =
-                    sel.all || sel.seq == Some(m.seq) || sel.id.as_deref() == Some(m.id.as_str());
-                if hit {
-                    out.push(m);
-                }
-            }
-            Err(e) if sel.all => {
-                eprintln!("hookbridge: skipping {e}");
-                unreadable += 1;
-            }
-            Err(_) => {}
-        }
-    }
-    Ok((out, unreadable))
-}
-
-pub(super) fn describe(sel: &Selection) -> String {
-    match (&sel.id, sel.seq) {
-        (Some(id), _) => format!("with delivery id {id:?}"),
-        (None, Some(seq)) => format!("with seq {seq}"),
-        _ => "at all".to_owned(),
-    }
-}
-
-pub(super) fn requeue(
-    mut config: Config,
-    sel: &Selection,
+/// What a requeue printed, live or offline: one line per record, the total, and what was left.
+pub(super) fn print_requeue(
+    report: &RequeueReport,
+    then: &str,
     out: &mut dyn Write,
 ) -> Result<u8, Error> {
-    // Appending needs the spool settings `run` would use; check them like `run` does.
-    let dir = config.spool.dir.clone();
-    config = crate::app::Settings::new(config)?.raw;
-    let cfg = crate::app::spool_config(&config);
-    // `Spool::open` would create a missing directory: a typo must not make an empty spool.
-    if !dir.is_dir() {
-        return Err(inspect::Error::NoSuchDir(dir).into());
+    for r in &report.requeued {
+        say!(
+            out,
+            "requeued dead letter seq {} (id {}, action {}) as spool seq {}",
+            r.seq,
+            r.id,
+            r.action,
+            r.new_seq
+        );
     }
-    // Read-only first, so a selection that matches nothing changes nothing (opening the spool
-    // runs recovery, which may truncate a torn tail).
-    let nothing = || Error::Refused(format!("no dead letter {}: nothing to do", describe(sel)));
-    let Some(dl) = DeadLetters::open_existing(&dir)? else {
-        return Err(nothing());
-    };
-    if select(&dl, sel)?.0.is_empty() {
-        return Err(nothing());
+    for s in &report.skipped {
+        eprintln!("hookbridge: {s}");
     }
-    drop(dl);
-
-    let (spool, rt) = open_for_writing(cfg, &dir)?;
-    let result = requeue_locked(&rt, &spool, &dir, sel, out);
-    let closed = rt.block_on(spool.close());
-    let (done, skipped) = result?;
-    closed.map_err(|source| Error::Spool {
-        dir: dir.clone(),
-        source,
-    })?;
-    say!(
-        out,
-        "requeued {done} record(s); start the bridge to forward them"
-    );
-    if skipped > 0 {
+    say!(out, "requeued {} record(s); {then}", report.requeued.len());
+    if let Some(e) = &report.stopped {
         return Err(Error::Refused(format!(
-            "{skipped} dead letter(s) could not be requeued and were left in the store"
+            "requeue stopped, the spool refused: {e}; the rest are still in the store"
+        )));
+    }
+    if !report.skipped.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} dead letter(s) could not be requeued and were left in the store",
+            report.skipped.len()
         )));
     }
     Ok(0)
 }
 
-/// With the lock held: append each selected record (fsync'd) and only then remove it from the
-/// store, so a crash in between leaves a duplicate, never a loss. Returns (requeued, skipped).
-pub(super) fn requeue_locked(
-    rt: &tokio::runtime::Runtime,
-    spool: &Spool,
-    dir: &std::path::Path,
+/// The offline path's checks before it takes the lock: the directory exists (opening the spool
+/// would create it) and the selection matches something, read-only, so a selection that matches
+/// nothing changes nothing (opening the spool runs recovery).
+fn precheck(config: &Config, sel: &Selection) -> Result<repair::Matcher, Error> {
+    let matcher = sel.matcher(true)?;
+    let dir = &config.spool.dir;
+    if !dir.is_dir() {
+        return Err(inspect::Error::NoSuchDir(dir.clone()).into());
+    }
+    let nothing = || Error::Refused(format!("no dead letter {}: nothing to do", sel.describe()));
+    let dl = DeadLetters::open_existing(dir)?.ok_or_else(nothing)?;
+    if repair::select(&dl, &matcher)?.0.is_empty() {
+        return Err(nothing());
+    }
+    Ok(matcher)
+}
+
+/// With the spool's lock held (so no bridge adds to the store meanwhile): opens the store
+/// and runs `work` on the selected records, then closes the spool.
+fn under_lock<T>(
+    config: &Config,
+    matcher: &repair::Matcher,
+    work: impl FnOnce(
+        &Spool,
+        &tokio::runtime::Runtime,
+        &Arc<DeadLetters>,
+        Vec<Meta>,
+        Vec<String>,
+    ) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let dir = config.spool.dir.clone();
+    let (spool, rt) = open_for_writing(crate::app::spool_config(config), &dir)?;
+    let result = DeadLetters::open(&dir)
+        .map_err(Error::from)
+        .map(Arc::new)
+        .and_then(|dl| {
+            let (selected, unreadable) = repair::select(&dl, matcher)?;
+            work(&spool, &rt, &dl, selected, unreadable)
+        });
+    let closed = rt.block_on(spool.close());
+    let value = result?;
+    closed.map_err(|source| Error::Spool { dir, source })?;
+    Ok(value)
+}
+
+pub(super) fn requeue(
+    config: Config,
+    target: &Target,
     sel: &Selection,
     out: &mut dyn Write,
-) -> Result<(u64, u64), Error> {
-    // Under the lock the store cannot change behind us: only the lock holder's forwarder adds.
-    let dl = DeadLetters::open(dir)?;
-    let (selected, mut skipped) = select(&dl, sel)?;
-    let mut done = 0;
-    for m in selected {
-        let Some((_, payload)) = dl.get(m.seq)? else {
-            continue;
-        };
-        let payload = match Delivery::decode(payload.clone()) {
-            Ok(d) => mark_copy(d, CopyKind::Requeue),
-            Err(e) => {
-                eprintln!(
-                    "hookbridge: dead letter seq {} is not a delivery record ({e}); left in the store",
-                    m.seq
-                );
-                skipped += 1;
-                continue;
-            }
-        };
-        let new_seq = rt
-            .block_on(spool.append(payload))
-            .map_err(|source| Error::Spool {
-                dir: dir.to_owned(),
-                source,
-            })?;
-        dl.remove(m.seq)?;
-        done += 1;
-        say!(
-            out,
-            "requeued dead letter seq {} (id {}, action {}) as spool seq {new_seq}",
-            m.seq,
-            m.id,
-            m.action
-        );
+) -> Result<u8, Error> {
+    if target.wanted(&config) {
+        return live::requeue(&config, target, sel, out);
     }
-    Ok((done, skipped))
+    // Appending needs the spool settings `run` would use; check them like `run` does.
+    let config = crate::app::Settings::new(config)?.raw;
+    let matcher = precheck(&config, sel)?;
+    let report = under_lock(&config, &matcher, |spool, rt, dl, selected, unreadable| {
+        let mut report = rt.block_on(repair::requeue(spool, dl, selected, &AtomicU64::new(0)))?;
+        if matcher.is_all() {
+            report.skipped.extend(unreadable);
+        }
+        Ok(report)
+    })?;
+    print_requeue(&report, "start the bridge to forward them", out)
+}
+
+pub(super) fn purge(
+    config: Config,
+    target: &Target,
+    sel: &Selection,
+    yes: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Error> {
+    if !yes {
+        return Err(Error::Usage(
+            "purge deletes dead letters for good: add --yes".into(),
+        ));
+    }
+    if target.wanted(&config) {
+        return live::purge(&config, target, sel, out);
+    }
+    config.validate()?;
+    let matcher = precheck(&config, sel)?;
+    let n = under_lock(&config, &matcher, |_, rt, dl, selected, _| {
+        Ok(rt.block_on(repair::purge(dl, selected))?)
+    })?;
+    say!(out, "purged {n} dead letter(s)");
+    Ok(0)
 }

@@ -4,17 +4,20 @@
 //! * **read-only** (`stats`, `verify`, `inspect`, `dead-letter list`, `replay --dry-run`) never
 //!   take the lock and never create, truncate, move or delete a file, so they are safe next to a
 //!   running bridge. They read through [`crate::spool::inspect`].
-//! * **changing** (`dead-letter requeue`, `replay`) opens the [`Spool`], which takes the lock:
-//!   while a bridge runs it is refused before anything is touched.
+//! * **changing** (`dead-letter requeue`, `dead-letter purge`, `replay`): with the bridge
+//!   stopped they open the [`Spool`], which takes the lock. While a bridge holds the lock (or
+//!   with `--admin`) they ask that bridge to do the same work through its admin API
+//!   (`live.rs`): the running bridge appends through its own spool writer. Output and exit codes
+//!   are the same either way. The work itself is [`crate::repair`]'s on both paths.
 //!
 //! Exit codes, for every `spool` command: 0 done (for `verify`: no damage); 1 `verify` found
 //! damage, or a changing command was refused (lock held, nothing selected, a record it could not
-//! requeue, the spool full part-way through a replay); 2 could not run (configuration, no such
-//! directory, I/O error, bad arguments).
+//! requeue, the spool full part-way through a replay, the bridge busy with another repair); 2
+//! could not run (configuration, no such directory, I/O error, bad arguments, a wrong token).
 //!
 //! One file per command: `stats.rs` (`stats`, `verify`), `records.rs` (`inspect`),
-//! `dead_letter.rs` (`dead-letter list`, `dead-letter requeue`), `replay.rs`; this file holds the
-//! arguments, the errors and what they share.
+//! `dead_letter.rs` (`dead-letter list`, `requeue`, `purge`), `replay.rs`, `live.rs` (the same
+//! through a running bridge); this file holds the arguments, the errors and what they share.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -22,13 +25,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::clock::now_ms;
 use crate::config::{self, Config};
 use crate::deadletter::{self, DeadLetters};
-use crate::delivery::{Copied, CopyKind, Delivery};
 use crate::metrics::Metrics;
+use crate::repair;
 use crate::spool::inspect::{self, LockState, Survey};
 use crate::spool::{self, Spool};
 
@@ -38,6 +39,14 @@ pub struct SpoolArgs {
     /// Spool directory; overrides `spool.dir` from the configuration.
     #[arg(long, global = true, value_name = "PATH")]
     pub dir: Option<PathBuf>,
+    /// Changing commands: ask the running bridge at this admin URL (`http://127.0.0.1:9090`)
+    /// instead of opening the spool. Default: the bridge of `admin.listen` when one holds the
+    /// spool lock, else the offline path.
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// The admin API token for the live path; default `admin.token_file`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: SpoolCommand,
 }
@@ -77,7 +86,8 @@ pub enum SpoolCommand {
     /// Put confirmed records still on disk (kept for `spool.retain_confirmed`) back into the
     /// spool as new records, so the bridge publishes them again with their original delivery
     /// ids: for a broker that acknowledged deliveries and then lost them. Prints the plan
-    /// first. Changes the spool: refused while a bridge holds the lock (except --dry-run).
+    /// first. While a bridge runs, the running bridge does it (its admin API, with the token of
+    /// `admin.token_file`); otherwise it opens the spool itself.
     Replay(ReplayArgs),
 }
 
@@ -111,23 +121,62 @@ pub enum DeadLetterCommand {
         json: bool,
     },
     /// Put records back into the spool (appended and fsync'd, then removed from the store).
-    /// Changes the spool: refused while a bridge holds the lock.
-    Requeue(Selection),
+    /// While a bridge runs, the running bridge does it through its own spool writer (its admin
+    /// API, with the token of `admin.token_file`); otherwise this opens the spool itself.
+    Requeue(SelectArgs),
+    /// Delete records from the store for good (after deciding they are not wanted). Live or
+    /// offline like `requeue`.
+    Purge {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
-/// Which dead letters to requeue: exactly one of these.
+/// Which dead letters: every given criterion must hold; `--all` stands alone.
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
-pub struct Selection {
-    /// Every dead letter with this delivery id.
+pub struct SelectArgs {
+    /// The dead letter that had this spool seq (repeatable).
+    #[arg(long, value_name = "N")]
+    pub seq: Vec<u64>,
+    /// Dead letters with this delivery id.
     #[arg(long, value_name = "DELIVERY_ID")]
     pub id: Option<String>,
-    /// The dead letter that had this spool seq.
-    #[arg(long, value_name = "N")]
-    pub seq: Option<u64>,
+    /// Dead letters with this reason (`too_large`, `topic_authorization_failed`, …).
+    #[arg(long, value_name = "R")]
+    pub reason: Option<String>,
+    /// Dead letters with this `metadata.action`.
+    #[arg(long, value_name = "A")]
+    pub action: Option<String>,
+    /// Dead letters for this subject or topic.
+    #[arg(long, value_name = "D")]
+    pub destination: Option<String>,
+    /// Dead-lettered at or after T (RFC 3339 or a duration ago, `1h`).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Dead-lettered at or before T.
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
     /// Every dead letter.
     #[arg(long)]
     pub all: bool,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> repair::Selection {
+        repair::Selection {
+            seq: self.seq.clone(),
+            id: self.id.clone(),
+            reason: self.reason.clone(),
+            action: self.action.clone(),
+            destination: self.destination.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            all: self.all,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +209,20 @@ pub enum Error {
     /// Writing to stdout failed.
     #[error("writing output: {0}")]
     Output(#[source] io::Error),
+    /// The running bridge could not be asked (unreachable, no or a wrong token, an answer that is
+    /// not the admin API's); the message says what to do.
+    #[error("{0}")]
+    Live(String),
+}
+
+impl From<repair::Error> for Error {
+    fn from(e: repair::Error) -> Self {
+        match e {
+            repair::Error::DeadLetters(e) => Error::DeadLetters(e),
+            repair::Error::Inspect(e) => Error::Inspect(e),
+            repair::Error::Usage(m) => Error::Usage(m),
+        }
+    }
 }
 
 impl Error {
@@ -177,6 +240,10 @@ pub fn run(args: SpoolArgs, mut config: Config, out: &mut dyn Write) -> Result<u
     if let Some(dir) = args.dir {
         config.spool.dir = dir;
     }
+    let live = live::Target {
+        admin: args.admin,
+        token_file: args.token_file,
+    };
     let result = match args.command {
         SpoolCommand::Stats { json } => stats(&config, json, out),
         SpoolCommand::Verify => verify(&config, out),
@@ -186,7 +253,10 @@ pub fn run(args: SpoolArgs, mut config: Config, out: &mut dyn Write) -> Result<u
             limit,
             all,
         } => {
-            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let since_ms = since
+                .as_deref()
+                .map(|s| repair::parse_time("--since", s))
+                .transpose()?;
             let filter = Filter {
                 action,
                 since_ms,
@@ -196,8 +266,13 @@ pub fn run(args: SpoolArgs, mut config: Config, out: &mut dyn Write) -> Result<u
             inspect_records(&config, &filter, out)
         }
         SpoolCommand::DeadLetter(DeadLetterCommand::List { json }) => list(&config, json, out),
-        SpoolCommand::DeadLetter(DeadLetterCommand::Requeue(sel)) => requeue(config, &sel, out),
-        SpoolCommand::Replay(args) => replay(config, &args, out),
+        SpoolCommand::DeadLetter(DeadLetterCommand::Requeue(sel)) => {
+            requeue(config, &live, &sel.selection(), out)
+        }
+        SpoolCommand::DeadLetter(DeadLetterCommand::Purge { select, yes }) => {
+            purge(config, &live, &select.selection(), yes, out)
+        }
+        SpoolCommand::Replay(args) => replay(config, &live, &args, out),
     };
     match result {
         // `… | head` closing the pipe early is not a failure.
@@ -214,12 +289,13 @@ macro_rules! say {
 }
 
 mod dead_letter;
+mod live;
 mod records;
 mod replay;
 mod stats;
 
-use dead_letter::{list, requeue};
-use records::{inspect_records, parse_since, Filter};
+use dead_letter::{list, purge, requeue};
+use records::{inspect_records, Filter};
 use replay::replay;
 use stats::{stats, verify};
 
@@ -229,19 +305,6 @@ fn survey(
 ) -> Result<Survey, Error> {
     // Only the directory: frames are judged by the spool format, never by today's limits.
     Ok(inspect::survey(&config.spool.dir, visit)?)
-}
-
-/// The record payload for a copy put back into the spool: the same delivery (id, body, receive
-/// time), marked as a copy so its messages carry `hookbridge-copy` and `hookbridge-received-at`.
-fn mark_copy(d: Delivery, how: CopyKind) -> Bytes {
-    Delivery {
-        copied: Some(Copied {
-            how,
-            at_ms: now_ms(),
-        }),
-        ..d
-    }
-    .encode()
 }
 
 fn age(ms: u64) -> Duration {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{survey, Error};
-use crate::clock::{self, now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::spool::inspect;
@@ -17,19 +17,6 @@ pub(super) struct Filter {
     pub(super) since_ms: Option<u64>,
     pub(super) limit: Option<u64>,
     pub(super) all: bool,
-}
-
-/// RFC 3339, or a duration meaning that long ago.
-pub(super) fn parse_since(s: &str) -> Result<u64, Error> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(clock::to_ms(t));
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) => Ok(now_ms().saturating_sub(d.as_millis() as u64)),
-        Err(_) => Err(Error::Usage(format!(
-            "--since {s:?}: expected an RFC 3339 time (2025-01-31T12:00:00Z) or a duration ago (15m)"
-        ))),
-    }
 }
 
 #[derive(Serialize)]
@@ -172,6 +159,7 @@ pub(super) fn minify(json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_ms;
 
     #[test]
     fn minify_keeps_strings_and_order() {
@@ -184,10 +172,14 @@ mod tests {
 
     #[test]
     fn since_accepts_rfc3339_and_durations() {
+        let parse_since = |s| crate::repair::parse_time("--since", s);
         assert_eq!(parse_since("1970-01-01T00:00:01Z").unwrap(), 1000);
         let t = parse_since("15m").unwrap();
         let expect = now_ms() - 15 * 60 * 1000;
         assert!(t.abs_diff(expect) < 5000);
-        assert!(matches!(parse_since("yesterday"), Err(Error::Usage(_))));
+        assert!(matches!(
+            parse_since("yesterday"),
+            Err(crate::repair::Error::Usage(_))
+        ));
     }
 }

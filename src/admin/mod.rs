@@ -1,13 +1,20 @@
-//! The admin listener: `/metrics` (Prometheus text), `/livez`, `/readyz`. Never on the ingress
-//! port, so the metrics and health of a bridge are not exposed to the webhook sender.
+//! The admin listener: `/metrics` (Prometheus text), `/livez`, `/readyz`, the admin API under
+//! `/api/v1/` ([`api`], behind the bearer token of [`auth`]) and the page `/ui` ([`ui`]). Never
+//! on the ingress port, so the metrics and health of a bridge are not exposed to the webhook
+//! sender.
 //!
 //! The probes must answer whatever other clients do (a liveness probe that times out restarts a
 //! healthy pod): the listener keeps connections for [`PROBE_PATHS`] only (`server::Reserve`),
 //! and `/metrics` is rendered one at a time, each render answering every request that was
 //! waiting when it began ([`Renders`]), so stalled or numerous scrapers cannot multiply its cost.
 
+pub mod api;
+pub mod auth;
+mod ui;
+
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +100,24 @@ pub struct Admin {
     pub renders: Renders,
     /// Longest a `/metrics` request waits for a render before it gets 503.
     pub render_wait: Duration,
+    /// `/api/v1/` but `status`.
+    pub api: api::Api,
+}
+
+/// `GET /api/v1/status`: the `/readyz` document, the quota and the counters a rate is
+/// computed from (two samples apart, as `hookbridge status` does from `/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub readyz: Readyz,
+    /// `spool.max_bytes`.
+    pub spool_max_bytes: u64,
+    /// Deliveries acknowledged, records published, records dead-lettered, since start.
+    pub accepted_total: u64,
+    pub published_total: u64,
+    pub dead_lettered_total: u64,
+    /// Whether `admin.token_file` is set (the rest of the API answers).
+    pub api_enabled: bool,
+    pub version: String,
 }
 
 /// `/metrics` renders, one at a time. A render that began after a request arrived is as fresh
@@ -110,8 +135,9 @@ pub struct Renders {
 /// The paths the probe reserve serves.
 pub const PROBE_PATHS: &[&str] = &["/livez", "/readyz"];
 
+/// The admin service of one connection, with its peer (for the audit line).
 #[derive(Clone)]
-pub struct AdminService(pub Arc<Admin>);
+pub struct AdminService(pub Arc<Admin>, pub SocketAddr);
 
 impl hyper::service::Service<Request<Incoming>> for AdminService {
     type Response = HttpResponse;
@@ -119,13 +145,20 @@ impl hyper::service::Service<Request<Incoming>> for AdminService {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.0.clone();
-        Box::pin(async move { Ok(this.handle(&req).await) })
+        let (this, peer) = (self.0.clone(), self.1);
+        Box::pin(async move { Ok(this.handle(req, peer).await) })
     }
 }
 
 impl Admin {
-    async fn handle(&self, req: &Request<Incoming>) -> HttpResponse {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        let path = req.uri().path();
+        if path == "/api/v1/status" && req.method() == Method::GET {
+            return server::json(StatusCode::OK, &self.status_document());
+        }
+        if path.starts_with(api::PREFIX) {
+            return self.api.handle(req, peer).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return server::json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -161,9 +194,15 @@ impl Admin {
             }
             "/livez" => server::json(StatusCode::OK, &json!({"status": "alive"})),
             "/readyz" => self.readyz(),
+            "/ui" => ui::page(),
+            // Browsers ask for it with every page; an empty answer keeps their consoles clean.
+            "/favicon.ico" => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("static response parts are valid"),
             _ => server::json(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "not_found", "detail": "try /metrics, /livez or /readyz"}),
+                &json!({"error": "not_found", "detail": "try /metrics, /livez, /readyz, /api/v1/status or /ui"}),
             ),
         }
     }
@@ -213,6 +252,31 @@ impl Admin {
             retained_bytes: stats.retained_bytes,
             spool: spool.to_owned(),
             stuck_records: stuck as u64,
+        }
+    }
+
+    fn status_document(&self) -> StatusDoc {
+        let m = &self.metrics;
+        let sum = |f: &crate::metrics::Family<prometheus::IntCounterVec>| -> u64 {
+            use prometheus::core::Collector;
+            f.vec()
+                .collect()
+                .iter()
+                .flat_map(|mf| {
+                    mf.get_metric()
+                        .iter()
+                        .map(|x| x.get_counter().get_value() as u64)
+                })
+                .sum()
+        };
+        StatusDoc {
+            readyz: self.readyz_document(),
+            spool_max_bytes: m.spool_max_bytes.get() as u64,
+            accepted_total: sum(&m.deliveries_accepted),
+            published_total: sum(&m.published),
+            dead_lettered_total: sum(&m.dead_lettered),
+            api_enabled: self.api.token.is_some(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 
