@@ -108,7 +108,7 @@ fn unknown_keys_and_bad_values_are_named() {
 }
 
 #[test]
-fn run_refuses_a_locked_spool_only_after_saying_why() {
+fn run_refuses_an_unusable_spool_dir_naming_it() {
     // `run` with an unusable spool directory fails fast with a message naming it.
     let dir = tempfile::tempdir().unwrap();
     let file_not_dir = dir.path().join("plainfile");
@@ -122,6 +122,50 @@ fn run_refuses_a_locked_spool_only_after_saying_why() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("plainfile"), "{err}");
+}
+
+/// A spool another process holds (a running bridge has `LOCK` flock'd): a second `run` on it
+/// fails at once and says the spool is locked, instead of sharing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_spool_that_another_process_holds_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = common::unique("lock");
+    let env = common::bridge_env(dir.path(), &prefix, &prefix.to_uppercase());
+    // Serving means recovery ran, and recovery takes the lock first.
+    let mut holder = common::BridgeProcess::spawn(&env).await;
+    let mut second = hookbridge();
+    second.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = second
+        .env("HOOKBRIDGE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("HOOKBRIDGE_ADMIN__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second bridge on a held spool still runs after 20 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a second bridge on a held spool: {err}"
+    );
+    assert!(err.contains("locked"), "{err}");
+    assert_eq!(
+        holder.child.try_wait().unwrap(),
+        None,
+        "the holder keeps running"
+    );
 }
 
 /// `deploy/hookbridge.toml` listens publicly, so as shipped it refuses to start until a real

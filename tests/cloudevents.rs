@@ -104,7 +104,12 @@ async fn nats_binary_and_structured_read_by_nats_py_and_the_cloudevents_sdk() {
             ],
         )
         .await;
-        assert_eq!(got.len(), sent.len(), "every delivery arrives exactly once");
+        delivered::assert_exactly_once(
+            &format!("NATS {}", mode.as_str()),
+            sent.keys().map(String::as_str),
+            got.iter()
+                .map(|r| r["headers"]["webhook-id"].as_str().unwrap()),
+        );
         let mut printed = false;
         for r in &got {
             let header = |name: &str| r["headers"][name].as_str().map(str::to_owned);
@@ -258,7 +263,19 @@ async fn kafka_binary_and_structured_read_by_the_cloudevents_sdk() {
         ];
         args.extend(topics.iter().map(String::as_str));
         let got = python_reader("tests/cloudevents_kafka.py", &args).await;
-        assert_eq!(got.len(), sent.len(), "every delivery arrives exactly once");
+        let ids: Vec<&str> = got
+            .iter()
+            .map(|r| {
+                let headers = r["headers"].as_array().unwrap();
+                let id = headers.iter().find(|h| h[0] == "webhook-id").unwrap();
+                id[1].as_str().unwrap()
+            })
+            .collect();
+        delivered::assert_exactly_once(
+            &format!("Kafka {}", mode.as_str()),
+            sent.keys().map(String::as_str),
+            ids,
+        );
         let mut printed = false;
         for r in &got {
             let header = |name: &str| {

@@ -403,7 +403,7 @@ async fn hostile_request_table() {
     let (slow_head, end) = raw_exchange(
         app.http,
         &[b"POST /webhooks/sessionboard HTTP/1.1\r\nhost: x\r\n"],
-        Duration::from_millis(2500),
+        Duration::from_secs(6),
     )
     .await;
     let took = started.elapsed();
@@ -412,8 +412,10 @@ async fn hostile_request_table() {
         ("", End::Closed),
         "slow head: closed without a response"
     );
+    // Not before the timeout; the upper bound is only "it did time out", several times the
+    // timeout, so a busy 2-core machine cannot fail it.
     assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_millis(2000),
+        took >= Duration::from_millis(950) && took < Duration::from_secs(5),
         "slow head closed after {took:?}, not at the 1 s header timeout"
     );
     // A trickled body gets 408 and the connection is closed.

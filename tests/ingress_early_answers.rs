@@ -131,20 +131,37 @@ async fn lingering_is_bounded_by_bytes_and_time() {
     let client = http_client();
     let addr = app.http;
 
-    // A client that declares a body, never sends it and keeps the connection open: answered
-    // 401 and half-closed at once; the bridge stops waiting for it after the linger timeout.
+    // A client that declares a body, never sends it and keeps the connection open (until the
+    // timeout is counted): answered 401 and half-closed at once; the bridge stops waiting for it
+    // after the linger timeout.
     let silent = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(post_head(1000, "").as_bytes()).unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
-        std::thread::sleep(Duration::from_secs(1));
-        String::from_utf8_lossy(&out).into_owned()
+        (String::from_utf8_lossy(&out).into_owned(), s)
     })
     .await
     .unwrap();
+    let (silent, held_open) = silent;
     assert!(silent.starts_with("HTTP/1.1 401"), "{silent}");
+    let timeouts = || async {
+        metric(
+            &client,
+            app.admin,
+            "hookbridge_http_lingering_closes_total",
+            "ended=\"timeout\"",
+        )
+        .await
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the linger timeout to be counted",
+        || async { timeouts().await > 0.0 },
+    )
+    .await;
+    drop(held_open);
     assert_eq!(
         metric(
             &client,

@@ -6,6 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use common::load::acked_until_sigkill;
 use common::*;
 
 const PATH: &str = "/webhooks/sessionboard";
@@ -45,7 +46,11 @@ async fn every_fixture_arrives_on_its_topic_keyed_by_data_id_byte_exact() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(got.len(), sent.len(), "every fixture arrives exactly once");
+    delivered::assert_exactly_once(
+        "fixtures",
+        sent.keys().map(String::as_str),
+        got.iter().map(|r| r.header("webhook-id").unwrap()),
+    );
     for r in &got {
         let id = r.header("webhook-id").unwrap();
         let (bytes, v) = &sent[id];
@@ -225,12 +230,17 @@ async fn broker_frozen_then_thawed_all_deliveries_arrive() {
         1
     );
 
+    wait_drained(&client, app.admin, Duration::from_secs(30))
+        .await
+        .expect("warm-up confirmed");
+    let published_before = published(&client, app.admin).await;
     tansu.freeze();
     post_many(&app.url(PATH), "frz", 1000).await;
     let (status, _, ready) = request(&client, "GET", &app.admin_url("/readyz"), &[], "")
         .await
         .unwrap();
     assert_eq!(status, 200, "{ready}");
+    assert_backlog_built(&client, app.admin, "Kafka frozen", published_before, 1000).await;
     tansu.thaw();
 
     let got = rdkafka_consume(&tansu.brokers(), &[topic], 1001, Duration::from_secs(90)).await;
@@ -286,37 +296,12 @@ async fn sigkilled_bridge_replays_every_acknowledged_delivery_to_kafka() {
     );
     let mut bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let url = format!("http://{}{PATH}", bridge.http);
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let (client, url, acked) = (client.clone(), url.clone(), acked.clone());
-        writers.push(tokio::spawn(async move {
-            for n in 0..10_000u64 {
-                let id = format!("kk-{w}-{n}");
-                match post(
-                    &client,
-                    &url,
-                    &id,
-                    body("contact.updated", &format!("c{w}"), n),
-                )
-                .await
-                {
-                    200 => acked.lock().unwrap().push(id),
-                    _ => break,
-                }
-            }
-        }));
-    }
-    while acked.lock().unwrap().len() < 500 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bridge.kill9();
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked: Vec<String> = acked.lock().unwrap().clone();
-    let _bridge2 = BridgeProcess::spawn(&env).await;
+    // Let a few hundred through while writers keep posting, then kill without warning.
+    let acked = acked_until_sigkill(&mut bridge, &prefix, "contact.updated", 500).await;
+    let bridge2 = BridgeProcess::spawn(&env).await;
+    // The restarted process replays what the killed one had not seen confirmed: without a
+    // replay this test would pass on what the first process published.
+    wait_replayed(&client, bridge2.admin, Duration::from_secs(60)).await;
 
     // At least once: replays after the kill add duplicates, so keep reading until every
     // acknowledged id was seen (or the time is up).

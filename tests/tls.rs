@@ -382,7 +382,8 @@ async fn certificate_rotation_without_a_failed_request() {
     secret.rotate(&second.chain_pem, &second.key_pem);
     wait_for(second.der.clone()).await;
     let took = rotated.elapsed();
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Within the 200 ms reload interval; the bound is many intervals, for a busy machine.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(expiry().await, second.not_after as f64);
     assert_eq!(reloads("ok").await, 1.0);
 
@@ -485,7 +486,9 @@ async fn a_stalled_handshake_is_closed_and_frees_its_slot() {
     .await
     .expect("closed by the handshake timeout");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The 300 ms handshake timeout, with room for a busy machine.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
     // The slot is free again (the server drops the socket just before the slot, so allow it a
     // moment).
     let deadline = Instant::now() + Duration::from_secs(2);

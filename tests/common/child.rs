@@ -210,28 +210,45 @@ impl ChildServer {
         }
     }
 
-    /// SIGSTOP: connections stay open but nothing answers.
+    /// SIGSTOP: connections stay open but nothing answers. Panics if the server is not running
+    /// or the signal cannot be sent: a freeze that silently did nothing would let a test pass
+    /// without its fault.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        signal(self.pid(), libc::SIGSTOP);
     }
 
     /// SIGCONT after [`ChildServer::freeze`].
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        signal(self.pid(), libc::SIGCONT);
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
+    fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+            .id()
+    }
+}
+
+/// Sends `sig` to process `pid` with `kill(2)`; panics with the errno if it could not be sent.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes no pointers; a wrong pid is reported as an error, checked below.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        panic!(
+            "kill({pid}, {sig}) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 impl Drop for ChildServer {
     fn drop(&mut self) {
-        self.thaw();
+        if let Some(c) = &self.child {
+            // Best effort while dropping (maybe unwinding): a frozen process must die too.
+            // SAFETY: as in `signal`.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+        }
         self.stop();
     }
 }

@@ -77,3 +77,80 @@ pub fn tally(label: &str, acked: &[Ack], got: &[Arrival]) -> Tally {
         disordered,
     }
 }
+
+/// How the delivery ids that arrived differ from those sent.
+#[derive(Debug, Default, PartialEq)]
+pub struct IdDiff {
+    /// Sent, never arrived.
+    pub missing: Vec<String>,
+    /// Arrived, never sent.
+    pub unexpected: Vec<String>,
+    /// Arrived more than once, with the number of copies.
+    pub duplicated: BTreeMap<String, usize>,
+}
+
+/// Compares the sets of ids sent and arrived, counting copies: equal lengths can hide a loss
+/// behind a duplicate.
+pub fn diff_ids<'a>(
+    sent: impl IntoIterator<Item = &'a str>,
+    got: impl IntoIterator<Item = &'a str>,
+) -> IdDiff {
+    let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in got {
+        *copies.entry(id).or_default() += 1;
+    }
+    let sent: std::collections::BTreeSet<&str> = sent.into_iter().collect();
+    IdDiff {
+        missing: sent
+            .iter()
+            .filter(|id| !copies.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect(),
+        unexpected: copies
+            .keys()
+            .filter(|id| !sent.contains(*id))
+            .map(|id| id.to_string())
+            .collect(),
+        duplicated: copies
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.to_string(), *n))
+            .collect(),
+    }
+}
+
+/// Panics unless every id sent arrived exactly once and nothing else arrived, naming the
+/// missing, unexpected and duplicated ids (with their counts).
+pub fn assert_exactly_once<'a>(
+    label: &str,
+    sent: impl IntoIterator<Item = &'a str>,
+    got: impl IntoIterator<Item = &'a str>,
+) {
+    let d = diff_ids(sent, got);
+    assert!(
+        d == IdDiff::default(),
+        "{label}: not exactly once: missing {:?}, unexpected {:?}, duplicated (id: copies) {:?}",
+        d.missing,
+        d.unexpected,
+        d.duplicated
+    );
+}
+
+/// Panics unless every id sent arrived at least once and nothing else arrived; returns the
+/// duplicates (copies beyond the first), which at-least-once delivery allows.
+pub fn assert_at_least_once<'a>(
+    label: &str,
+    sent: impl IntoIterator<Item = &'a str>,
+    got: impl IntoIterator<Item = &'a str>,
+) -> usize {
+    let d = diff_ids(sent, got);
+    assert!(
+        d.missing.is_empty() && d.unexpected.is_empty(),
+        "{label}: {} missing, e.g. {:?}; {} unexpected, e.g. {:?}",
+        d.missing.len(),
+        &d.missing[..d.missing.len().min(10)],
+        d.unexpected.len(),
+        &d.unexpected[..d.unexpected.len().min(10)]
+    );
+    d.duplicated.values().map(|n| n - 1).sum()
+}

@@ -82,20 +82,32 @@ pub async fn metric(client: &HttpClient, admin: SocketAddr, name: &str, label_fi
         .sum()
 }
 
-/// Waits until the bridge's `/readyz` reports an empty backlog (everything confirmed by the
-/// broker); returns the last `/readyz` body, or `None` on timeout.
+/// Waits until the bridge is drained: `/readyz` answers 200 (ready) with an empty backlog
+/// (everything confirmed by the broker); returns that `/readyz` body, or `None` on timeout. A
+/// bridge that refuses deliveries (spool full or failed) is not drained.
 pub async fn wait_drained(
     client: &HttpClient,
     admin: SocketAddr,
     timeout: Duration,
 ) -> Option<serde_json::Value> {
+    wait_backlog_empty(client, admin, timeout, true).await
+}
+
+/// Waits until `/readyz` reports an empty backlog, and answers 200 if `ready`: [`wait_drained`],
+/// or with `ready` false for a bridge that is drained but refuses deliveries (a full disk).
+pub async fn wait_backlog_empty(
+    client: &HttpClient,
+    admin: SocketAddr,
+    timeout: Duration,
+    ready: bool,
+) -> Option<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok((_, _, ready)) =
+        if let Ok((status, _, body)) =
             request(client, "GET", &format!("http://{admin}/readyz"), &[], "").await
         {
-            if ready["backlog_records"] == 0 {
-                return Some(ready);
+            if body["backlog_records"] == 0 && (status == 200 || !ready) {
+                return Some(body);
             }
         }
         if Instant::now() > deadline {
@@ -103,4 +115,48 @@ pub async fn wait_drained(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `hookbridge_published_total` (all sinks): records the broker confirmed.
+pub async fn published(client: &HttpClient, admin: SocketAddr) -> f64 {
+    metric(client, admin, "hookbridge_published_total", "").await
+}
+
+/// Asserts that the broker fault took hold (item 1 of issue 29: a freeze that did nothing must
+/// fail the test): since the fault began, when [`published`] was `published_before`, the bridge
+/// published nothing and its backlog holds at least the `acked_since` deliveries it acknowledged
+/// since. Returns the backlog.
+pub async fn assert_backlog_built(
+    client: &HttpClient,
+    admin: SocketAddr,
+    label: &str,
+    published_before: f64,
+    acked_since: usize,
+) -> u64 {
+    let (_, _, ready) = request(client, "GET", &format!("http://{admin}/readyz"), &[], "")
+        .await
+        .unwrap();
+    let published_now = published(client, admin).await;
+    let backlog = ready["backlog_records"].as_u64().unwrap_or(0);
+    assert_eq!(
+        published_now, published_before,
+        "{label}: the bridge published while the broker was away, so the fault did not happen \
+         ({published_before} published when it began, {published_now} now; backlog {backlog})"
+    );
+    assert!(
+        backlog >= acked_since as u64,
+        "{label}: backlog {backlog} < {acked_since} acknowledged since the broker went away, so \
+         the fault did not happen ({ready})"
+    );
+    backlog
+}
+
+/// Waits until a restarted bridge published something (`hookbridge_published_total > 0`): the
+/// proof that it replayed what its killed predecessor left unconfirmed.
+pub async fn wait_replayed(client: &HttpClient, admin: SocketAddr, timeout: Duration) {
+    let what = "the restarted bridge to publish its replay (hookbridge_published_total > 0)";
+    super::wait::wait_for(timeout, what, || async {
+        published(client, admin).await > 0.0
+    })
+    .await;
 }

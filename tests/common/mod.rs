@@ -1,6 +1,6 @@
 //! Shared test harness, by concern: the bridge under test ([`process`]), HTTP ([`http`]), NATS
-//! ([`nats`]), Kafka ([`kafka`]), child servers ([`child`]), and which services this machine has
-//! ([`tier`]). Their items are re-exported here, so a test says `use common::*;` (the modules
+//! ([`nats`]), Kafka ([`kafka`]), child servers ([`child`]), which services this machine has
+//! ([`tier`]), waiting on a condition ([`wait`]) and load writers ([`load`]). Their items are re-exported here, so a test says `use common::*;` (the modules
 //! stay private: a module named `http` would shadow the `http` crate in the tests).
 #![allow(dead_code, unused_imports)]
 
@@ -14,10 +14,12 @@ pub mod delivered;
 pub mod haproxy;
 mod http;
 mod kafka;
+pub mod load;
 mod nats;
 mod process;
 mod tier;
 pub mod tls;
+mod wait;
 
 pub use admin::*;
 pub use child::*;
@@ -26,6 +28,7 @@ pub use kafka::*;
 pub use nats::*;
 pub use process::*;
 pub use tier::*;
+pub use wait::*;
 
 /// A name unique to this test process and call, safe as a NATS token and stream name.
 pub fn unique(tag: &str) -> String {

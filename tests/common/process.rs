@@ -164,10 +164,9 @@ impl BridgeProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM; panics if it cannot be sent (see [`super::child::signal`]).
     pub fn sigterm(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        super::child::signal(self.child.id(), libc::SIGTERM);
     }
 }
 

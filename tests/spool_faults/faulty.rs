@@ -52,6 +52,8 @@ struct State {
     log: Vec<(Op, PathBuf)>,
     /// Reported free space, less what was written through this filesystem since it was set.
     free: Option<u64>,
+    /// Calls of `free_bytes` (statvfs samples).
+    free_calls: u64,
 }
 
 #[derive(Clone)]
@@ -123,6 +125,11 @@ impl FaultFs {
     /// Report `bytes` free from now on, shrinking with every byte written.
     pub fn set_free(&self, bytes: u64) {
         self.lock().free = Some(bytes);
+    }
+
+    /// How many times the spool asked for the free space (statvfs samples).
+    pub fn free_calls(&self) -> u64 {
+        self.lock().free_calls
     }
 
     fn before(&self, op: Op, path: &Path) -> io::Result<()> {
@@ -236,7 +243,9 @@ impl DelegatingFs for FaultFs {
         self.inner.remove_file(path)
     }
     fn free_bytes(&self, path: &Path) -> io::Result<u64> {
-        match self.lock().free {
+        let mut state = self.lock();
+        state.free_calls += 1;
+        match state.free {
             Some(free) => Ok(free),
             None => self.inner.free_bytes(path),
         }

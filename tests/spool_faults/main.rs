@@ -419,8 +419,11 @@ async fn low_free_space_evicts_retained_segments_before_refusing() {
     wait_until(|| spool.stats().retained_bytes > 20_000).await;
 
     // The disk fills up from elsewhere: not even this record fits above the margin.
+    let samples = fs.free_calls();
     fs.set_free(MIN_FREE + 500);
-    tokio::time::sleep(Duration::from_millis(1100)).await; // the next statvfs sample
+    // A sample that started after `set_free` was taken in: the second from now (the first may
+    // have read the old value before it, or still be on its way into the spool's state).
+    wait_until(|| fs.free_calls() >= samples + 2).await;
     assert_eq!(spool.health(), Health::Ok, "retained bytes count as free");
     spool
         .append(payload(100, 1000))
@@ -464,6 +467,7 @@ async fn min_free_bytes_zero_never_asks_the_filesystem() {
     assert_eq!(spool.health(), Health::Ok);
     spool.append(payload(1, 100)).await.expect("append");
     spool.close().await.expect("close");
+    assert_eq!(fs.free_calls(), 0, "statvfs with min_free_bytes = 0");
 }
 
 #[tokio::test]
