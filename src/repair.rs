@@ -255,14 +255,7 @@ pub async fn requeue(
                 )),
             }
         }
-        // `join_all` polls in order and an append is queued on its first poll: the copies keep
-        // the store's order.
-        let appended = futures_util::future::join_all(
-            copies
-                .iter()
-                .map(|(_, payload)| spool.append(payload.clone())),
-        )
-        .await;
+        let appended = append_batch(spool, copies.iter().map(|(_, payload)| payload)).await;
         let mut durable = Vec::new();
         for ((m, _), r) in copies.into_iter().zip(appended) {
             match r {
@@ -304,8 +297,19 @@ pub async fn purge(dl: &Arc<DeadLetters>, selected: Vec<Meta>) -> Result<u64, Er
     .await
 }
 
+/// Appends one batch (at most [`AT_ONCE`]) concurrently, so group commit fsyncs it together,
+/// and returns each append's seq or error in the batch's order. `join_all` over a short list
+/// polls its futures in order, and an append is queued on its first poll: the new seqs follow
+/// the batch's order (invariant 4).
+async fn append_batch<'a>(
+    spool: &Spool,
+    payloads: impl Iterator<Item = &'a Bytes>,
+) -> Vec<Result<u64, spool::Error>> {
+    futures_util::future::join_all(payloads.map(|p| spool.append(p.clone()))).await
+}
+
 /// Runs blocking store I/O off the async workers (fsyncs).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
@@ -510,12 +514,7 @@ pub async fn append_in_order(
     let mut done = 0u64;
     let mut range: Option<(u64, u64)> = None;
     for chunk in picks.chunks(AT_ONCE) {
-        // `join_all` over a short list polls its futures in order, and an append is queued on
-        // its first poll: the new seqs follow the original order (invariant 4).
-        let results =
-            futures_util::future::join_all(chunk.iter().map(|p| spool.append(p.payload.clone())))
-                .await;
-        for r in results {
+        for r in append_batch(spool, chunk.iter().map(|p| &p.payload)).await {
             let seq = r.map_err(|e| (done, e))?;
             range = Some(match range {
                 None => (seq, seq),

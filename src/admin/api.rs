@@ -267,10 +267,7 @@ impl Api {
         f: impl FnOnce(&DeadLetters) -> Result<T, repair::Error> + Send + 'static,
     ) -> Result<T, Refusal> {
         let dl = self.dead_letters.clone();
-        tokio::task::spawn_blocking(move || f(&dl))
-            .await
-            .expect("dead-letter reads do not panic")
-            .map_err(failed)
+        repair::blocking(move || f(&dl)).await.map_err(failed)
     }
 
     async fn list(&self, query: &str) -> Answer {
