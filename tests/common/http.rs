@@ -117,6 +117,14 @@ pub async fn wait_backlog_empty(
     }
 }
 
+/// `GET /readyz`: its status code and document (panics if the admin listener does not answer).
+pub async fn readyz(client: &HttpClient, admin: SocketAddr) -> (u16, serde_json::Value) {
+    let (status, _, body) = request(client, "GET", &format!("http://{admin}/readyz"), &[], "")
+        .await
+        .unwrap_or_else(|e| panic!("GET /readyz on {admin}: {e}"));
+    (status, body)
+}
+
 /// `hookbridge_published_total` (all sinks): records the broker confirmed.
 pub async fn published(client: &HttpClient, admin: SocketAddr) -> f64 {
     metric(client, admin, "hookbridge_published_total", "").await

@@ -96,9 +96,7 @@ async fn outage(broker: Broker, fault: Fault, total: u64, min_outage: Duration) 
     let broken_at = Instant::now();
     let (mut acked, took) = post_all(&bridge.url(PATH), &prefix, total).await;
     let rate = total as f64 / took.as_secs_f64();
-    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-        .await
-        .unwrap();
+    let (status, ready) = readyz(&client, bridge.admin).await;
     assert_eq!(
         status, 200,
         "{label}: an outage must not make the bridge unready: {ready}"
@@ -127,9 +125,7 @@ async fn outage(broker: Broker, fault: Fault, total: u64, min_outage: Duration) 
         .await
         .is_none()
     {
-        let (_, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-            .await
-            .unwrap();
+        let (_, ready) = readyz(&client, bridge.admin).await;
         let alive = match broker {
             Broker::Nats => tokio::net::TcpStream::connect(("127.0.0.1", nats.port())).await,
             Broker::Kafka => tokio::net::TcpStream::connect(("127.0.0.1", tansu.port())).await,

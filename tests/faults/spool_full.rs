@@ -100,9 +100,7 @@ async fn spool_quota_full_answers_503_then_resumes_by_itself() {
         assert_eq!(code, "spool_full", "{id}");
         assert_eq!(after.as_deref(), Some("7"), "{id}: Retry-After");
     }
-    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-        .await
-        .unwrap();
+    let (status, ready) = readyz(&client, bridge.admin).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["spool"], "full", "{ready}");
     let full_at = metric(&client, bridge.admin, "hookbridge_spool_bytes", "").await;
@@ -115,9 +113,7 @@ async fn spool_quota_full_answers_503_then_resumes_by_itself() {
     // Segments go once the confirmed position is persisted; then the bridge is ready again.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ready = loop {
-        let (s, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-            .await
-            .unwrap();
+        let (s, ready) = readyz(&client, bridge.admin).await;
         if s == 200 {
             break ready;
         }
@@ -191,6 +187,40 @@ impl Tmpfs {
     }
 }
 
+/// A spool on a tmpfs of `size` with a nats-server of its own (not started), and the
+/// environment of a NATS bridge on it. Fields drop in order: the server before its directory,
+/// the tmpfs last.
+struct SmallDisk {
+    nats: NatsServer,
+    _nats_dir: tempfile::TempDir,
+    prefix: String,
+    stream: String,
+    env: Vec<(String, String)>,
+    mnt: Tmpfs,
+}
+
+fn small_disk(size: &str, tag: &str, segment_bytes: &str, min_free_bytes: &str) -> SmallDisk {
+    let mnt = mount_tmpfs(size);
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::new(nats_dir.path());
+    let prefix = unique(tag);
+    let env = small_disk_env(
+        &mnt.path().join("spool"),
+        &prefix,
+        &nats.url(),
+        segment_bytes,
+        min_free_bytes,
+    );
+    SmallDisk {
+        nats,
+        _nats_dir: nats_dir,
+        stream: prefix.to_uppercase(),
+        prefix,
+        env,
+        mnt,
+    }
+}
+
 /// A NATS bridge on a spool whose disk, not `spool.max_bytes` (1 GiB here), is the limit.
 fn small_disk_env(
     spool: &Path,
@@ -253,13 +283,14 @@ async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
     if !require(&[Tier::NatsServer]) {
         return;
     }
-    let mnt = mount_tmpfs("2m");
-    let spool = mnt.path().join("spool");
-    let nats_dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::new(nats_dir.path());
-    let prefix = unique("enospc");
-    let stream = prefix.to_uppercase();
-    let env = small_disk_env(&spool, &prefix, &nats.url(), "262144", "0");
+    let SmallDisk {
+        mnt,
+        _nats_dir,
+        mut nats,
+        prefix,
+        stream,
+        env,
+    } = small_disk("2m", "enospc", "262144", "0");
     let mut bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();
     let out = fill(&bridge.url(PATH), &prefix, 25).await;
@@ -269,9 +300,7 @@ async fn spool_on_a_full_filesystem_answers_503_never_2xx() {
         assert!(after.is_some(), "503 carries Retry-After");
         *codes.entry((*s, code.clone())).or_default() += 1;
     }
-    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-        .await
-        .unwrap();
+    let (status, ready) = readyz(&client, bridge.admin).await;
     let df = std::process::Command::new("df")
         .arg(mnt.path())
         .output()
@@ -390,13 +419,14 @@ async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself(
     if !require(&[Tier::NatsServer]) {
         return;
     }
-    let mnt = mount_tmpfs("4m");
-    let spool = mnt.path().join("spool");
-    let nats_dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::new(nats_dir.path());
-    let prefix = unique("guard");
-    let stream = prefix.to_uppercase();
-    let env = small_disk_env(&spool, &prefix, &nats.url(), "131072", "2097152");
+    let SmallDisk {
+        mnt: _mnt,
+        _nats_dir,
+        mut nats,
+        prefix,
+        stream,
+        env,
+    } = small_disk("4m", "guard", "131072", "2097152");
     let bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();
     let out = fill(&bridge.url(PATH), &prefix, 25).await;
@@ -408,9 +438,7 @@ async fn min_free_bytes_guard_keeps_the_disk_from_filling_and_resumes_by_itself(
         );
         assert!(after.is_some(), "503 carries Retry-After");
     }
-    let (status, _, ready) = request(&client, "GET", &bridge.admin_url("/readyz"), &[], "")
-        .await
-        .unwrap();
+    let (status, ready) = readyz(&client, bridge.admin).await;
     assert_eq!(
         (status, ready["spool"].as_str()),
         (503, Some("full")),
