@@ -7,7 +7,8 @@ use rand::{Rng, SeedableRng};
 use super::common::load::Load;
 use super::common::*;
 use super::{
-    arrivals_kafka, arrivals_nats, check, env_for, env_num, Broker, ACTION, PATH, RESTART_ACKS,
+    arrivals_kafka, arrivals_nats, check, env_for, env_num, stop_and_clean, Broker, ACTION, PATH,
+    RESTART_ACKS,
 };
 
 /// Writers keep posting distinct deliveries (8 clients, each owning 4 resources with their own
@@ -75,10 +76,7 @@ async fn crash_loop(broker: Broker) {
          ({ready})",
         t.acked, failed, t.records, t.distinct, t.duplicates, t.unacked_arrived
     );
-    drop(bridge);
-    if broker == Broker::Nats {
-        delete_stream(&jetstream(&target).await, &prefix.to_uppercase()).await;
-    }
+    stop_and_clean(bridge, broker, &target, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

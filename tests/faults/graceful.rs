@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use super::common::load::Load;
 use super::common::*;
 use super::delivered::Ack;
-use super::{arrivals_kafka, arrivals_nats, check, env_for, Broker, ACTION, PATH, RESTART_ACKS};
+use super::{
+    arrivals_kafka, arrivals_nats, check, env_for, stop_and_clean, Broker, ACTION, PATH,
+    RESTART_ACKS,
+};
 
 /// SIGTERM while 16 clients post: every 2xx arrives (after a restart), every other answer is a
 /// connection error or 503, and the process exits 0 within `shutdown.grace` (+ slack). With
@@ -97,10 +100,7 @@ async fn graceful(broker: Broker, frozen: bool) {
          {} duplicates, {} arrived without a 2xx",
         t.acked, t.records, t.duplicates, t.unacked_arrived
     );
-    drop(bridge);
-    if broker == Broker::Nats {
-        delete_stream(&jetstream(&target).await, &prefix.to_uppercase()).await;
-    }
+    stop_and_clean(bridge, broker, &target, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

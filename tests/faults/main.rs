@@ -91,6 +91,15 @@ fn check(label: &str, acked: &[Ack], got: &[Arrival]) -> Tally {
 }
 
 /// Environment for the real binary on `broker`: a NATS url + stream, or Kafka brokers.
+/// Stops `bridge`, then deletes the JetStream stream of `prefix` (a Kafka run's topics go with
+/// its tansu).
+async fn stop_and_clean(bridge: BridgeProcess, broker: Broker, target: &str, prefix: &str) {
+    drop(bridge);
+    if broker == Broker::Nats {
+        delete_stream(&jetstream(target).await, &prefix.to_uppercase()).await;
+    }
+}
+
 fn env_for(broker: Broker, dir: &Path, prefix: &str, target: &str) -> Vec<(String, String)> {
     match broker {
         Broker::Nats => {
