@@ -37,6 +37,11 @@
 //! once, without keep-alive, and the whole connection must be done within `timeout`. Stalled
 //! scrapers holding every ordinary slot therefore cannot starve `/livez` and `/readyz`, and a
 //! client cannot park in the reserve.
+//!
+//! A slot is given back *before* its socket is closed ([`Slotted`]): a client learns that its
+//! connection ended only once the slot is free again, so clients that reconnect the moment they
+//! are closed (a crowd of stalled scrapers cut off by `write_timeout` together) never hold more
+//! slots than they have connections, and cannot crowd a probe out of the reserve.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -151,11 +156,16 @@ pub async fn serve<M, S, F>(
                 }
             },
         };
-        let Some((permit, reserved)) = take_slot(&permits, reserve.as_ref(), &limits, peer) else {
+        let Some((permit, reserved)) = take_slot(&permits, reserve.as_ref(), &limits, peer).await
+        else {
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let stream = Slotted {
+            _slot: permit,
+            stream,
+        };
         let conn = Connection {
             service: make_service(peer),
             peer,
@@ -167,10 +177,7 @@ pub async fn serve<M, S, F>(
             limits: limits.clone(),
             reserved,
         };
-        tokio::spawn(async move {
-            conn.serve(stream).await;
-            drop(permit);
-        });
+        tokio::spawn(conn.serve(stream));
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -197,8 +204,11 @@ fn http_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 
 /// A slot for a new connection from `peer`: one of `max_connections`, else one of the probe
 /// `reserve` (then `true`: it may ask for a probe only), else none: the caller closes it, and it
-/// is counted as rejected.
-fn take_slot(
+/// is counted as rejected. With a reserve, a connection that finds every slot taken waits up to
+/// [`RESERVE_WAIT`] for one: slots held by connections that are being closed come back within
+/// microseconds, and a probe should not fail for arriving in that instant. Without one (the
+/// ingress), it is closed at once, so an overloaded ingress never slows its accept loop.
+async fn take_slot(
     permits: &Arc<Semaphore>,
     reserve: Option<&Arc<Semaphore>>,
     limits: &Limits,
@@ -207,8 +217,17 @@ fn take_slot(
     if let Ok(p) = permits.clone().try_acquire_owned() {
         return Some((p, false));
     }
-    if let Some(Ok(p)) = reserve.map(|r| r.clone().try_acquire_owned()) {
-        return Some((p, true));
+    if let Some(reserve) = reserve {
+        let slot = tokio::time::timeout(RESERVE_WAIT, async {
+            tokio::select! {
+                biased;
+                p = permits.clone().acquire_owned() => p.map(|p| (p, false)),
+                p = reserve.clone().acquire_owned() => p.map(|p| (p, true)),
+            }
+        });
+        if let Ok(Ok(slot)) = slot.await {
+            return Some(slot);
+        }
     }
     if let Some(c) = &limits.rejected_counter {
         c.inc();
@@ -216,6 +235,9 @@ fn take_slot(
     tracing::debug!(%peer, "connection limit reached; closing");
     None
 }
+
+/// How long a connection to a listener with a probe reserve waits for a slot (see [`take_slot`]).
+const RESERVE_WAIT: Duration = Duration::from_millis(20);
 
 /// An accepted connection, about to be served on its own task.
 struct Connection<S> {
@@ -238,7 +260,7 @@ where
 {
     /// Serves the connection to its end (TLS handshake first, if any), keeping the
     /// open-connection gauge and counting how it ended if by an error.
-    async fn serve(self, stream: TcpStream) {
+    async fn serve(self, stream: Slotted) {
         let Connection {
             service,
             peer,
@@ -283,7 +305,7 @@ where
 /// Serves a connection in the probe reserve: one request, if its request line asks for one of
 /// the reserve's paths, all within the reserve's timeout.
 async fn serve_probe<S, F>(
-    stream: TcpStream,
+    stream: Slotted,
     http: &hyper::server::conn::http1::Builder,
     service: S,
     watcher: Watcher,
@@ -299,7 +321,7 @@ where
     let mut http = http.clone();
     http.keep_alive(false);
     let serve = async {
-        if !asks_for(&stream, reserve.paths).await {
+        if !asks_for(&stream.stream, reserve.paths).await {
             if let Some(c) = &reserve.not_probe_counter {
                 c.inc();
             }
@@ -412,6 +434,54 @@ async fn linger<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(Err(_)) => return (discarded > 0).then_some("error"),
         }
+    }
+}
+
+/// An accepted stream and the connection slot it holds. Invariant 10: the slot is given back
+/// before the socket is closed (fields drop in declaration order), so by the time the client can
+/// see the close, its slot is free for its next connection (module doc, "The probe reserve").
+struct Slotted {
+    _slot: OwnedSemaphorePermit,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
