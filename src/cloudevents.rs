@@ -263,6 +263,8 @@ mod tests {
             received_at_ms: 0,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body: Bytes::from_static(body),
         }
     }

@@ -517,6 +517,8 @@ impl Ingress {
                     received_at_ms,
                     reject_reason: Some(e.code().to_owned()),
                     copied: None,
+                    endpoint: None,
+                    trace: None,
                     body,
                 })
             }
@@ -545,6 +547,8 @@ impl Ingress {
             received_at_ms,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body,
         })
     }

@@ -180,6 +180,8 @@ fn delivery(i: u64, key: &str) -> Delivery {
         received_at_ms: 0,
         reject_reason: None,
         copied: None,
+        endpoint: None,
+        trace: None,
         body: bytes::Bytes::from(format!("{{\"n\":{i}}}")),
     }
 }
@@ -196,6 +198,8 @@ fn unusable(i: u64) -> Delivery {
         received_at_ms: 0,
         reject_reason: Some("invalid_json".into()),
         copied: None,
+        endpoint: None,
+        trace: None,
         body: bytes::Bytes::from(format!("not json {i}")),
     }
 }
