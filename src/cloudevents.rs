@@ -81,6 +81,16 @@ impl CloudEvents {
         }
     }
 
+    /// The same, with an endpoint's `source` template and fallback
+    /// (`config::Endpoint::cloudevents_sources`).
+    pub fn with_sources(self, source: String, source_fallback: String) -> CloudEvents {
+        CloudEvents {
+            source,
+            source_fallback,
+            ..self
+        }
+    }
+
     /// No CloudEvents: messages as before `sink.cloudevents` existed.
     pub fn off() -> CloudEvents {
         CloudEvents::from_config(&Config::default())

@@ -108,6 +108,17 @@ impl Router {
         })
     }
 
+    /// The router of endpoint `e` (`[routing]` for the default); errors name the key.
+    pub fn for_endpoint(e: &crate::config::Endpoint<'_>) -> Result<Router, crate::config::Error> {
+        use crate::config::invalid;
+        let c = e.routing;
+        Router::new(&c.prefix, &c.dead_letter, &c.routes).map_err(|err| match err {
+            ConfigError::Prefix(r) => invalid(e.routing_key("prefix"), r),
+            ConfigError::DeadLetter(r) => invalid(e.routing_key("dead_letter"), r),
+            ConfigError::Route(r) => invalid(e.routing_key("routes"), r),
+        })
+    }
+
     /// `prefix` is empty or ends with `.`; `dead_letter` is a valid action-style suffix; each route
     /// key is a valid action or `<valid action>.*`, each value a valid destination.
     pub fn new(

@@ -18,8 +18,9 @@ use super::{
     invalid, AuthConfig, Config, Error, RoutingConfig, SinkConfig, ORG_ID_PLACEHOLDER, REDACTED,
 };
 
-/// The name of the endpoint the top-level keys describe.
-pub const DEFAULT_ENDPOINT: &str = "default";
+/// The name of the endpoint the top-level keys describe (what a spool record without an
+/// endpoint came through).
+pub use crate::delivery::DEFAULT_ENDPOINT;
 
 /// Longest endpoint name (it is a metric label and a message header).
 pub const MAX_NAME_LEN: usize = 32;
@@ -341,37 +342,32 @@ mod tests {
 
     #[test]
     fn overlapping_namespaces() {
-        let cases: &[(&str, &[(&str, &str)], &str, &[(&str, &str)], bool)] = &[
-            ("sb.", &[], "sandbox.", &[], false),
-            ("sb.", &[], "sb.", &[], true),
-            ("sb.", &[], "sb.sandbox.", &[], true),
-            ("", &[], "sandbox.", &[], true),
-            ("a.", &[], "ab.", &[], false),
+        type Side = (&'static str, &'static [(&'static str, &'static str)]);
+        let cases: &[(Side, Side, bool)] = &[
+            (("sb.", &[]), ("sandbox.", &[]), false),
+            (("sb.", &[]), ("sb.", &[]), true),
+            (("sb.", &[]), ("sb.sandbox.", &[]), true),
+            (("", &[]), ("sandbox.", &[]), true),
+            (("a.", &[]), ("ab.", &[]), false),
             // A route of one into the other's prefix.
             (
-                "sb.",
-                &[("session.*", "sandbox.sessions")],
-                "sandbox.",
-                &[],
+                ("sb.", &[("session.*", "sandbox.sessions")]),
+                ("sandbox.", &[]),
                 true,
             ),
             // Two routes to the same destination outside both prefixes.
             (
-                "sb.",
-                &[("session.*", "all")],
-                "sandbox.",
-                &[("session.*", "all")],
+                ("sb.", &[("session.*", "all")]),
+                ("sandbox.", &[("session.*", "all")]),
                 true,
             ),
             (
-                "sb.",
-                &[("session.*", "sb-all")],
-                "sandbox.",
-                &[("session.*", "sandbox-all")],
+                ("sb.", &[("session.*", "sb-all")]),
+                ("sandbox.", &[("session.*", "sandbox-all")]),
                 false,
             ),
         ];
-        for (pa, ra, pb, rb, want) in cases {
+        for ((pa, ra), (pb, rb), want) in cases {
             let (a, b) = (routing(pa, ra), routing(pb, rb));
             assert_eq!(
                 overlap(&a, &b).is_some(),
@@ -379,6 +375,116 @@ mod tests {
                 "{pa} {ra:?} / {pb} {rb:?}"
             );
             assert_eq!(overlap(&b, &a).is_some(), *want, "reversed: {pa} / {pb}");
+        }
+    }
+
+    /// The key `check-config` names for `toml`, or `None` when it is valid.
+    fn refused_key(toml: &str) -> Option<String> {
+        match crate::config::tests::load_str(toml) {
+            Ok(_) => None,
+            Err(Error::Invalid { key, .. }) => Some(key.into_owned()),
+            Err(e) => panic!("{toml}: {e}"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_entry_and_key() {
+        let sandbox = "[[endpoints]]\nname = \"sandbox\"\npath = \"/sandbox\"\nrouting = { prefix = \"sandbox.\" }\n";
+        assert_eq!(refused_key(sandbox), None);
+        let cases = [
+            // Its default prefix is the default endpoint's.
+            (
+                "[[endpoints]]\nname = \"sandbox\"\npath = \"/sandbox\"\n".to_owned(),
+                "endpoints[0].routing.prefix",
+            ),
+            (
+                format!(
+                    "{sandbox}{}",
+                    sandbox.replace("/sandbox", "/other").replace("x.", "y.")
+                ),
+                "endpoints[1].name",
+            ),
+            (
+                format!(
+                    "{sandbox}{}",
+                    sandbox
+                        .replace("\"sandbox\"", "\"other\"")
+                        .replace("x.", "y.")
+                ),
+                "endpoints[1].path",
+            ),
+            (
+                sandbox.replace("/sandbox", "/webhooks/sessionboard"),
+                "endpoints[0].path",
+            ),
+            (
+                sandbox.replace("\"sandbox\"", "\"default\""),
+                "endpoints[0].name",
+            ),
+            (
+                sandbox.replace("\"sandbox\"", "\"Sandbox\""),
+                "endpoints[0].name",
+            ),
+            (sandbox.replace("/sandbox", "sandbox"), "endpoints[0].path"),
+            (
+                sandbox.replace(
+                    "prefix = \"sandbox.\"",
+                    "prefix = \"sandbox.\", routes = { \"session.*\" = \"sessionboard.mine\" }",
+                ),
+                "endpoints[0].routing.prefix",
+            ),
+            (
+                format!("{sandbox}auth = {{ header_name = \"x-token\" }}\n"),
+                "endpoints[0].auth.header_values",
+            ),
+            (
+                format!("{sandbox}cloudevents_source = \"a b\"\n"),
+                "endpoints[0].cloudevents_source",
+            ),
+        ];
+        for (toml, key) in cases {
+            assert_eq!(refused_key(&toml).as_deref(), Some(key), "{toml}");
+        }
+    }
+
+    #[test]
+    fn what_is_built_from_an_entry_names_its_key_too() {
+        let sandbox = "[[endpoints]]\nname = \"sandbox\"\npath = \"/sandbox\"\n";
+        for (entry, key) in [
+            (
+                "routing = { prefix = \"sandbox\" }\n",
+                "endpoints[0].routing.prefix",
+            ),
+            (
+                "routing = { prefix = \"sandbox.\" }\nauth = { secrets = [\"nothex\"] }\n",
+                "endpoints[0].auth.secrets",
+            ),
+        ] {
+            let c = crate::config::tests::load_str(&format!("{sandbox}{entry}")).unwrap();
+            match crate::endpoint::Endpoints::from_config(&c) {
+                Err(Error::Invalid { key: k, .. }) => assert_eq!(k, key, "{entry}"),
+                other => panic!("{entry}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_endpoint_without_authentication_is_refused_on_a_public_listener() {
+        let public = "[http]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n[auth]\nheader_name = \"x-token\"\nheader_values = [\"0123456789abcdef\"]\n";
+        let entry = "[[endpoints]]\nname = \"sandbox\"\npath = \"/sandbox\"\nrouting = { prefix = \"sandbox.\" }\n";
+        assert_eq!(
+            refused_key(&format!("{public}{entry}")).as_deref(),
+            Some("endpoints[0].auth")
+        );
+        for auth in [
+            "auth = { allow_unauthenticated = true }\n",
+            "auth = { secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }\n",
+        ] {
+            assert_eq!(
+                refused_key(&format!("{public}{entry}{auth}")),
+                None,
+                "{auth}"
+            );
         }
     }
 

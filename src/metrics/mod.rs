@@ -90,7 +90,7 @@ pub mod labels {
     /// What the forwarder itself records: `retries_exhausted` (a record that kept failing while
     /// the broker confirmed others) and `undecodable` (a record that passed its CRC but does not
     /// decode); a publish-error kind and a dead-letter reason.
-    pub const FORWARD_REASONS: &[&str] = &["retries_exhausted", "undecodable"];
+    pub const FORWARD_REASONS: &[&str] = &["retries_exhausted", "undecodable", "unknown_endpoint"];
     /// `hookbridge_http_rejected_bodies_total{reason}` (the ingress memory budget): the budget
     /// is spent, or one client has too many unfinished bodies.
     pub const HTTP_REJECTED_BODY_REASONS: &[&str] = &["buffer_full", "too_many_bodies"];

@@ -1,0 +1,278 @@
+//! Two senders on one bridge (`[[endpoints]]`), on the real binary against real brokers
+//! (JetStream and Kafka): each sender's signed deliveries land only under its own namespace,
+//! a delivery signed for one endpoint and posted to the other gets 401 and is never stored, the
+//! same delivery id on both endpoints is two deliveries while a repeat on one is a duplicate,
+//! and a restart in between changes none of this.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use hookbridge::ingress::signature::sign_v1;
+
+/// The default endpoint's sender (Sessionboard production) and the second one's (sandbox).
+const PROD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SANDBOX_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const PROD_PATH: &str = "/webhooks/sessionboard";
+const SANDBOX_PATH: &str = "/webhooks/sandbox";
+
+/// The configuration file: the top-level keys are the endpoint `default`; `[[endpoints]]` adds
+/// `sandbox` under its own prefix.
+fn config_file(dir: &Path, prefix: &str) -> String {
+    let path = dir.join("hookbridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[auth]
+secrets = ["{PROD_SECRET}"]
+
+[[endpoints]]
+name = "sandbox"
+path = "{SANDBOX_PATH}"
+auth = {{ secrets = ["{SANDBOX_SECRET}"] }}
+routing = {{ prefix = "{prefix}-sandbox." }}
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// Posts `body` as delivery `id`, signed with `secret`, to `path`; the status and JSON `status`
+/// (or `error`).
+async fn post_signed(
+    bridge: &BridgeProcess,
+    path: &str,
+    secret: &str,
+    id: &str,
+    body: &str,
+) -> (u16, String) {
+    let ts = hookbridge::ingress::auth::system_clock().to_string();
+    let signature = sign_v1(secret, id, &ts, body.as_bytes());
+    let (status, _, json) = request(
+        &http_client(),
+        "POST",
+        &bridge.url(path),
+        &[
+            ("content-type", "application/json"),
+            ("webhook-id", id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &signature),
+        ],
+        body.to_owned(),
+    )
+    .await
+    .unwrap();
+    let word = json["status"].as_str().or(json["error"].as_str());
+    (status, word.unwrap_or_default().to_owned())
+}
+
+/// One published message: where it went, its `webhook-id` and `hookbridge-endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Out {
+    destination: String,
+    id: String,
+    endpoint: String,
+}
+
+/// The scenario on either broker. `read` returns every message published under `prefix.`.
+async fn two_senders<R, F>(env: Vec<(String, String)>, prefix: &str, read: R)
+where
+    R: Fn(usize) -> F,
+    F: std::future::Future<Output = Vec<Out>>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env;
+    env.push(("HOOKBRIDGE_CONFIG".into(), config_file(dir.path(), prefix)));
+    let mut bridge = BridgeProcess::spawn(&env).await;
+    let body = |rid: &str| common::body("session.updated", rid, 1);
+
+    // Each sender on its own path.
+    let mut expected = Vec::new();
+    for i in 0..3 {
+        let id = format!("msg_prod_{i}");
+        assert_eq!(
+            post_signed(&bridge, PROD_PATH, PROD_SECRET, &id, &body("p")).await,
+            (200, "accepted".into())
+        );
+        expected.push(("default", id));
+        let id = format!("msg_sandbox_{i}");
+        assert_eq!(
+            post_signed(&bridge, SANDBOX_PATH, SANDBOX_SECRET, &id, &body("s")).await,
+            (200, "accepted".into())
+        );
+        expected.push(("sandbox", id));
+    }
+    // Cross-posting: a secret opens its own endpoint only.
+    assert_eq!(
+        post_signed(
+            &bridge,
+            PROD_PATH,
+            SANDBOX_SECRET,
+            "msg_cross_1",
+            &body("x")
+        )
+        .await,
+        (401, "no_matching_signature".into())
+    );
+    assert_eq!(
+        post_signed(
+            &bridge,
+            SANDBOX_PATH,
+            PROD_SECRET,
+            "msg_cross_2",
+            &body("x")
+        )
+        .await,
+        (401, "no_matching_signature".into())
+    );
+    // The same id on both endpoints is two deliveries; a repeat on one is a duplicate.
+    for (path, secret, endpoint) in [
+        (PROD_PATH, PROD_SECRET, "default"),
+        (SANDBOX_PATH, SANDBOX_SECRET, "sandbox"),
+    ] {
+        assert_eq!(
+            post_signed(&bridge, path, secret, "msg_same", &body("same")).await,
+            (200, "accepted".into()),
+            "{endpoint}"
+        );
+        expected.push((endpoint, "msg_same".into()));
+    }
+    assert_eq!(
+        post_signed(
+            &bridge,
+            SANDBOX_PATH,
+            SANDBOX_SECRET,
+            "msg_same",
+            &body("same")
+        )
+        .await,
+        (200, "duplicate".into())
+    );
+
+    // A restart on the same spool and configuration changes none of this. (A clean stop: the
+    // de-duplication journal is written behind the acknowledgements, so a SIGKILL right after
+    // the last request may forget the newest ids, which then arrive twice, never zero times.)
+    bridge.sigterm();
+    assert!(
+        bridge.wait_exit(Duration::from_secs(30)).await.is_some(),
+        "the bridge stops on SIGTERM"
+    );
+    let bridge = BridgeProcess::spawn(&env).await;
+    for (path, secret) in [(PROD_PATH, PROD_SECRET), (SANDBOX_PATH, SANDBOX_SECRET)] {
+        assert_eq!(
+            post_signed(&bridge, path, secret, "msg_same", &body("same")).await,
+            (200, "duplicate".into()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        post_signed(
+            &bridge,
+            SANDBOX_PATH,
+            PROD_SECRET,
+            "msg_cross_3",
+            &body("x")
+        )
+        .await,
+        (401, "no_matching_signature".into())
+    );
+    assert_eq!(
+        post_signed(
+            &bridge,
+            SANDBOX_PATH,
+            SANDBOX_SECRET,
+            "msg_after",
+            &body("s")
+        )
+        .await,
+        (200, "accepted".into())
+    );
+    expected.push(("sandbox", "msg_after".into()));
+
+    let mut want: Vec<Out> = expected
+        .iter()
+        .map(|(endpoint, id)| Out {
+            destination: match *endpoint {
+                "default" => format!("{prefix}.session.updated"),
+                _ => format!("{prefix}-sandbox.session.updated"),
+            },
+            id: id.clone(),
+            endpoint: endpoint.to_string(),
+        })
+        .collect();
+    want.sort();
+    let mut got = read(want.len()).await;
+    got.sort();
+    assert_eq!(
+        got, want,
+        "each delivery once, under its own endpoint's namespace only"
+    );
+    wait_drained(&http_client(), bridge.admin, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_jetstream() {
+    if !require(&[Tier::Nats]) {
+        return;
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = unique("ep");
+    let stream = prefix.to_uppercase();
+    let env = bridge_env(spool.path(), &prefix, &stream);
+    let js = jetstream(&nats_url()).await;
+    two_senders(env, &prefix, |n| {
+        let (js, stream) = (js.clone(), stream.clone());
+        async move {
+            read_stream(&js, &stream, n, Duration::from_secs(20))
+                .await
+                .into_iter()
+                .map(|m| Out {
+                    destination: m.subject.to_string(),
+                    id: m.header("webhook-id").unwrap_or_default().to_owned(),
+                    endpoint: m
+                        .header("hookbridge-endpoint")
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+                .collect()
+        }
+    })
+    .await;
+    delete_stream(&js, &stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_kafka() {
+    if !require(&[Tier::Kafka]) {
+        return;
+    }
+    let tansu = Tansu::started().await;
+    let spool = tempfile::tempdir().unwrap();
+    let prefix = unique("ep");
+    let env = kafka_bridge_env(spool.path(), &prefix, &tansu.brokers());
+    let brokers = tansu.brokers();
+    two_senders(env, &prefix, |_| {
+        let (brokers, prefix) = (brokers.clone(), prefix.clone());
+        async move {
+            let mut out = Vec::new();
+            for topic in [
+                format!("{prefix}.session.updated"),
+                format!("{prefix}-sandbox.session.updated"),
+            ] {
+                for r in kafka_read_all(&brokers, &topic, Duration::from_secs(30)).await {
+                    let header = |name: &str| r.header(name).unwrap_or_default().to_owned();
+                    out.push(Out {
+                        destination: r.topic.clone(),
+                        id: header("webhook-id"),
+                        endpoint: header("hookbridge-endpoint"),
+                    });
+                }
+            }
+            out
+        }
+    })
+    .await;
+}
