@@ -354,16 +354,95 @@ async fn unknown_format_version_refuses_to_open_and_changes_nothing() {
     spool.close().await.unwrap();
     let seg = segments(dir.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    // Versions 1 and 2 are read; 3 is a newer release's.
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
 
     match Spool::open(cfg.clone(), Arc::new(Metrics::new())) {
-        Err(Error::Incompatible { path, version: 2 }) => assert_eq!(path, seg),
+        Err(Error::Incompatible { path, version: 3 }) => assert_eq!(path, seg),
         Err(e) => panic!("expected Incompatible, got {e}"),
         Ok(_) => panic!("expected Incompatible"),
     }
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     assert!(!dir.path().join("damaged").exists());
+}
+
+/// The segment format version in a segment file's header.
+fn segment_version(seg: &Path) -> u32 {
+    let b = std::fs::read(seg).unwrap();
+    u32::from_le_bytes(b[8..12].try_into().unwrap())
+}
+
+/// Rewrites a segment's header to format version 1, as releases up to efe9fd6 wrote it (the
+/// header and frames are otherwise identical).
+fn make_version_1(seg: &Path) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    assert_eq!(segment_version(seg), 2, "new segments are version 2");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(seg, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_segment_is_read_and_never_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (spool, _, _) = open(&cfg);
+    append_n(&spool, 5, 100).await;
+    spool.close().await.unwrap();
+    let old = segments(dir.path())[0].clone();
+    make_version_1(&old);
+    let old_bytes = std::fs::read(&old).unwrap();
+
+    let (spool, report, _) = open(&cfg);
+    assert_eq!(report.records, 5);
+    let reader = spool.reader();
+    // The first append after the upgrade rolls to a new segment of version 2, although the
+    // version-1 segment has room and its seqs continue.
+    assert_eq!(spool.append(payload(6, 100)).await.unwrap(), 6);
+    append_n(&spool, 2, 100).await;
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(segs[0], old);
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        old_bytes,
+        "v1 segment changed"
+    );
+    assert_eq!(segment_version(&segs[1]), 2);
+    assert!(segs[1].ends_with("00000000000000000006.seg"), "{segs:?}");
+    let records = close_and_drain(&spool, reader).await;
+    assert_eq!(seqs(&records), (1..=8).collect::<Vec<_>>());
+    for (r, i) in records.iter().zip(1..=5) {
+        assert_eq!(r.payload, payload(i, 100));
+    }
+
+    // Reopened, the version-2 segment is the newest and is continued.
+    let (spool, _, _) = open(&cfg);
+    assert_eq!(spool.append(payload(9, 100)).await.unwrap(), 9);
+    assert_eq!(segments(dir.path()).len(), 2);
+    assert_eq!(std::fs::read(&old).unwrap(), old_bytes);
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_version_1_segment_has_its_zeros_cut_and_is_not_appended_to() {
+    let (crashed, cfg, acked) = crashed_spool(10, 300).await;
+    let old = segments(crashed.path())[0].clone();
+    make_version_1(&old);
+    let (spool, report, _) = open(&cfg);
+    assert_eq!((report.records, report.torn_tail_bytes), (10, 0));
+    let data_end = frame_offset(10, 300);
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), data_end);
+    let cut = std::fs::read(&old).unwrap();
+    let next = spool.append(payload(11, 300)).await.unwrap();
+    let segs = segments(crashed.path());
+    assert_eq!(segs.len(), 2);
+    assert_eq!(std::fs::read(&old).unwrap(), cut, "v1 segment appended to");
+    assert_eq!(segment_version(&segs[1]), 2);
+    let records = close_and_drain(&spool, spool.reader()).await;
+    let mut want = acked;
+    want.push(next);
+    assert_eq!(seqs(&records), want);
 }
 
 #[tokio::test]
