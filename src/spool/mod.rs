@@ -461,7 +461,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A file in the spool has a format version this build cannot read (e.g. after a
     /// downgrade); `open` refuses rather than guess, and has changed nothing on disk.
-    #[error("{}: spool format version {version} is not supported by this build", path.display())]
+    #[error("{}: spool format version {version} is not supported by this build (a newer hookbridge wrote it; nothing was changed)", path.display())]
     Incompatible { path: PathBuf, version: u32 },
 }
 
