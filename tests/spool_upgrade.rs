@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::delivered::{assert_exactly_once, tally, Ack, Arrival};
+use common::spool_files::{segment_files, segment_version};
 use common::*;
 
 const PATH: &str = "/webhooks/sessionboard";
@@ -53,17 +54,11 @@ fn fixture_sent() -> Vec<Sent> {
 
 /// The segment files of `dir` in base order, with their header's format version.
 fn segments(dir: &Path) -> Vec<(PathBuf, u32)> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    v.sort();
-    v.into_iter()
+    segment_files(dir)
+        .into_iter()
         .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-            (p, version)
+            let v = segment_version(&p);
+            (p, v)
         })
         .collect()
 }
