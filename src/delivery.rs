@@ -66,7 +66,9 @@ pub struct Delivery {
     pub body: Bytes,
 }
 
-/// W3C trace context (`traceparent`, `tracestate`), stored as received.
+/// W3C trace context (`traceparent`, `tracestate`), stored as received. Like every metadata
+/// field (and `endpoint`), each is cut to [`MAX_FIELD_LEN`] bytes when encoded; whoever fills
+/// them checks their shape first (a valid `traceparent` is 55 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     pub traceparent: String,
