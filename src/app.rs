@@ -146,7 +146,7 @@ impl App {
     /// [`App::bind`] with every file in the spool directory (segments, the dead-letter store,
     /// the de-duplication journal) on `fs`: for tests that inject faults or slow disks.
     pub async fn bind_with_fs(settings: Settings, fs: Arc<dyn SpoolFs>) -> Result<App, Error> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_endpoints(&settings.endpoints.names()));
         let c = &settings.raw;
         metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
         let spool = open_spool(c, &metrics, fs.clone()).await?;

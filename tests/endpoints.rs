@@ -211,6 +211,47 @@ where
         "each delivery once, under its own endpoint's namespace only"
     );
     wait_drained(&http_client(), bridge.admin, Duration::from_secs(10)).await;
+
+    // The counters since the restart, per endpoint: one acceptance and one refusal at sandbox.
+    let client = http_client();
+    let m = |name: &'static str, filter: &'static str| metric(&client, bridge.admin, name, filter);
+    assert_eq!(
+        m(
+            "hookbridge_deliveries_accepted_total",
+            r#"endpoint="sandbox""#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "hookbridge_deliveries_accepted_total",
+            r#"endpoint="default""#
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        m(
+            "hookbridge_deliveries_rejected_total",
+            r#"endpoint="sandbox",reason="no_matching_signature""#
+        )
+        .await,
+        1.0
+    );
+    let (status, _, doc) = request(&client, "GET", &bridge.admin_url("/api/v1/status"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let names: Vec<&str> = doc["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "sandbox"]);
+    assert_eq!(doc["endpoints"][1]["accepted_total"], 1);
+    assert_eq!(doc["endpoints"][1]["rejected_total"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,9 +181,15 @@ impl Forwarder {
                 // router only names its dead-letter entry.
                 let endpoint = endpoint.unwrap_or(self.endpoints.default_endpoint());
                 let id = delivery.id.as_str().into();
+                let labels = (
+                    self.metrics.endpoint_label(delivery.endpoint.as_deref()),
+                    crate::routing::action_label(&delivery.action),
+                );
                 let msg = message(endpoint, seq, delivery);
                 let sent = Sent {
                     seq,
+                    endpoint: labels.0,
+                    action: labels.1,
                     id,
                     destination: msg.destination.as_str().into(),
                     key: msg.key.clone(),
@@ -199,6 +205,8 @@ impl Forwarder {
                     "spool record cannot be decoded; moving it to the dead-letter store");
                 let sent = Sent {
                     seq,
+                    endpoint: crate::metrics::labels::NO_ENDPOINT,
+                    action: "invalid",
                     ..Sent::default()
                 };
                 (sent, None, Some(UNDECODABLE))
@@ -296,7 +304,11 @@ impl Forwarder {
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
         let sink = self.sink.name();
-        self.metrics.published.with_label_values(&[sink]).inc();
+        let msg = &w.pending[&seq].msg;
+        self.metrics
+            .published
+            .with_label_values(&[sink, msg.endpoint, msg.action])
+            .inc();
         self.metrics
             .publish_latency
             .with_label_values(&[sink])

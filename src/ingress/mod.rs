@@ -185,13 +185,37 @@ impl Ingress {
         resp
     }
 
-    /// Stores the delivery (or recognises a duplicate); returns only once it is durable.
+    /// Stores the delivery (or recognises a duplicate) at the endpoint its path names; returns
+    /// only once it is durable. A refusal by a configured endpoint is counted under its name.
     async fn accept(
         &self,
         req: Request<Incoming>,
         peer: std::net::IpAddr,
     ) -> Result<Accepted, Reject> {
-        let endpoint = self.check_head(&req, peer)?;
+        let Some(endpoint) = self.endpoints.by_path(req.uri().path()) else {
+            return Err(reject(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            ));
+        };
+        let result = self.accept_at(endpoint, req, peer).await;
+        if let Err(r) = &result {
+            self.metrics
+                .deliveries_rejected
+                .with_label_values(&[&endpoint.name, r.code])
+                .inc();
+        }
+        result
+    }
+
+    async fn accept_at(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Result<Accepted, Reject> {
+        self.check_head(endpoint, &req, peer)?;
         let (headers, body, reservation) = self.receive(req, peer, &endpoint.gate).await?;
         let id = id_header(&headers, "webhook-id", "svix-id")?;
         let timestamp = id_header(&headers, "webhook-timestamp", "svix-timestamp")?;
@@ -217,20 +241,14 @@ impl Ingress {
         self.store(endpoint, delivery, claim, reservation).await
     }
 
-    /// What can be refused before the body is read: the path (which picks the endpoint), the
-    /// method, and the endpoint's gate's checks of the source address and headers.
+    /// What can be refused before the body is read: the method, and the endpoint's gate's
+    /// checks of the source address and headers.
     fn check_head(
         &self,
+        endpoint: &Endpoint,
         req: &Request<Incoming>,
         peer: std::net::IpAddr,
-    ) -> Result<&Endpoint, Reject> {
-        let Some(endpoint) = self.endpoints.by_path(req.uri().path()) else {
-            return Err(reject(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            ));
-        };
+    ) -> Result<(), Reject> {
         if req.method() != Method::POST {
             return Err(reject(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -241,8 +259,7 @@ impl Ingress {
         endpoint
             .gate
             .check_head(peer, req.headers())
-            .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
-        Ok(endpoint)
+            .map_err(|d| reject(d.status(), d.code(), d.detail()))
     }
 
     /// Reads the body within `http.request_timeout`; returns the headers, the body, and the
@@ -343,7 +360,7 @@ impl Ingress {
             .map_err(|e| self.not_stored(e, &id))?;
         self.metrics
             .deliveries_accepted
-            .with_label_values(&[label])
+            .with_label_values(&[&endpoint.name, label])
             .inc();
         if let Some(reason) = dead_letter {
             self.metrics

@@ -272,11 +272,17 @@ impl Bed {
         self.spool.stats().confirmed
     }
 
+    /// Dead letters counted for `reason`, whichever endpoint label they have.
     fn dead_lettered(&self, reason: &str) -> u64 {
-        self.metrics
-            .dead_lettered
-            .with_label_values(&[reason])
-            .get()
+        ["default", crate::metrics::labels::NO_ENDPOINT]
+            .iter()
+            .map(|e| {
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[e, reason])
+                    .get()
+            })
+            .sum()
     }
 
     /// Starts the forwarder; it stops when the returned sender is dropped or fired.
