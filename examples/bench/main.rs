@@ -13,7 +13,9 @@
 //! unreachable, 64 connections), `signed` (the same with Standard Webhooks signatures),
 //! `open` (fixed rate at 0.4 × the ceiling, latency from the intended send time), `nats` and
 //! `kafka` (end to end for a sustained period beside the broker-alone ceiling), `replay` (a
-//! backlog drained to each broker; startup with it and a full de-duplication window).
+//! backlog drained to each broker; startup with it and a full de-duplication window),
+//! `endpoints` (`spool` with four endpoints posted round-robin against one, in alternating
+//! pairs).
 //! Peak RSS (`VmHWM`) of the bridge is recorded in every scenario.
 //!
 //! The bridge, a private nats-server (never the one on 4222) and tansu are started here on free
@@ -43,6 +45,10 @@ use procs::{Bridge, BridgeConfig, Sink};
 const CONNS: usize = 64;
 /// The open loop's pool: enough that a busy connection rarely delays a due request.
 const OPEN_CONNS: usize = 256;
+/// Endpoints of the bridge compared with the single-endpoint one, and how many alternating
+/// pairs of runs compare them.
+const ENDPOINTS: usize = 4;
+const ENDPOINT_PAIRS: usize = 3;
 /// Open-loop rate as a fraction of the ceiling measured before the subjects.
 const OPEN_FRACTION: f64 = 0.4;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -90,7 +96,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--smoke] [--bin HOOKBRIDGE] [--out results.json] [--work DIR] \
-         [--fixture FILE] [--only ceiling,spool,signed,open,nats,kafka,replay]\n       \
+         [--fixture FILE] [--only ceiling,spool,signed,open,nats,kafka,replay,endpoints]\n       \
          bench --noop-server ADDR"
     );
     std::process::exit(2)
@@ -158,8 +164,13 @@ impl Run {
     }
 
     fn requests(&self, addr: std::net::SocketAddr, tag: &str) -> Requests {
+        self.requests_to(addr, tag, &[procs::INGRESS_PATH])
+    }
+
+    /// Requests posted to `paths` in turn.
+    fn requests_to(&self, addr: std::net::SocketAddr, tag: &str, paths: &[&str]) -> Requests {
         let run = format!("{}{}{tag}", std::process::id(), self.n);
-        Requests::new(self.fixture.clone(), addr, procs::INGRESS_PATH, &run)
+        Requests::round_robin(self.fixture.clone(), addr, paths, &run)
     }
 
     fn record(&mut self, key: &str, v: Value) {
@@ -226,10 +237,11 @@ async fn ceiling(run: &mut Run, key: &str) {
     run.record(key, v);
 }
 
-/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s.
-async fn spool_only(run: &mut Run, key: &str, signed: bool) {
+/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s. With
+/// `endpoints` > 1 the bridge has that many endpoints and the requests go to each in turn.
+async fn spool_only(run: &mut Run, key: &str, signed: bool, endpoints: usize) {
     let dir = run.scenario_dir(key);
-    let bridge = Bridge::start(
+    let bridge = Bridge::start_with_endpoints(
         &run.args.bin,
         &BridgeConfig {
             spool: &dir.join("spool"),
@@ -237,9 +249,12 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool) {
             secret: signed.then_some(SECRET),
             log: &dir.join("bridge.log"),
         },
+        endpoints,
     )
     .await;
-    let mut reqs = run.requests(bridge.http, key);
+    let paths: Vec<String> = (0..endpoints).map(procs::endpoint_path).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut reqs = run.requests_to(bridge.http, key, &paths);
     let mut presigned = Value::Null;
     if signed {
         // Enough for 1.5 × the unsigned rate over the run; a run that uses them all stops early.
@@ -264,7 +279,54 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool) {
         v = merge(v, presigned);
     }
     bridge.stop();
-    run.record(key, v);
+    // Up to a gigabyte each, and nothing reads it again: the alternating runs of `endpoints`
+    // would otherwise hold several at once.
+    let _ = std::fs::remove_dir_all(dir.join("spool"));
+    run.record(key, merge(v, json!({"endpoints": endpoints})));
+}
+
+/// Issue 26: what several endpoints cost the ingress. `spool` against a bridge with
+/// [`ENDPOINTS`] endpoints (requests round-robin over their paths) and against one with the
+/// default endpoint only, in alternating pairs (one-many, many-one, …) so drift on a shared
+/// machine hits both; the means and their ratio.
+async fn endpoints(run: &mut Run) {
+    let pairs = if run.args.params.smoke {
+        1
+    } else {
+        ENDPOINT_PAIRS
+    };
+    for pair in 0..pairs {
+        let mut order = [1, ENDPOINTS];
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        for n in order {
+            spool_only(run, &format!("endpoints_{n}_{pair}"), false, n).await;
+        }
+    }
+    let mean = |run: &Run, n: usize, field: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = (0..pairs)
+            .filter_map(|p| {
+                run.results
+                    .get(&format!("endpoints_{n}_{p}"))
+                    .and_then(field)
+            })
+            .collect();
+        xs.iter().sum::<f64>() / xs.len() as f64
+    };
+    let per_s = |v: &Value| v["per_s"].as_f64();
+    let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64();
+    let (one, many) = (mean(run, 1, &per_s), mean(run, ENDPOINTS, &per_s));
+    let v = json!({
+        "endpoints": ENDPOINTS,
+        "pairs": pairs,
+        "one_per_s": one,
+        "many_per_s": many,
+        "one_p99_ms": mean(run, 1, &p99),
+        "many_p99_ms": mean(run, ENDPOINTS, &p99),
+        "ratio": many / one,
+    });
+    run.record("endpoints", v);
 }
 
 /// Open loop at a fixed rate: latency from the intended send time, missed send slots. The
@@ -637,10 +699,13 @@ async fn run_scenarios(run: &mut Run) {
         ceiling(run, "ceiling_before").await;
     }
     if run.wants("spool") || run.wants("signed") {
-        spool_only(run, "spool_only", false).await;
+        spool_only(run, "spool_only", false, 1).await;
     }
     if run.wants("signed") {
-        spool_only(run, "spool_signed", true).await;
+        spool_only(run, "spool_signed", true, 1).await;
+    }
+    if run.wants("endpoints") {
+        endpoints(run).await;
     }
     if run.wants("open") {
         open(run).await;

@@ -25,6 +25,7 @@ pub fn table(run: &Run, ceiling: Option<f64>) -> String {
     };
     let backlog = run.args.params.backlog as f64;
     t.ack_rows();
+    t.endpoint_rows();
     t.open_loop_rows();
     t.end_to_end_rows();
     t.replay_rows(backlog);
@@ -118,6 +119,33 @@ impl Table<'_> {
                 "≥ 0.55×",
             );
         }
+    }
+
+    /// Row 8: several endpoints against one, the means of alternating pairs.
+    fn endpoint_rows(&mut self) {
+        let (Some(one), Some(many), Some(n), Some(pairs)) = (
+            self.f("endpoints", "one_per_s"),
+            self.f("endpoints", "many_per_s"),
+            self.f("endpoints", "endpoints"),
+            self.f("endpoints", "pairs"),
+        ) else {
+            return;
+        };
+        let p99 = |field| self.f("endpoints", field).unwrap_or(f64::NAN);
+        self.row(
+            &format!("8 durable acks, {n} endpoints round-robin / 1 endpoint (means of {pairs} alternating pairs of runs)"),
+            format!(
+                "{} / {} acks/s; p99 {:.2} / {:.2} ms",
+                k(many),
+                k(one),
+                p99("many_p99_ms"),
+                p99("one_p99_ms")
+            ),
+            format!("{:.2}× of 1 endpoint", many / one),
+            String::new(),
+            "",
+            "≥ 1 endpoint's (issue 26)",
+        );
     }
 
     /// Row 3: the open-loop runs, latency from the intended send time.
