@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{require, Tier};
+use common::{require, stdout_of, Tier};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,13 +27,7 @@ fn generate(toml: Option<&str>, format: &str) -> String {
         std::fs::write(&file, toml).unwrap();
         cmd.arg("--config").arg(file);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(&mut cmd)
 }
 
 /// Runs `program args` with `stdin`; returns (success, stdout, stderr).
