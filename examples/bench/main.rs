@@ -45,8 +45,8 @@ use procs::{Bridge, BridgeConfig, Sink};
 const CONNS: usize = 64;
 /// The open loop's pool: enough that a busy connection rarely delays a due request.
 const OPEN_CONNS: usize = 256;
-/// Endpoints of the bridge compared with the single-endpoint one, and how many alternating
-/// pairs of runs compare them.
+/// Endpoints of the bridge compared with the single-endpoint one, and how many rounds of runs
+/// compare them.
 const ENDPOINTS: usize = 4;
 const ENDPOINT_PAIRS: usize = 3;
 /// Open-loop rate as a fraction of the ceiling measured before the subjects.
@@ -237,9 +237,15 @@ async fn ceiling(run: &mut Run, key: &str) {
     run.record(key, v);
 }
 
-/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s. With
-/// `endpoints` > 1 the bridge has that many endpoints and the requests go to each in turn.
-async fn spool_only(run: &mut Run, key: &str, signed: bool, endpoints: usize) {
+/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s. The bridge has
+/// `endpoints` endpoints, and the requests go in turn to those numbered in `to`.
+async fn spool_only(
+    run: &mut Run,
+    key: &str,
+    signed: bool,
+    endpoints: usize,
+    to: std::ops::Range<usize>,
+) {
     let dir = run.scenario_dir(key);
     let bridge = Bridge::start_with_endpoints(
         &run.args.bin,
@@ -252,7 +258,7 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool, endpoints: usize) {
         endpoints,
     )
     .await;
-    let paths: Vec<String> = (0..endpoints).map(procs::endpoint_path).collect();
+    let paths: Vec<String> = to.clone().map(procs::endpoint_path).collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let mut reqs = run.requests_to(bridge.http, key, &paths);
     let mut presigned = Value::Null;
@@ -282,33 +288,42 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool, endpoints: usize) {
     // Up to a gigabyte each, and nothing reads it again: the alternating runs of `endpoints`
     // would otherwise hold several at once.
     let _ = std::fs::remove_dir_all(dir.join("spool"));
-    run.record(key, merge(v, json!({"endpoints": endpoints})));
+    let posted_to: Vec<String> = to.map(procs::endpoint_path).collect();
+    run.record(
+        key,
+        merge(v, json!({"endpoints": endpoints, "posted_to": posted_to})),
+    );
 }
 
-/// Issue 26: what several endpoints cost the ingress. `spool` against a bridge with
-/// [`ENDPOINTS`] endpoints (requests round-robin over their paths) and against one with the
-/// default endpoint only, in alternating pairs (one-many, many-one, …) so drift on a shared
-/// machine hits both; the means and their ratio.
+/// Issue 26: what several endpoints cost the ingress. `spool` against a bridge with the
+/// default endpoint only, and against one with [`ENDPOINTS`] endpoints posted round-robin over
+/// their paths and posted only to the last one (the longest path lookup); in rounds, each
+/// starting with another of the three so drift on a shared machine hits all; the means.
 async fn endpoints(run: &mut Run) {
-    let pairs = if run.args.params.smoke {
+    let rounds = if run.args.params.smoke {
         1
     } else {
         ENDPOINT_PAIRS
     };
-    for pair in 0..pairs {
-        let mut order = [1, ENDPOINTS];
-        if pair % 2 == 1 {
-            order.reverse();
-        }
-        for n in order {
-            spool_only(run, &format!("endpoints_{n}_{pair}"), false, n).await;
+    // (key, endpoints of the bridge, the endpoints posted to)
+    let variants = [
+        ("one", 1, 0..1),
+        ("round_robin", ENDPOINTS, 0..ENDPOINTS),
+        ("last", ENDPOINTS, ENDPOINTS - 1..ENDPOINTS),
+    ];
+    for round in 0..rounds {
+        // A different one first in each round, so drift does not favour one of them.
+        for i in 0..variants.len() {
+            let (name, n, to) = variants[(i + round) % variants.len()].clone();
+            let key = format!("endpoints_{name}_{round}");
+            spool_only(run, &key, false, n, to).await;
         }
     }
-    let mean = |run: &Run, n: usize, field: &dyn Fn(&Value) -> Option<f64>| {
-        let xs: Vec<f64> = (0..pairs)
-            .filter_map(|p| {
+    let mean = |run: &Run, name: &str, field: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = (0..rounds)
+            .filter_map(|r| {
                 run.results
-                    .get(&format!("endpoints_{n}_{p}"))
+                    .get(&format!("endpoints_{name}_{r}"))
                     .and_then(field)
             })
             .collect();
@@ -316,16 +331,11 @@ async fn endpoints(run: &mut Run) {
     };
     let per_s = |v: &Value| v["per_s"].as_f64();
     let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64();
-    let (one, many) = (mean(run, 1, &per_s), mean(run, ENDPOINTS, &per_s));
-    let v = json!({
-        "endpoints": ENDPOINTS,
-        "pairs": pairs,
-        "one_per_s": one,
-        "many_per_s": many,
-        "one_p99_ms": mean(run, 1, &p99),
-        "many_p99_ms": mean(run, ENDPOINTS, &p99),
-        "ratio": many / one,
-    });
+    let mut v = json!({"endpoints": ENDPOINTS, "rounds": rounds});
+    for (name, _, _) in &variants {
+        v[format!("{name}_per_s")] = json!(mean(run, name, &per_s));
+        v[format!("{name}_p99_ms")] = json!(mean(run, name, &p99));
+    }
     run.record("endpoints", v);
 }
 
@@ -699,10 +709,10 @@ async fn run_scenarios(run: &mut Run) {
         ceiling(run, "ceiling_before").await;
     }
     if run.wants("spool") || run.wants("signed") {
-        spool_only(run, "spool_only", false, 1).await;
+        spool_only(run, "spool_only", false, 1, 0..1).await;
     }
     if run.wants("signed") {
-        spool_only(run, "spool_signed", true, 1).await;
+        spool_only(run, "spool_signed", true, 1, 0..1).await;
     }
     if run.wants("endpoints") {
         endpoints(run).await;

@@ -121,31 +121,41 @@ impl Table<'_> {
         }
     }
 
-    /// Row 8: several endpoints against one, the means of alternating pairs.
+    /// Row 8: several endpoints against one, the means of rounds of runs.
     fn endpoint_rows(&mut self) {
-        let (Some(one), Some(many), Some(n), Some(pairs)) = (
+        let (Some(one), Some(n), Some(rounds)) = (
             self.f("endpoints", "one_per_s"),
-            self.f("endpoints", "many_per_s"),
             self.f("endpoints", "endpoints"),
-            self.f("endpoints", "pairs"),
+            self.f("endpoints", "rounds"),
         ) else {
             return;
         };
-        let p99 = |field| self.f("endpoints", field).unwrap_or(f64::NAN);
-        self.row(
-            &format!("8 durable acks, {n} endpoints round-robin / 1 endpoint (means of {pairs} alternating pairs of runs)"),
-            format!(
-                "{} / {} acks/s; p99 {:.2} / {:.2} ms",
-                k(many),
-                k(one),
-                p99("many_p99_ms"),
-                p99("one_p99_ms")
-            ),
-            format!("{:.2}× of 1 endpoint", many / one),
-            String::new(),
-            "",
-            "≥ 1 endpoint's (issue 26)",
-        );
+        for (name, what) in [
+            ("round_robin", "round-robin"),
+            ("last", "all to the last one"),
+        ] {
+            let Some(x) = self.f("endpoints", &format!("{name}_per_s")) else {
+                continue;
+            };
+            let p99 = |name: &str| {
+                self.f("endpoints", &format!("{name}_p99_ms"))
+                    .unwrap_or(f64::NAN)
+            };
+            self.row(
+                &format!("8 durable acks, {n} endpoints ({what}) / 1 endpoint (means of {rounds} rounds)"),
+                format!(
+                    "{} / {} acks/s; p99 {:.2} / {:.2} ms",
+                    k(x),
+                    k(one),
+                    p99(name),
+                    p99("one")
+                ),
+                format!("{:.2}× of 1 endpoint", x / one),
+                String::new(),
+                "",
+                "≥ 1 endpoint's (issue 26)",
+            );
+        }
     }
 
     /// Row 3: the open-loop runs, latency from the intended send time.
