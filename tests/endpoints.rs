@@ -2,10 +2,14 @@
 //! (JetStream and Kafka): each sender's signed deliveries land only under its own namespace,
 //! a delivery signed for one endpoint and posted to the other gets 401 and is never stored, the
 //! same delivery id on both endpoints is two deliveries while a repeat on one is a duplicate,
-//! and a restart in between changes none of this.
+//! and a restart in between changes none of this. Every message is described by the AsyncAPI
+//! document of the same configuration (`hookbridge asyncapi`): its destination is a channel of
+//! its endpoint, each header it carries is in that channel's message, with the fixed value
+//! where the document fixes one, and each required header is there.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -77,11 +81,74 @@ struct Out {
     endpoint: String,
 }
 
-/// The scenario on either broker. `read` returns every message published under `prefix.`.
+/// `hookbridge asyncapi` for the bridge's configuration: each channel's address and the header
+/// schema of its message.
+fn documented_headers(env: &[(String, String)]) -> HashMap<String, serde_json::Value> {
+    let doc = stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookbridge"))
+            .env_clear()
+            .envs(env.iter().cloned())
+            .args(["asyncapi", "--format", "json"]),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    doc["channels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, ch)| {
+            let headers = doc["components"]["messages"][id]["headers"].clone();
+            (ch["address"].as_str().unwrap().to_owned(), headers)
+        })
+        .collect()
+}
+
+/// `out` (with `headers`) is what the document says its channel carries.
+fn check_documented(
+    documented: &HashMap<String, serde_json::Value>,
+    out: &Out,
+    headers: &[(String, String)],
+) {
+    let schema = documented
+        .get(&out.destination)
+        .unwrap_or_else(|| panic!("{}: no channel in the AsyncAPI document", out.destination));
+    let described = schema["properties"].as_object().unwrap();
+    for (name, value) in headers {
+        let d = described.get(name).unwrap_or_else(|| {
+            panic!(
+                "{}: header {name} is published but not in the AsyncAPI document",
+                out.destination
+            )
+        });
+        if let Some(fixed) = d.get("const") {
+            assert_eq!(fixed, value, "{}: header {name}", out.destination);
+        }
+    }
+    for name in schema["required"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(
+            headers.iter().any(|(n, _)| n == name),
+            "{}: required header {name} missing",
+            out.destination
+        );
+    }
+    if let Some((_, msg_id)) = headers.iter().find(|(n, _)| n == "Nats-Msg-Id") {
+        let want = match out.endpoint.as_str() {
+            "default" => out.id.clone(),
+            e => format!("{e}:{}", out.id),
+        };
+        assert_eq!(
+            msg_id, &want,
+            "Nats-Msg-Id is <endpoint>:<id> off the default"
+        );
+    }
+}
+
+/// The scenario on either broker. `read` returns every message published under `prefix.`,
+/// with its headers.
 async fn two_senders<R, F>(env: Vec<(String, String)>, prefix: &str, read: R)
 where
     R: Fn(usize) -> F,
-    F: std::future::Future<Output = Vec<Out>>,
+    F: std::future::Future<Output = Vec<(Out, Vec<(String, String)>)>>,
 {
     let dir = tempfile::tempdir().unwrap();
     let mut env = env;
@@ -204,7 +271,15 @@ where
         })
         .collect();
     want.sort();
-    let mut got = read(want.len()).await;
+    let documented = documented_headers(&env);
+    let mut got: Vec<Out> = read(want.len())
+        .await
+        .into_iter()
+        .map(|(out, headers)| {
+            check_documented(&documented, &out, &headers);
+            out
+        })
+        .collect();
     got.sort();
     assert_eq!(
         got, want,
@@ -270,13 +345,16 @@ async fn two_senders_on_jetstream() {
             read_stream(&js, &stream, n, Duration::from_secs(20))
                 .await
                 .into_iter()
-                .map(|m| Out {
-                    destination: m.subject.to_string(),
-                    id: m.header("webhook-id").unwrap_or_default().to_owned(),
-                    endpoint: m
-                        .header("hookbridge-endpoint")
-                        .unwrap_or_default()
-                        .to_owned(),
+                .map(|m| {
+                    let out = Out {
+                        destination: m.subject.to_string(),
+                        id: m.header("webhook-id").unwrap_or_default().to_owned(),
+                        endpoint: m
+                            .header("hookbridge-endpoint")
+                            .unwrap_or_default()
+                            .to_owned(),
+                    };
+                    (out, m.headers)
                 })
                 .collect()
         }
@@ -305,11 +383,12 @@ async fn two_senders_on_kafka() {
             ] {
                 for r in kafka_read_all(&brokers, &topic, Duration::from_secs(30)).await {
                     let header = |name: &str| r.header(name).unwrap_or_default().to_owned();
-                    out.push(Out {
+                    let o = Out {
                         destination: r.topic.clone(),
                         id: header("webhook-id"),
                         endpoint: header("hookbridge-endpoint"),
-                    });
+                    };
+                    out.push((o, r.headers.clone()));
                 }
             }
             out
