@@ -142,19 +142,25 @@ for pod in statefulset drain; do
   limit=$(cat "$dir/memory-limit")
   env -i "${podenv[@]}" "$bin" check-config --memory-limit "$limit" >/dev/null 2>"$dir/memory.err" \
     || { cat "$dir/memory.err"; say "FAIL: $pod: the configuration may use more memory than the container's limit $limit"; failed=1; }
-  # The example's placeholder secret must be refused, so a forgotten replacement cannot serve.
-  if [ -s "$dir/placeholder" ]; then
-    secret_file=$(find "$dir/root" -path '*secrets*' -type f | head -1)
-    cp "$dir/placeholder" "$secret_file"
+  # Each of the example's placeholder secrets (one per endpoint) must be refused, so a forgotten
+  # replacement cannot serve: one at a time, the others left generated.
+  n=0
+  while IFS= read -r secret_file; do
+    cp "$secret_file" "$dir/generated"
+    cp "$dir/placeholders/$n" "$secret_file"
     if env -i "${podenv[@]}" "$bin" check-config >/dev/null 2>"$dir/placeholder.err"; then
-      say "FAIL: the example overlay's placeholder signing secret is accepted as a real one"
+      say "FAIL: the example overlay's placeholder $(basename "$secret_file") is accepted as a real secret"
       failed=1
     elif ! grep -q 'auth.secret_files' "$dir/placeholder.err"; then
       cat "$dir/placeholder.err"
-      say "FAIL: $pod: the placeholder was refused for another reason"
+      say "FAIL: $pod: the placeholder $(basename "$secret_file") was refused for another reason"
       failed=1
     fi
-  fi
+    cp "$dir/generated" "$secret_file"
+    n=$((n + 1))
+  done <"$dir/placeholders/files"
+  [ "$n" -gt 0 ] || { say "FAIL: $pod: no secret file mounted"; failed=1; }
+  say "$pod: each of $n placeholder secret files refused on its own"
 done
 [ "$failed" = 0 ] || { say "FAIL: the Kubernetes manifests (above)"; exit 1; }
 

@@ -22,11 +22,13 @@
                                                  false) in DIR/env (NUL-separated), the container's
                                                  memory limit in DIR/memory-limit, the same environment with the service links even
                                                  where the pod turns them off in DIR/env-with-links, the Secret's
-                                                 placeholder in DIR/placeholder; mount paths are
+                                                 placeholders in DIR/placeholders/N (the file each
+                                                 stands in for on line N of DIR/placeholders/files); mount paths are
                                                  mapped under DIR/root, in values and config files
     check_deploy_files.py config RENDERED EFFECTIVE_TOML
                                                  the configuration `hookbridge check-config` printed
-                                                 agrees with the StatefulSet (ports, paths, grace)
+                                                 agrees with the StatefulSet (ports, paths, grace,
+                                                 each endpoint's secret file a key of the Secret)
     check_deploy_files.py dashboard DASHBOARD RULES_OUT
                                                  the dashboard's structure; writes every query as a
                                                  recording rule so promtool can parse the PromQL
@@ -564,7 +566,7 @@ def podenv(rendered, which, out_dir):
         return text
 
     by_name = lambda kind, name: next((d for d in kinds.get(kind, []) if d["metadata"]["name"] == name), None)
-    placeholder = None
+    placeholders = {}
     for v in pod.get("volumes", []):
         if v["name"] not in mounts:
             continue
@@ -584,14 +586,19 @@ def podenv(rendered, which, out_dir):
                 fail(f"{which}: Secret {v['secret']['secretName']} is not rendered: the pod would not start")
                 continue
             for key, text in secret_files(secret).items():
-                # The example's placeholder is kept aside (it must be refused); the check runs
-                # with a generated secret in its place.
-                placeholder = text
+                # The example's placeholders are kept aside (each must be refused); the check
+                # runs with a generated secret in each one's place.
+                placeholders[os.path.join(target, key)] = text
                 with open(os.path.join(target, key), "w") as f:
                     f.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    if placeholder is not None:
-        with open(os.path.join(out_dir, "placeholder"), "w") as f:
-            f.write(placeholder)
+    # One directory entry per secret file: placeholders/<n> holds the placeholder, and the
+    # line n of placeholders/files the mounted file it stands in for.
+    os.makedirs(os.path.join(out_dir, "placeholders"), exist_ok=True)
+    with open(os.path.join(out_dir, "placeholders", "files"), "w") as listing:
+        for n, (path, text) in enumerate(sorted(placeholders.items())):
+            listing.write(path + "\n")
+            with open(os.path.join(out_dir, "placeholders", str(n)), "w") as f:
+                f.write(text)
 
     # The kubelet's order: the image's ENV, service links, then the container's own env (which
     # wins over both).
@@ -669,10 +676,18 @@ def check_config(rendered, effective_path):
     if not (spool_dir == spool_mount or spool_dir.startswith(spool_mount.rstrip("/") + "/")):
         fail(f"spool.dir {spool_dir} is not on the spool claim (mounted at {spool_mount})")
 
+    # Every key of the Secret is some endpoint's secret file, and no two endpoints share one (a
+    # secret opens its own endpoint only).
     sec_vol = next((n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == secret_name), None)
-    expected = [f"{mounts.get(sec_vol)}/{k}" for k in secret_files(secret)]
-    if written.get("auth", {}).get("secret_files") != expected:
-        fail(f"auth.secret_files is {written.get('auth', {}).get('secret_files')}; the Secret is mounted as {expected}")
+    mounted = sorted(f"{mounts.get(sec_vol)}/{k}" for k in secret_files(secret))
+    named = {"auth.secret_files": written.get("auth", {}).get("secret_files", [])}
+    for i, e in enumerate(written.get("endpoints", [])):
+        named[f"endpoints[{i}].auth.secret_files"] = e.get("auth", {}).get("secret_files", [])
+    used = sorted(f for files in named.values() for f in files)
+    if used != mounted:
+        fail(f"the endpoints' secret files are {named}; the Secret is mounted as {mounted}")
+    if any(not files for files in named.values()):
+        fail(f"an endpoint without a secret file: {named}")
 
     # Grace: the kubelet must not SIGKILL a bridge that is still within shutdown.grace.
     if "grace" not in written.get("shutdown", {}):

@@ -6,8 +6,10 @@
 #   2. `promtool check config` on deploy/prometheus/prometheus.yml (it also checks the rule file
 #      it names, deploy/prometheus/alerts.yml);
 #   3. Debian's Prometheus with that very file (its scrape target rewritten from hookbridge:9090 to
-#      a real bridge on loopback) scraping the bridge: the target is up, a delivery posted to the
-#      bridge shows up as hookbridge_published_total, and the alert rule file is loaded;
+#      a real bridge on loopback, which runs deploy/compose.toml with the stack's demo secrets)
+#      scraping the bridge: the target is up, deliveries posted to both endpoints (each signed
+#      with its own demo secret; the default one's secret refused on the sandbox path) show up as
+#      hookbridge_published_total, and the alert rule file is loaded;
 #   4. the Grafana provisioning files parse and name the paths compose mounts.
 # `docker compose up` itself is not run: there is no container engine here.
 #
@@ -76,16 +78,39 @@ env = nats["services"]["hookbridge"]["environment"]
 assert env["HOOKBRIDGE_SINK__KIND"] == "nats", env
 assert kafka["services"]["hookbridge"]["environment"]["HOOKBRIDGE_SINK__KIND"] == "kafka"
 assert "kafka" in kafka["services"], "kafka profile has no kafka service"
-assert env["HOOKBRIDGE_AUTH__SECRET_FILES"] == '["/run/secrets/hookbridge_signing_secret"]', env
 hb = nats["services"]["hookbridge"]
+assert env["HOOKBRIDGE_CONFIG"] == "/etc/hookbridge/compose.toml", env
+targets = [v["target"] if isinstance(v, dict) else str(v).split(":")[1] for v in hb["volumes"]]
+assert "/etc/hookbridge/compose.toml" in targets, hb["volumes"]
+mounted = sorted(s if isinstance(s, str) else s["source"] for s in hb["secrets"])
+assert mounted == ["hookbridge_sandbox_signing_secret", "hookbridge_signing_secret"], mounted
 assert hb["stop_grace_period"] == "30s", hb.get("stop_grace_period")
 for s in nats["services"].values():
     for p in s.get("ports", []):
         assert str(p).startswith("127.0.0.1:"), f"published beyond loopback: {p}"
-print("  sink nats by default, kafka with the profile; secret file; ports on 127.0.0.1 only")
+print("  sink nats by default, kafka with the profile; compose.toml and two secrets mounted; ports on 127.0.0.1 only")
+EOF
+step "deploy/compose.toml: deploy/container.toml plus two endpoints, each with its own secret"
+python3 - <<'EOF'
+import tomllib, yaml
+
+compose = tomllib.load(open("deploy/compose.toml", "rb"))
+image = tomllib.load(open("deploy/container.toml", "rb"))
+endpoints = compose.pop("endpoints")
+auth = compose.pop("auth")
+assert compose == image, f"compose.toml and container.toml differ beyond [auth] and [[endpoints]]:\n{compose}\n{image}"
+names = ["hookbridge_signing_secret", "hookbridge_sandbox_signing_secret"]
+files = [auth["secret_files"]] + [e["auth"]["secret_files"] for e in endpoints]
+assert files == [[f"/run/secrets/{n}"] for n in names], files
+secrets = yaml.safe_load(open("deploy/compose.yaml"))["secrets"]
+assert all(n in secrets for n in names), secrets
+assert [(e["name"], e["path"], e["routing"]["prefix"]) for e in endpoints] == [
+    ("sandbox", "/webhooks/sandbox", "sandbox.sessionboard.")], endpoints
+print("  container.toml's keys; the default and sandbox endpoints on their own secret files")
 EOF
 step "every file compose mounts or builds from exists"
-for f in deploy/Containerfile deploy/container.toml deploy/demo-signing-secret \
+for f in deploy/Containerfile deploy/container.toml deploy/compose.toml deploy/demo-signing-secret \
+  deploy/demo-sandbox-signing-secret \
   deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml \
   deploy/grafana/provisioning/datasources/prometheus.yml \
   deploy/grafana/provisioning/dashboards/hookbridge.yml; do
@@ -129,13 +154,17 @@ http_port=$(free_port)
 admin_port=$(free_port)
 prom_port=$(free_port)
 tag="i8prom$$x$(date +%s)"
-secret="whsec_$(head -c 24 /dev/urandom | base64)"
-echo "$secret" >"$work/secret"
-# Core NATS: nothing to clean up at the broker afterwards (no stream is created).
-HOOKBRIDGE_HTTP__LISTEN=127.0.0.1:$http_port HOOKBRIDGE_ADMIN__LISTEN=127.0.0.1:$admin_port \
+# The stack's own configuration file and demo secrets, with compose's mount points under $work;
+# the environment moves the listeners to loopback, the spool under $work and the sink to this
+# machine's NATS (core: no stream to clean up afterwards) under a prefix of its own.
+mkdir -p "$work/run/secrets"
+cp deploy/demo-signing-secret "$work/run/secrets/hookbridge_signing_secret"
+cp deploy/demo-sandbox-signing-secret "$work/run/secrets/hookbridge_sandbox_signing_secret"
+sed "s#/run/secrets/#$work/run/secrets/#" deploy/compose.toml >"$work/compose.toml"
+HOOKBRIDGE_CONFIG=$work/compose.toml \
+  HOOKBRIDGE_HTTP__LISTEN=127.0.0.1:$http_port HOOKBRIDGE_ADMIN__LISTEN=127.0.0.1:$admin_port \
   HOOKBRIDGE_SPOOL__DIR=$work/spool HOOKBRIDGE_SINK__NATS__URL=$nats_url \
   HOOKBRIDGE_SINK__NATS__MODE=core HOOKBRIDGE_ROUTING__PREFIX=$tag. \
-  HOOKBRIDGE_AUTH__SECRET_FILES="[\"$work/secret\"]" \
   "$target_dir/release/hookbridge" run >"$work/bridge.log" 2>&1 &
 bridge_pid=$!
 
@@ -155,9 +184,19 @@ for _ in $(seq 1 100); do
   kill -0 "$bridge_pid" 2>/dev/null || { cat "$work/bridge.log"; fail "the bridge exited"; }
   sleep 0.1
 done
-answer=$(HOOKBRIDGE_SIGNING_SECRET=$secret deploy/post-fixture.sh \
+answer=$(deploy/post-fixture.sh \
   examples/fixtures/session.created.json "http://127.0.0.1:$http_port/webhooks/sessionboard")
 grep -q '"status":"accepted"' <<<"$answer" || fail "not accepted: $answer"
+answer=$(HOOKBRIDGE_SIGNING_SECRET_FILE=deploy/demo-sandbox-signing-secret deploy/post-fixture.sh \
+  examples/fixtures/session.updated.json "http://127.0.0.1:$http_port/webhooks/sandbox")
+grep -q '"status":"accepted"' <<<"$answer" || fail "sandbox: not accepted: $answer"
+# A secret opens its own endpoint only.
+if answer=$(deploy/post-fixture.sh examples/fixtures/session.updated.json \
+  "http://127.0.0.1:$http_port/webhooks/sandbox" 2>&1); then
+  fail "the default endpoint's secret opened the sandbox endpoint: $answer"
+fi
+grep -q '401' <<<"$answer" || fail "sandbox with the default secret: not a 401: $answer"
+echo "  accepted on /webhooks/sessionboard and /webhooks/sandbox, each with its own secret; the other's refused"
 
 api() { curl -fsS "http://127.0.0.1:$prom_port/api/v1/$1"; }
 # The job scrapes every 5 s; a few scrapes after the post the counter is there.

@@ -240,12 +240,12 @@ step "it arrives on JetStream"
 published=0
 for _ in $(seq 1 100); do
   published=$(curl -fsS "http://127.0.0.1:$admin_port/metrics" |
-    awk '/^hookbridge_published_total\{sink="nats"\}/ {print $2}')
+    awk '/^hookbridge_published_total\{.*sink="nats"/ {n += $2} END {print n + 0}')
   [ "${published:-0}" = 1 ] && break
   sleep 0.1
 done
 [ "${published:-0}" = 1 ] || fail "hookbridge_published_total is ${published:-absent}"
-echo "  hookbridge_published_total{sink=\"nats\"} $published"
+echo "  hookbridge_published_total{sink=\"nats\"} (all endpoints and actions) $published"
 python3 - "$nats_url" "$stream" "$tag.session.updated" "$id" "$fixture" <<'EOF'
 import asyncio, sys
 

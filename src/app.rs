@@ -17,15 +17,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, AdminService};
 use crate::clock::Clock;
-use crate::cloudevents::CloudEvents;
 use crate::config::{self, Config, SinkKind};
 use crate::deadletter::DeadLetters;
 use crate::dedup::Dedup;
+use crate::endpoint::Endpoints;
 use crate::forward::{self, Forwarder};
-use crate::ingress::auth::Gate;
 use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
-use crate::routing::Router;
 use crate::server::{self, Limits, TlsAccept};
 use crate::sink::{kafka::KafkaSink, nats::NatsSink, BrokerStatus, Sink};
 use crate::spool::{self, RealFs, Spool, SpoolConfig, SpoolFs};
@@ -49,9 +47,9 @@ const _: () = assert!(
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub raw: Config,
-    pub router: Router,
-    /// The access checks (token, signatures, source addresses).
-    pub gate: Gate,
+    /// Every endpoint's path, access checks (token, signatures, source addresses), routing and
+    /// CloudEvents attributes, `default` first.
+    pub endpoints: Arc<Endpoints>,
     /// The ingress listener's certificate, loaded; `None` serves plain HTTP.
     pub tls: Option<Tls>,
     /// `admin.token_file`, read; `None` leaves the admin API off.
@@ -59,19 +57,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Validates `config` ([`Config::validate`]), then builds the router, the gate (reading the
-    /// secret files) and the TLS certificate (reading the certificate and key). Every error names its configuration key. `run`, `check-config` and
+    /// Validates `config` ([`Config::validate`]), then builds the endpoints (reading the secret
+    /// files) and the TLS certificate (reading the certificate and key). Every error names its configuration key. `run`, `check-config` and
     /// `spool dead-letter requeue` all go through this, so they accept the same configurations.
     pub fn new(config: Config) -> Result<Settings, config::Error> {
         config.validate()?;
-        let router = Router::from_config(&config.routing)?;
-        let gate = Gate::from_config(&config)?;
+        let endpoints = Arc::new(Endpoints::from_config(&config)?);
         let tls = Tls::from_config(&config.http.tls)?;
         let admin_token = crate::admin::auth::Token::from_config(&config.admin)?.map(Arc::new);
         Ok(Settings {
             raw: config,
-            router,
-            gate,
+            endpoints,
             tls,
             admin_token,
         })
@@ -150,7 +146,7 @@ impl App {
     /// [`App::bind`] with every file in the spool directory (segments, the dead-letter store,
     /// the de-duplication journal) on `fs`: for tests that inject faults or slow disks.
     pub async fn bind_with_fs(settings: Settings, fs: Arc<dyn SpoolFs>) -> Result<App, Error> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_endpoints(&settings.endpoints.names()));
         let c = &settings.raw;
         metrics.spool_max_bytes.set(c.spool.max_bytes as i64);
         let spool = open_spool(c, &metrics, fs.clone()).await?;
@@ -228,8 +224,7 @@ impl App {
         let forwarder = Forwarder {
             spool: spool.clone(),
             sink: sink.clone(),
-            router: settings.router.clone(),
-            cloudevents: Arc::new(CloudEvents::from_config(c)),
+            endpoints: settings.endpoints.clone(),
             cfg: c.forward.clone(),
             metrics: metrics.clone(),
             status: broker.clone(),
@@ -400,6 +395,7 @@ fn announce(settings: &Settings, ingress: &TcpListener, admin: &TcpListener, sin
         listen = %addr(ingress),
         tls = settings.tls.is_some(),
         path = %settings.raw.http.path,
+        endpoints = %settings.endpoints.iter().map(|e| format!("{}={}", e.name, e.path)).collect::<Vec<_>>().join(" "),
         admin = %addr(admin),
         sink,
         "hookbridge serving"
@@ -504,7 +500,7 @@ async fn connect_sink(
     let c = &settings.raw;
     Ok(match c.sink.kind {
         SinkKind::Nats => Arc::new(
-            NatsSink::connect(&c.sink.nats, &settings.router, broker.clone())
+            NatsSink::connect(&c.sink.nats, &settings.endpoints, broker.clone())
                 .await
                 .map_err(|e| Error::Sink(e.to_string()))?,
         ),
@@ -530,12 +526,10 @@ fn ingress_state(
         .http_max_buffered_bytes
         .set(c.http.max_buffered_bytes as i64);
     Arc::new(Ingress {
-        path: c.http.path.clone(),
         max_body_bytes: c.http.max_body_bytes,
         request_timeout: c.http.request_timeout,
         retry_after: c.http.retry_after,
-        gate: settings.gate.clone(),
-        router: settings.router.clone(),
+        endpoints: settings.endpoints.clone(),
         spool: spool.clone(),
         dedup: dedup.clone(),
         dedup_wait: c.auth.dedup_wait,

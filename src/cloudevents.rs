@@ -81,6 +81,16 @@ impl CloudEvents {
         }
     }
 
+    /// The same, with an endpoint's `source` template and fallback
+    /// (`config::Endpoint::cloudevents_sources`).
+    pub fn with_sources(self, source: String, source_fallback: String) -> CloudEvents {
+        CloudEvents {
+            source,
+            source_fallback,
+            ..self
+        }
+    }
+
     /// No CloudEvents: messages as before `sink.cloudevents` existed.
     pub fn off() -> CloudEvents {
         CloudEvents::from_config(&Config::default())
@@ -263,6 +273,8 @@ mod tests {
             received_at_ms: 0,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body: Bytes::from_static(body),
         }
     }

@@ -14,6 +14,15 @@ const FORMAT_V2: u8 = 2;
 /// V2 plus `copied` (a copy put back by `spool replay` / `dead-letter requeue`). Written only for
 /// copies: every record the ingress writes stays V2, readable by the versions before this one.
 const FORMAT_V3: u8 = 3;
+/// V3 with the copy fields always present (kind 0 = not a copy), plus `endpoint` and `trace`.
+/// Written only when `endpoint` or `trace` is set: a record of the default endpoint without
+/// trace context stays V2 (V3 for a copy), byte for byte what earlier releases wrote. The spool
+/// keeps V4 records only in segments of format version 2, which a release that cannot decode V4
+/// refuses to open (`spool::format`).
+const FORMAT_V4: u8 = 4;
+
+/// The endpoint a record with `endpoint: None` came through.
+pub const DEFAULT_ENDPOINT: &str = "default";
 
 /// Marks an absent optional string in the encoding.
 const NONE_LEN: u16 = u16::MAX;
@@ -46,8 +55,24 @@ pub struct Delivery {
     /// Set on a copy an operator put back into the spool: it is published after records that
     /// were received later, so its messages say so (`hookbridge-copy`, `hookbridge-received-at`).
     pub copied: Option<Copied>,
+    /// The endpoint (webhook sender) the delivery came through; `None` is the endpoint named
+    /// [`DEFAULT_ENDPOINT`]: every record written before endpoints existed, and every delivery
+    /// through the default endpoint. Use `None`, not `Some("default")`, for it: only then does
+    /// the record keep the older encoding (see `FORMAT_V4`).
+    pub endpoint: Option<String>,
+    /// W3C trace context the delivery came with, if any.
+    pub trace: Option<TraceContext>,
     /// The request body exactly as received.
     pub body: Bytes,
+}
+
+/// W3C trace context (`traceparent`, `tracestate`), stored as received. Like every metadata
+/// field (and `endpoint`), each is cut to [`MAX_FIELD_LEN`] bytes when encoded; whoever fills
+/// them checks their shape first (a valid `traceparent` is 55 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 /// How and when a record was copied back into the spool.
@@ -88,20 +113,32 @@ pub enum DecodeError {
 }
 
 impl Delivery {
-    // Layout, do not reorder (FORMAT_V3):
+    /// The endpoint's name: [`DEFAULT_ENDPOINT`] when `endpoint` is `None`.
+    pub fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT)
+    }
+
+    // Layout, do not reorder (FORMAT_V4):
     //   u8 version | str id | opt_str timestamp | str action | str resource_id
     //   | opt_str org_id | opt_str event_id | u64 received_at_ms | opt_str reject_reason
-    //   | [V3: u8 copy kind (1 replay, 2 requeue) | u64 copied_at_ms] | u32 body_len | body
-    // FORMAT_V2 is the same without the copy fields (written when `copied` is None), FORMAT_V1
-    // also without reject_reason.
+    //   | [V3, V4: u8 copy kind | u64 copied_at_ms]
+    //   | [V4: opt_str endpoint | opt_str traceparent | opt_str tracestate]
+    //   | u32 body_len | body
+    // Copy kind: 1 replay, 2 requeue; V4 only: 0 = not a copy, with copied_at_ms 0.
+    // FORMAT_V4 is written when `endpoint` or `trace` is Some; otherwise FORMAT_V3 when `copied`
+    // is Some, else FORMAT_V2 (V3 without the copy fields). FORMAT_V1 is V2 without
+    // reject_reason. A tracestate is present only with a traceparent.
     // str = u16 len + UTF-8 bytes; opt_str = str, or u16::MAX for none. Little-endian.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.body.len() + 64 + self.id.len());
-        b.put_u8(if self.copied.is_some() {
+        let version = if self.endpoint.is_some() || self.trace.is_some() {
+            FORMAT_V4
+        } else if self.copied.is_some() {
             FORMAT_V3
         } else {
             FORMAT_V2
-        });
+        };
+        b.put_u8(version);
         put_str(&mut b, Some(&self.id));
         put_str(&mut b, self.timestamp.as_deref());
         put_str(&mut b, Some(&self.action));
@@ -110,12 +147,27 @@ impl Delivery {
         put_str(&mut b, self.event_id.as_deref());
         b.put_u64_le(self.received_at_ms);
         put_str(&mut b, self.reject_reason.as_deref());
-        if let Some(c) = self.copied {
-            b.put_u8(match c.how {
-                CopyKind::Replay => 1,
-                CopyKind::Requeue => 2,
-            });
-            b.put_u64_le(c.at_ms);
+        match self.copied {
+            Some(c) => {
+                b.put_u8(match c.how {
+                    CopyKind::Replay => 1,
+                    CopyKind::Requeue => 2,
+                });
+                b.put_u64_le(c.at_ms);
+            }
+            None if version == FORMAT_V4 => {
+                b.put_u8(0);
+                b.put_u64_le(0);
+            }
+            None => {}
+        }
+        if version == FORMAT_V4 {
+            put_str(&mut b, self.endpoint.as_deref());
+            put_str(&mut b, self.trace.as_ref().map(|t| t.traceparent.as_str()));
+            put_str(
+                &mut b,
+                self.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
+            );
         }
         b.put_u32_le(self.body.len() as u32);
         b.put_slice(&self.body);
@@ -127,7 +179,7 @@ impl Delivery {
             return Err(DecodeError::Malformed("empty"));
         }
         let v = p.get_u8();
-        if !(FORMAT_V1..=FORMAT_V3).contains(&v) {
+        if !(FORMAT_V1..=FORMAT_V4).contains(&v) {
             return Err(DecodeError::Version(v));
         }
         let id = get_str(&mut p)?.ok_or(DecodeError::Malformed("id"))?;
@@ -149,17 +201,32 @@ impl Delivery {
             if p.remaining() < 9 {
                 return Err(DecodeError::Malformed("truncated"));
             }
-            let how = match p.get_u8() {
-                1 => CopyKind::Replay,
-                2 => CopyKind::Requeue,
+            let how = match (p.get_u8(), v) {
+                (0, FORMAT_V4) => None,
+                (1, _) => Some(CopyKind::Replay),
+                (2, _) => Some(CopyKind::Requeue),
                 _ => return Err(DecodeError::Malformed("copy kind")),
             };
-            Some(Copied {
-                how,
-                at_ms: p.get_u64_le(),
-            })
+            let at_ms = p.get_u64_le();
+            how.map(|how| Copied { how, at_ms })
         } else {
             None
+        };
+        let (endpoint, trace) = if v >= FORMAT_V4 {
+            let endpoint = get_bounded_str(&mut p, "endpoint")?;
+            let traceparent = get_bounded_str(&mut p, "traceparent")?;
+            let tracestate = get_bounded_str(&mut p, "tracestate")?;
+            let trace = match (traceparent, tracestate) {
+                (Some(traceparent), tracestate) => Some(TraceContext {
+                    traceparent,
+                    tracestate,
+                }),
+                (None, None) => None,
+                (None, Some(_)) => return Err(DecodeError::Malformed("tracestate")),
+            };
+            (endpoint, trace)
+        } else {
+            (None, None)
         };
         if p.remaining() < 4 {
             return Err(DecodeError::Malformed("truncated"));
@@ -178,6 +245,8 @@ impl Delivery {
             received_at_ms,
             reject_reason,
             copied,
+            endpoint,
+            trace,
             body: p,
         })
     }
@@ -216,6 +285,15 @@ fn put_str(b: &mut BytesMut, s: Option<&str>) {
     }
 }
 
+/// [`get_str`] for a field that `put_str` clips to [`MAX_FIELD_LEN`]: anything longer was not
+/// written by us.
+fn get_bounded_str(p: &mut Bytes, what: &'static str) -> Result<Option<String>, DecodeError> {
+    match get_str(p)? {
+        Some(s) if s.len() > MAX_FIELD_LEN => Err(DecodeError::Malformed(what)),
+        s => Ok(s),
+    }
+}
+
 fn get_str(p: &mut Bytes) -> Result<Option<String>, DecodeError> {
     if p.remaining() < 2 {
         return Err(DecodeError::Malformed("truncated"));
@@ -249,6 +327,8 @@ mod tests {
             received_at_ms: 1_700_000_000_123,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body: Bytes::from_static("{\"data\":{\"id\":\"é☕\"}}".as_bytes()),
         }
     }
@@ -266,6 +346,159 @@ mod tests {
             assert_eq!(bytes[0], FORMAT_V3);
             assert_eq!(Delivery::decode(bytes).unwrap(), c);
         }
+    }
+
+    fn trace(state: Option<&str>) -> TraceContext {
+        TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: state.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn every_combination_round_trips_and_only_endpoint_or_trace_writes_v4() {
+        let copies = [
+            None,
+            Some(Copied {
+                how: CopyKind::Replay,
+                at_ms: 42,
+            }),
+            Some(Copied {
+                how: CopyKind::Requeue,
+                at_ms: 43,
+            }),
+        ];
+        let endpoints = [None, Some("partner-a".to_owned()), Some(String::new())];
+        let traces = [
+            None,
+            Some(trace(None)),
+            Some(trace(Some("congo=t61rcWkgMzE"))),
+        ];
+        let rejects = [None, Some("invalid_json".to_owned())];
+        for copied in copies {
+            for endpoint in &endpoints {
+                for t in &traces {
+                    for reject_reason in &rejects {
+                        let d = Delivery {
+                            copied,
+                            endpoint: endpoint.clone(),
+                            trace: t.clone(),
+                            reject_reason: reject_reason.clone(),
+                            ..sample()
+                        };
+                        let bytes = d.encode();
+                        let want = match (&d.endpoint, &d.trace, d.copied) {
+                            (None, None, None) => FORMAT_V2,
+                            (None, None, Some(_)) => FORMAT_V3,
+                            _ => FORMAT_V4,
+                        };
+                        assert_eq!(bytes[0], want, "{d:?}");
+                        assert_eq!(Delivery::decode(bytes).unwrap(), d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The V2 and V3 bytes of `sample()`, spelled out: what releases before V4 wrote, and what a
+    /// record of the default endpoint without trace context must still be, byte for byte.
+    fn sample_v2_v3_bytes(copy: Option<(u8, u64)>) -> Vec<u8> {
+        let d = sample();
+        let str_ = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u16).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        let mut b = vec![if copy.is_some() { 3 } else { 2 }];
+        str_(&mut b, "msg_2a");
+        str_(&mut b, "1614265330");
+        str_(&mut b, "session.updated");
+        str_(&mut b, "0fd630f1");
+        str_(&mut b, "757e8d5b");
+        b.extend([0xff, 0xff]); // event_id: none
+        b.extend(1_700_000_000_123u64.to_le_bytes());
+        b.extend([0xff, 0xff]); // reject_reason: none
+        if let Some((kind, at)) = copy {
+            b.push(kind);
+            b.extend(at.to_le_bytes());
+        }
+        b.extend((d.body.len() as u32).to_le_bytes());
+        b.extend(&d.body[..]);
+        b
+    }
+
+    #[test]
+    fn v2_and_v3_records_decode_and_default_records_encode_as_before() {
+        let v2 = sample_v2_v3_bytes(None);
+        assert_eq!(Delivery::decode(Bytes::from(v2.clone())).unwrap(), sample());
+        assert_eq!(sample().encode()[..], v2[..]);
+        let v3 = sample_v2_v3_bytes(Some((2, 42)));
+        let copy = Delivery {
+            copied: Some(Copied {
+                how: CopyKind::Requeue,
+                at_ms: 42,
+            }),
+            ..sample()
+        };
+        assert_eq!(Delivery::decode(Bytes::from(v3.clone())).unwrap(), copy);
+        assert_eq!(copy.encode()[..], v3[..]);
+        // V3 has no "not a copy" kind; only V4 does.
+        let mut v3_kind0 = sample_v2_v3_bytes(Some((0, 0)));
+        v3_kind0[0] = FORMAT_V3;
+        assert_eq!(
+            Delivery::decode(Bytes::from(v3_kind0)),
+            Err(DecodeError::Malformed("copy kind"))
+        );
+    }
+
+    #[test]
+    fn v4_layout_and_its_refusals() {
+        let d = Delivery {
+            endpoint: Some("partner-a".into()),
+            trace: Some(trace(Some("k=v"))),
+            ..sample()
+        };
+        let bytes = d.encode();
+        // The V2 prefix up to reject_reason, then copy kind 0 and time 0, then the new fields.
+        let v2 = sample_v2_v3_bytes(None);
+        let prefix = v2.len() - 4 - d.body.len();
+        assert_eq!(bytes[1..prefix], v2[1..prefix]);
+        assert_eq!(bytes[prefix..prefix + 9], [0u8; 9]);
+        assert_eq!(bytes[prefix + 9..prefix + 11], 9u16.to_le_bytes());
+        assert_eq!(&bytes[prefix + 11..prefix + 20], b"partner-a");
+        assert_eq!(d.endpoint_name(), "partner-a");
+        assert_eq!(sample().endpoint_name(), DEFAULT_ENDPOINT);
+        for cut in 0..bytes.len() {
+            assert!(
+                matches!(
+                    Delivery::decode(bytes.slice(..cut)),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut v5 = bytes.to_vec();
+        v5[0] = 5;
+        assert_eq!(
+            Delivery::decode(Bytes::from(v5)),
+            Err(DecodeError::Version(5))
+        );
+        // An endpoint longer than any we write, and a tracestate without a traceparent.
+        let mut long = bytes[..prefix + 9].to_vec();
+        long.extend(((MAX_FIELD_LEN + 1) as u16).to_le_bytes());
+        long.extend(vec![b'e'; MAX_FIELD_LEN + 1]);
+        long.extend([0xff, 0xff, 0xff, 0xff]);
+        long.extend(0u32.to_le_bytes());
+        assert_eq!(
+            Delivery::decode(Bytes::from(long)),
+            Err(DecodeError::Malformed("endpoint"))
+        );
+        let mut orphan = bytes[..prefix + 9].to_vec();
+        orphan.extend([0xff, 0xff, 0xff, 0xff, 1, 0, b'x']);
+        orphan.extend(0u32.to_le_bytes());
+        assert_eq!(
+            Delivery::decode(Bytes::from(orphan)),
+            Err(DecodeError::Malformed("tracestate"))
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod deadletter;
 pub mod dedup;
 pub mod delivery;
+pub mod endpoint;
 pub mod forward;
 pub mod ingress;
 pub mod metrics;

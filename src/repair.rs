@@ -578,6 +578,84 @@ mod tests {
         assert!(serde_json::from_str::<Selection>(r#"{"sq":[1]}"#).is_err());
     }
 
+    /// A requeued copy is the same delivery, endpoint and trace context included, marked as a
+    /// copy; a delivery of the default endpoint without trace context stays V3 (what earlier
+    /// releases read).
+    #[tokio::test]
+    async fn a_requeued_copy_keeps_its_endpoint_and_trace_context() {
+        use crate::delivery::TraceContext;
+        use crate::spool::{Spool, SpoolConfig};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            dir: dir.path().to_owned(),
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 30,
+            max_append_bytes: 64 << 10,
+            max_batch_bytes: 1 << 20,
+            preallocate_bytes: 0,
+            confirm_interval: Duration::from_millis(5),
+            min_free_bytes: 0,
+            retain_confirmed: Duration::ZERO,
+        };
+        let (spool, _) = Spool::open(cfg, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let dl = Arc::new(DeadLetters::open(dir.path()).unwrap());
+        let original = |seq: u64, endpoint: Option<&str>, trace: Option<TraceContext>| Delivery {
+            id: format!("msg_{seq}"),
+            timestamp: None,
+            action: "session.updated".into(),
+            resource_id: "r-1".into(),
+            org_id: None,
+            event_id: None,
+            received_at_ms: 1_700_000_000_000 + seq,
+            reject_reason: None,
+            copied: None,
+            endpoint: endpoint.map(Into::into),
+            trace,
+            body: Bytes::from(format!("{{\"n\":{seq}}}")),
+        };
+        let traced = original(
+            1,
+            Some("partner-a"),
+            Some(TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                tracestate: Some("congo=t61rcWkgMzE".into()),
+            }),
+        );
+        let plain = original(2, None, None);
+        for (seq, d) in [(1, &traced), (2, &plain)] {
+            dl.put(&meta(seq, "too_large", "session.updated", 0), &d.encode())
+                .unwrap();
+        }
+        let selected = dl.list().unwrap().into_iter().map(Result::unwrap).collect();
+        let report = requeue(&spool, &dl, selected, &AtomicU64::new(0))
+            .await
+            .unwrap();
+        assert_eq!(report.requeued.len(), 2, "{report:?}");
+        assert!(dl.is_empty());
+
+        let mut reader = spool.reader();
+        spool.close().await.unwrap();
+        let records = reader.next_batch(10).await.unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[1].payload[0], 3,
+            "the default endpoint's copy stays V3"
+        );
+        for (r, want) in records.iter().zip([traced, plain]) {
+            let copy = Delivery::decode(r.payload.clone()).unwrap();
+            assert_eq!(copy.copied.map(|c| c.how), Some(CopyKind::Requeue));
+            assert_eq!(
+                Delivery {
+                    copied: None,
+                    ..copy
+                },
+                want
+            );
+        }
+    }
+
     #[test]
     fn replay_bounds_are_seqs_or_times() {
         assert_eq!(Bound::parse("--since", "42").unwrap(), Bound::Seq(42));

@@ -98,13 +98,14 @@ pub struct Router {
 }
 
 impl Router {
-    /// The router `[routing]` asks for; errors name the key.
-    pub fn from_config(c: &crate::config::RoutingConfig) -> Result<Router, crate::config::Error> {
+    /// The router of endpoint `e` (`[routing]` for the default); errors name the key.
+    pub fn for_endpoint(e: &crate::config::Endpoint<'_>) -> Result<Router, crate::config::Error> {
         use crate::config::invalid;
-        Router::new(&c.prefix, &c.dead_letter, &c.routes).map_err(|e| match e {
-            ConfigError::Prefix(r) => invalid("routing.prefix", r),
-            ConfigError::DeadLetter(r) => invalid("routing.dead_letter", r),
-            ConfigError::Route(r) => invalid("routing.routes", r),
+        let c = e.routing;
+        Router::new(&c.prefix, &c.dead_letter, &c.routes).map_err(|err| match err {
+            ConfigError::Prefix(r) => invalid(e.routing_key("prefix"), r),
+            ConfigError::DeadLetter(r) => invalid(e.routing_key("dead_letter"), r),
+            ConfigError::Route(r) => invalid(e.routing_key("routes"), r),
         })
     }
 

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{require, Tier};
+use common::{require, stdout_of, Tier};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,13 +27,7 @@ fn generate(toml: Option<&str>, format: &str) -> String {
         std::fs::write(&file, toml).unwrap();
         cmd.arg("--config").arg(file);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_of(&mut cmd)
 }
 
 /// Runs `program args` with `stdin`; returns (success, stdout, stderr).
@@ -101,6 +95,19 @@ url = "nats://user:hunter2hunter2@nats.example:4222"
 mode = "core"
 "#;
 
+/// Two senders: the default endpoint on `sessionboard.` and `sandbox` on `sandbox.sessionboard.`.
+const TWO_ENDPOINTS: &str = r#"
+[auth]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[sink]
+cloudevents = "binary"
+[[endpoints]]
+name = "sandbox"
+path = "/webhooks/sandbox"
+auth.secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+routing.prefix = "sandbox.sessionboard."
+"#;
+
 #[test]
 fn the_document_passes_the_official_asyncapi_parser() {
     if !require(&[Tier::AsyncApiParser]) {
@@ -149,6 +156,24 @@ fn the_document_passes_the_official_asyncapi_parser() {
     );
     let nats = parse(&nats_yaml).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(nats["servers"][0], "nats://nats.example:4222");
+
+    let two_yaml = generate(Some(TWO_ENDPOINTS), "yaml");
+    assert!(!two_yaml.contains("whsec_"), "no secret in the document");
+    let two = parse(&two_yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(two["channels"].as_object().unwrap().len(), 42);
+    assert_eq!(two["operations"], 42);
+    assert_eq!(
+        two["channels"]["contactCreated"],
+        "sessionboard.contact.created"
+    );
+    assert_eq!(
+        two["channels"]["sandbox_contactCreated"],
+        "sandbox.sessionboard.contact.created"
+    );
+    assert_eq!(
+        two["channels"]["sandbox_unroutable"],
+        "sandbox.sessionboard.unroutable"
+    );
 }
 
 #[test]
@@ -192,7 +217,7 @@ fn every_fixture_matches_its_channel_schema() {
     }
     let files = fixtures();
     assert_eq!(files.len(), 21);
-    for toml in [None, Some(KAFKA_BINARY)] {
+    for toml in [None, Some(KAFKA_BINARY), Some(TWO_ENDPOINTS)] {
         let (ok, out) = validate_fixtures(&generate(toml, "json"), &files);
         assert!(ok, "{out}");
         assert_eq!(

@@ -448,7 +448,9 @@ async fn admin_endpoints_report_health_and_metrics() {
     ] {
         assert!(text.contains(name), "missing metric {name}");
     }
-    assert!(text.contains(r#"hookbridge_deliveries_accepted_total{action="session.created"} 1"#));
+    assert!(text.contains(
+        r#"hookbridge_deliveries_accepted_total{action="session.created",endpoint="default"} 1"#
+    ));
     let (s, _, _) = request(&client, "GET", &app.admin_url("/nope"), &[], "")
         .await
         .unwrap();

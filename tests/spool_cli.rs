@@ -58,6 +58,8 @@ fn delivery(i: u64, action: &str) -> Delivery {
         received_at_ms: 1_700_000_000_000 + i,
         reject_reason: None,
         copied: None,
+        endpoint: None,
+        trace: None,
         body: Bytes::from(format!(
             "{{\n  \"n\": {i},\n  \"metadata\": {{\"action\": \"{action}\"}}\n}}"
         )),

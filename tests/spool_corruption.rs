@@ -5,11 +5,14 @@
 //! (`len: u32 | crc32c: u32 | seq: u64 | appended_at_ms: u64`) and the payload. If the format
 //! changes, these constants must change with a format version bump.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::spool_files::{segment_files, segment_version};
 use hookbridge::metrics::Metrics;
 use hookbridge::spool::{Error, Health, Reader, RecoveryReport, Spool, SpoolConfig, StoredRecord};
 
@@ -65,16 +68,6 @@ async fn close_and_drain(spool: &Spool, mut reader: Reader) -> Vec<StoredRecord>
     }
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    v.sort();
-    v
-}
-
 /// Offset of the `k`-th frame (0-based) in a segment of equal-sized records.
 fn frame_offset(k: u64, len: usize) -> u64 {
     SEGMENT_HEADER + k * (FRAME_HEADER + len as u64)
@@ -98,7 +91,7 @@ async fn torn_tail_is_truncated_and_appends_continue_above_it() {
     assert_eq!(append_n(&spool, 5, 100).await, vec![1, 2, 3, 4, 5]);
     spool.close().await.unwrap();
 
-    let seg = &segments(dir.path())[0];
+    let seg = &segment_files(dir.path())[0];
     let full = std::fs::metadata(seg).unwrap().len();
     let cut_at = frame_offset(4, 100) + 50; // in the middle of record 5's payload
     std::fs::OpenOptions::new()
@@ -157,7 +150,7 @@ async fn flipped_payload_bit_skips_only_that_record() {
     append_n(&spool, 5, 100).await;
     spool.close().await.unwrap();
 
-    let seg = &segments(dir.path())[0];
+    let seg = &segment_files(dir.path())[0];
     flip(seg, frame_offset(2, 100) + FRAME_HEADER + 37, 0x08); // record 3's payload
 
     let (spool, report, metrics) = open(&cfg);
@@ -187,7 +180,11 @@ async fn flipped_length_bit_resyncs_to_the_following_records() {
         append_n(&spool, 5, 100).await;
         spool.close().await.unwrap();
 
-        flip(&segments(dir.path())[0], frame_offset(2, 100) + byte, mask);
+        flip(
+            &segment_files(dir.path())[0],
+            frame_offset(2, 100) + byte,
+            mask,
+        );
 
         let (spool, report, metrics) = open(&cfg);
         assert_eq!(
@@ -211,7 +208,7 @@ async fn corruption_at_the_end_of_an_older_segment_is_not_a_torn_tail() {
     let (spool, _, _) = open(&cfg);
     append_n(&spool, 6, 200).await;
     spool.close().await.unwrap();
-    let segs = segments(dir.path());
+    let segs = segment_files(dir.path());
     assert_eq!(segs.len(), 3);
 
     // Cut the middle segment inside its last record (seq 4).
@@ -268,7 +265,7 @@ async fn garbage_header_moves_the_segment_aside_and_the_rest_is_read() {
     let (spool, _, _) = open(&cfg);
     append_n(&spool, 6, 200).await;
     spool.close().await.unwrap();
-    let segs = segments(dir.path());
+    let segs = segment_files(dir.path());
     assert_eq!(segs.len(), 3);
     let original = std::fs::read(&segs[1]).unwrap();
     let mut garbage = original.clone();
@@ -352,18 +349,91 @@ async fn unknown_format_version_refuses_to_open_and_changes_nothing() {
     let (spool, _, _) = open(&cfg);
     append_n(&spool, 2, 10).await;
     spool.close().await.unwrap();
-    let seg = segments(dir.path())[0].clone();
+    let seg = segment_files(dir.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    // Versions 1 and 2 are read; 3 is a newer release's.
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
 
     match Spool::open(cfg.clone(), Arc::new(Metrics::new())) {
-        Err(Error::Incompatible { path, version: 2 }) => assert_eq!(path, seg),
+        Err(Error::Incompatible { path, version: 3 }) => assert_eq!(path, seg),
         Err(e) => panic!("expected Incompatible, got {e}"),
         Ok(_) => panic!("expected Incompatible"),
     }
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     assert!(!dir.path().join("damaged").exists());
+}
+
+/// Rewrites a segment's header to format version 1, as releases up to efe9fd6 wrote it (the
+/// header and frames are otherwise identical).
+fn make_version_1(seg: &Path) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    assert_eq!(segment_version(seg), 2, "new segments are version 2");
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(seg, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_segment_is_read_and_never_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (spool, _, _) = open(&cfg);
+    append_n(&spool, 5, 100).await;
+    spool.close().await.unwrap();
+    let old = segment_files(dir.path())[0].clone();
+    make_version_1(&old);
+    let old_bytes = std::fs::read(&old).unwrap();
+
+    let (spool, report, _) = open(&cfg);
+    assert_eq!(report.records, 5);
+    let reader = spool.reader();
+    // The first append after the upgrade rolls to a new segment of version 2, although the
+    // version-1 segment has room and its seqs continue.
+    assert_eq!(spool.append(payload(6, 100)).await.unwrap(), 6);
+    append_n(&spool, 2, 100).await;
+    let segs = segment_files(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(segs[0], old);
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        old_bytes,
+        "v1 segment changed"
+    );
+    assert_eq!(segment_version(&segs[1]), 2);
+    assert!(segs[1].ends_with("00000000000000000006.seg"), "{segs:?}");
+    let records = close_and_drain(&spool, reader).await;
+    assert_eq!(seqs(&records), (1..=8).collect::<Vec<_>>());
+    for (r, i) in records.iter().zip(1..=5) {
+        assert_eq!(r.payload, payload(i, 100));
+    }
+
+    // Reopened, the version-2 segment is the newest and is continued.
+    let (spool, _, _) = open(&cfg);
+    assert_eq!(spool.append(payload(9, 100)).await.unwrap(), 9);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert_eq!(std::fs::read(&old).unwrap(), old_bytes);
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_version_1_segment_has_its_zeros_cut_and_is_not_appended_to() {
+    let (crashed, cfg, acked) = crashed_spool(10, 300).await;
+    let old = segment_files(crashed.path())[0].clone();
+    make_version_1(&old);
+    let (spool, report, _) = open(&cfg);
+    assert_eq!((report.records, report.torn_tail_bytes), (10, 0));
+    let data_end = frame_offset(10, 300);
+    assert_eq!(std::fs::metadata(&old).unwrap().len(), data_end);
+    let cut = std::fs::read(&old).unwrap();
+    let next = spool.append(payload(11, 300)).await.unwrap();
+    let segs = segment_files(crashed.path());
+    assert_eq!(segs.len(), 2);
+    assert_eq!(std::fs::read(&old).unwrap(), cut, "v1 segment appended to");
+    assert_eq!(segment_version(&segs[1]), 2);
+    let records = close_and_drain(&spool, spool.reader()).await;
+    let mut want = acked;
+    want.push(next);
+    assert_eq!(seqs(&records), want);
 }
 
 #[tokio::test]
@@ -458,7 +528,7 @@ async fn quota_below_one_segment_retires_the_confirmed_newest_segment_and_seqs_c
     }
     assert_eq!((spool.stats().segments, spool.stats().bytes), (0, 0));
     spool.close().await.unwrap();
-    assert!(segments(dir.path()).is_empty());
+    assert!(segment_files(dir.path()).is_empty());
 
     // With no segment left, only the confirmed file remembers how far the seqs went.
     let (spool, report, _) = open(&cfg);
@@ -531,7 +601,7 @@ async fn lowering_the_append_limit_keeps_larger_acknowledged_records() {
             want.push((seq, p));
         }
         spool.close().await.unwrap();
-        let segs = segments(dir.path());
+        let segs = segment_files(dir.path());
         assert!(segs.len() >= 2, "{segs:?}");
         let lens: Vec<u64> = segs
             .iter()
@@ -608,7 +678,7 @@ async fn the_newest_segment_is_preallocated_and_a_clean_close_cuts_it_back() {
     let (spool, _, _) = open(&cfg);
     append_n(&spool, 5, 100).await;
     let data_end = frame_offset(5, 100);
-    let seg = &segments(dir.path())[0];
+    let seg = &segment_files(dir.path())[0];
     // The first commit wrote its frames and 16 KiB of zeros after them; the next four went
     // into those zeros without growing the file.
     let len = std::fs::metadata(seg).unwrap().len();
@@ -622,7 +692,7 @@ async fn the_newest_segment_is_preallocated_and_a_clean_close_cuts_it_back() {
     // Enough to pass the zeros: the file grows by another 16 KiB ahead, never past
     // segment_bytes, and a rotation cuts the sealed segment back to its last frame.
     append_n(&spool, 200, 1000).await;
-    let segs = segments(dir.path());
+    let segs = segment_files(dir.path());
     assert!(segs.len() >= 3, "{segs:?}");
     for sealed in &segs[..segs.len() - 1] {
         let b = std::fs::read(sealed).unwrap();
@@ -646,7 +716,7 @@ async fn the_newest_segment_is_preallocated_and_a_clean_close_cuts_it_back() {
         "{report:?}"
     );
     assert_eq!(spool.append(payload(0, 10)).await.unwrap(), 206);
-    assert_eq!(segments(dir.path()).len(), segs.len());
+    assert_eq!(segment_files(dir.path()).len(), segs.len());
     spool.close().await.unwrap();
 }
 
@@ -661,7 +731,7 @@ async fn after_a_crash_the_preallocated_zeros_are_cut_and_their_seqs_skipped() {
     assert_eq!(report.unused_tail_bytes, zeros);
     assert_eq!(report.corrupt_records_skipped, 0);
     assert_eq!(metrics.spool_corrupt_records.get(), 0);
-    let seg = &segments(crashed.path())[0];
+    let seg = &segment_files(crashed.path())[0];
     assert_eq!(
         std::fs::metadata(seg).unwrap().len(),
         data_end,
@@ -675,7 +745,7 @@ async fn after_a_crash_the_preallocated_zeros_are_cut_and_their_seqs_skipped() {
         next > 10 + zeros / FRAME_HEADER,
         "seq {next} may reuse a cut one"
     );
-    assert_eq!(segments(crashed.path()).len(), 2);
+    assert_eq!(segment_files(crashed.path()).len(), 2);
     let records = close_and_drain(&spool, spool.reader()).await;
     let mut want = acked;
     want.push(next);
@@ -689,7 +759,7 @@ async fn after_a_crash_the_preallocated_zeros_are_cut_and_their_seqs_skipped() {
 async fn a_torn_write_into_preallocated_zeros_is_told_apart_from_the_zeros() {
     let (crashed, cfg, _) = crashed_spool(4, 300).await;
     // Half of a fifth frame reached the disk before the power went.
-    let seg = &segments(crashed.path())[0];
+    let seg = &segment_files(crashed.path())[0];
     let mut frame = vec![0u8; 100];
     frame[..4].copy_from_slice(&300u32.to_le_bytes());
     frame[8..16].copy_from_slice(&5u64.to_le_bytes());

@@ -77,23 +77,32 @@ impl Fixture {
 /// Builds the bytes of request `n`: a POST with a unique `webhook-id`, optionally signed.
 pub struct Requests {
     fixture: Fixture,
-    head: String,
+    /// One request head per path; request `n` goes to path `n` mod their number.
+    heads: Vec<String>,
     run: String,
     /// Signed requests, built before the timed loop (see `presign`).
     signed: Option<Vec<Vec<u8>>>,
 }
 
 impl Requests {
-    pub fn new(fixture: Fixture, addr: SocketAddr, path: &str, run: &str) -> Requests {
+    /// Requests posted to `paths` in turn (one path, or several endpoints of one bridge).
+    pub fn round_robin(fixture: Fixture, addr: SocketAddr, paths: &[&str], run: &str) -> Requests {
         Requests {
-            head: format!(
-                "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-                fixture.len()
-            ),
+            heads: paths
+                .iter()
+                .map(|path| format!(
+                    "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    fixture.len()
+                ))
+                .collect(),
             fixture,
             run: run.to_owned(),
             signed: None,
         }
+    }
+
+    fn head(&self, n: u64) -> &str {
+        &self.heads[(n % self.heads.len() as u64) as usize]
     }
 
     pub fn id(&self, n: u64) -> String {
@@ -114,7 +123,7 @@ impl Requests {
                 let id = self.id(n);
                 let body = self.fixture.body(n);
                 let sig = hookbridge::ingress::signature::sign_v1(secret, &id, &ts, &body);
-                let mut r = self.head.clone().into_bytes();
+                let mut r = self.head(n).as_bytes().to_vec();
                 r.extend_from_slice(
                     format!("webhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n")
                         .as_bytes(),
@@ -136,7 +145,7 @@ impl Requests {
             buf.extend_from_slice(r);
             return true;
         }
-        buf.extend_from_slice(self.head.as_bytes());
+        buf.extend_from_slice(self.head(n).as_bytes());
         buf.extend_from_slice(format!("webhook-id: {}\r\n\r\n", self.id(n)).as_bytes());
         buf.extend_from_slice(&self.fixture.head);
         buf.extend_from_slice(Fixture::resource(n).as_bytes());

@@ -13,7 +13,9 @@
 //! unreachable, 64 connections), `signed` (the same with Standard Webhooks signatures),
 //! `open` (fixed rate at 0.4 × the ceiling, latency from the intended send time), `nats` and
 //! `kafka` (end to end for a sustained period beside the broker-alone ceiling), `replay` (a
-//! backlog drained to each broker; startup with it and a full de-duplication window).
+//! backlog drained to each broker; startup with it and a full de-duplication window),
+//! `endpoints` (`spool` with four endpoints posted round-robin against one, in alternating
+//! pairs).
 //! Peak RSS (`VmHWM`) of the bridge is recorded in every scenario.
 //!
 //! The bridge, a private nats-server (never the one on 4222) and tansu are started here on free
@@ -43,6 +45,10 @@ use procs::{Bridge, BridgeConfig, Sink};
 const CONNS: usize = 64;
 /// The open loop's pool: enough that a busy connection rarely delays a due request.
 const OPEN_CONNS: usize = 256;
+/// Endpoints of the bridge compared with the single-endpoint one, and how many rounds of runs
+/// compare them.
+const ENDPOINTS: usize = 4;
+const ENDPOINT_PAIRS: usize = 3;
 /// Open-loop rate as a fraction of the ceiling measured before the subjects.
 const OPEN_FRACTION: f64 = 0.4;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -90,7 +96,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--smoke] [--bin HOOKBRIDGE] [--out results.json] [--work DIR] \
-         [--fixture FILE] [--only ceiling,spool,signed,open,nats,kafka,replay]\n       \
+         [--fixture FILE] [--only ceiling,spool,signed,open,nats,kafka,replay,endpoints]\n       \
          bench --noop-server ADDR"
     );
     std::process::exit(2)
@@ -158,8 +164,13 @@ impl Run {
     }
 
     fn requests(&self, addr: std::net::SocketAddr, tag: &str) -> Requests {
+        self.requests_to(addr, tag, &[procs::INGRESS_PATH])
+    }
+
+    /// Requests posted to `paths` in turn.
+    fn requests_to(&self, addr: std::net::SocketAddr, tag: &str, paths: &[&str]) -> Requests {
         let run = format!("{}{}{tag}", std::process::id(), self.n);
-        Requests::new(self.fixture.clone(), addr, procs::INGRESS_PATH, &run)
+        Requests::round_robin(self.fixture.clone(), addr, paths, &run)
     }
 
     fn record(&mut self, key: &str, v: Value) {
@@ -226,10 +237,17 @@ async fn ceiling(run: &mut Run, key: &str) {
     run.record(key, v);
 }
 
-/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s.
-async fn spool_only(run: &mut Run, key: &str, signed: bool) {
+/// The bridge with the broker unreachable, 64 connections, closed loop: acks/s. The bridge has
+/// `endpoints` endpoints, and the requests go in turn to those numbered in `to`.
+async fn spool_only(
+    run: &mut Run,
+    key: &str,
+    signed: bool,
+    endpoints: usize,
+    to: std::ops::Range<usize>,
+) {
     let dir = run.scenario_dir(key);
-    let bridge = Bridge::start(
+    let bridge = Bridge::start_with_endpoints(
         &run.args.bin,
         &BridgeConfig {
             spool: &dir.join("spool"),
@@ -237,9 +255,12 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool) {
             secret: signed.then_some(SECRET),
             log: &dir.join("bridge.log"),
         },
+        endpoints,
     )
     .await;
-    let mut reqs = run.requests(bridge.http, key);
+    let paths: Vec<String> = to.clone().map(procs::endpoint_path).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut reqs = run.requests_to(bridge.http, key, &paths);
     let mut presigned = Value::Null;
     if signed {
         // Enough for 1.5 × the unsigned rate over the run; a run that uses them all stops early.
@@ -264,7 +285,58 @@ async fn spool_only(run: &mut Run, key: &str, signed: bool) {
         v = merge(v, presigned);
     }
     bridge.stop();
-    run.record(key, v);
+    // Up to a gigabyte each, and nothing reads it again: the alternating runs of `endpoints`
+    // would otherwise hold several at once.
+    let _ = std::fs::remove_dir_all(dir.join("spool"));
+    let posted_to: Vec<String> = to.map(procs::endpoint_path).collect();
+    run.record(
+        key,
+        merge(v, json!({"endpoints": endpoints, "posted_to": posted_to})),
+    );
+}
+
+/// Issue 26: what several endpoints cost the ingress. `spool` against a bridge with the
+/// default endpoint only, and against one with [`ENDPOINTS`] endpoints posted round-robin over
+/// their paths and posted only to the last one (the longest path lookup); in rounds, each
+/// starting with another of the three so drift on a shared machine hits all; the means.
+async fn endpoints(run: &mut Run) {
+    let rounds = if run.args.params.smoke {
+        1
+    } else {
+        ENDPOINT_PAIRS
+    };
+    // (key, endpoints of the bridge, the endpoints posted to)
+    let variants = [
+        ("one", 1, 0..1),
+        ("round_robin", ENDPOINTS, 0..ENDPOINTS),
+        ("last", ENDPOINTS, ENDPOINTS - 1..ENDPOINTS),
+    ];
+    for round in 0..rounds {
+        // A different one first in each round, so drift does not favour one of them.
+        for i in 0..variants.len() {
+            let (name, n, to) = variants[(i + round) % variants.len()].clone();
+            let key = format!("endpoints_{name}_{round}");
+            spool_only(run, &key, false, n, to).await;
+        }
+    }
+    let mean = |run: &Run, name: &str, field: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = (0..rounds)
+            .filter_map(|r| {
+                run.results
+                    .get(&format!("endpoints_{name}_{r}"))
+                    .and_then(field)
+            })
+            .collect();
+        xs.iter().sum::<f64>() / xs.len() as f64
+    };
+    let per_s = |v: &Value| v["per_s"].as_f64();
+    let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64();
+    let mut v = json!({"endpoints": ENDPOINTS, "rounds": rounds});
+    for (name, _, _) in &variants {
+        v[format!("{name}_per_s")] = json!(mean(run, name, &per_s));
+        v[format!("{name}_p99_ms")] = json!(mean(run, name, &p99));
+    }
+    run.record("endpoints", v);
 }
 
 /// Open loop at a fixed rate: latency from the intended send time, missed send slots. The
@@ -637,10 +709,13 @@ async fn run_scenarios(run: &mut Run) {
         ceiling(run, "ceiling_before").await;
     }
     if run.wants("spool") || run.wants("signed") {
-        spool_only(run, "spool_only", false).await;
+        spool_only(run, "spool_only", false, 1, 0..1).await;
     }
     if run.wants("signed") {
-        spool_only(run, "spool_signed", true).await;
+        spool_only(run, "spool_signed", true, 1, 0..1).await;
+    }
+    if run.wants("endpoints") {
+        endpoints(run).await;
     }
     if run.wants("open") {
         open(run).await;

@@ -102,6 +102,14 @@ pub struct BridgeConfig<'a> {
 }
 
 pub const INGRESS_PATH: &str = "/webhooks/sessionboard";
+
+/// The path of endpoint `i` of a bridge started with several (0: the default endpoint).
+pub fn endpoint_path(i: usize) -> String {
+    match i {
+        0 => INGRESS_PATH.to_owned(),
+        i => format!("/webhooks/e{i}"),
+    }
+}
 /// Topic/subject prefix; JetStream stream and Kafka topics follow from it.
 pub const PREFIX: &str = "bench.";
 pub const STREAM: &str = "BENCH";
@@ -110,6 +118,17 @@ impl Bridge {
     /// Writes the configuration next to the spool and starts `bin` with it; returns once
     /// `/readyz` answers 200. Everything not set here is the default configuration.
     pub async fn start(bin: &Path, cfg: &BridgeConfig<'_>) -> Bridge {
+        Bridge::start_with_endpoints(bin, cfg, 1).await
+    }
+
+    /// The same with `endpoints` endpoints in all: the default one and `[[endpoints]]` `e1`,
+    /// `e2`, … on [`endpoint_path`], each under its own prefix (`bench1.`, …) and with the
+    /// default endpoint's authentication (the secret, or none: the listener is loopback).
+    pub async fn start_with_endpoints(
+        bin: &Path,
+        cfg: &BridgeConfig<'_>,
+        endpoints: usize,
+    ) -> Bridge {
         let (http, admin) = (loopback(free_port()), loopback(free_port()));
         let auth = match cfg.secret {
             Some(s) => format!("secrets = [\"{s}\"]\n"),
@@ -136,6 +155,14 @@ impl Bridge {
             cfg.spool.display(),
             4u64 << 30,
         );
+        let mut toml = toml;
+        for i in 1..endpoints {
+            toml.push_str(&format!(
+                "[[endpoints]]\nname = \"e{i}\"\npath = \"{}\"\n[endpoints.auth]\n{auth}\
+                 [endpoints.routing]\nprefix = \"bench{i}.\"\n",
+                endpoint_path(i)
+            ));
+        }
         let path = cfg.spool.with_extension("toml");
         std::fs::write(&path, toml).unwrap();
         let log = std::fs::OpenOptions::new()

@@ -25,6 +25,7 @@ pub fn table(run: &Run, ceiling: Option<f64>) -> String {
     };
     let backlog = run.args.params.backlog as f64;
     t.ack_rows();
+    t.endpoint_rows();
     t.open_loop_rows();
     t.end_to_end_rows();
     t.replay_rows(backlog);
@@ -116,6 +117,43 @@ impl Table<'_> {
                 self.rss("spool_signed"),
                 "",
                 "≥ 0.55×",
+            );
+        }
+    }
+
+    /// Row 8: several endpoints against one, the means of rounds of runs.
+    fn endpoint_rows(&mut self) {
+        let (Some(one), Some(n), Some(rounds)) = (
+            self.f("endpoints", "one_per_s"),
+            self.f("endpoints", "endpoints"),
+            self.f("endpoints", "rounds"),
+        ) else {
+            return;
+        };
+        for (name, what) in [
+            ("round_robin", "round-robin"),
+            ("last", "all to the last one"),
+        ] {
+            let Some(x) = self.f("endpoints", &format!("{name}_per_s")) else {
+                continue;
+            };
+            let p99 = |name: &str| {
+                self.f("endpoints", &format!("{name}_p99_ms"))
+                    .unwrap_or(f64::NAN)
+            };
+            self.row(
+                &format!("8 durable acks, {n} endpoints ({what}) / 1 endpoint (means of {rounds} rounds)"),
+                format!(
+                    "{} / {} acks/s; p99 {:.2} / {:.2} ms",
+                    k(x),
+                    k(one),
+                    p99(name),
+                    p99("one")
+                ),
+                format!("{:.2}× of 1 endpoint", x / one),
+                String::new(),
+                "",
+                "≥ 1 endpoint's (issue 26)",
             );
         }
     }

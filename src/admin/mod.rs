@@ -118,6 +118,20 @@ pub struct StatusDoc {
     /// Whether `admin.token_file` is set (the rest of the API answers).
     pub api_enabled: bool,
     pub version: String,
+    /// The same counters per endpoint, `default` first (absent from bridges before endpoints).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointCounts>,
+}
+
+/// One endpoint's counters since start, in [`StatusDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointCounts {
+    pub name: String,
+    pub accepted_total: u64,
+    /// Requests to its path answered with an error.
+    pub rejected_total: u64,
+    pub published_total: u64,
+    pub dead_lettered_total: u64,
 }
 
 /// `/metrics` renders, one at a time. A render that began after a request arrived is as fresh
@@ -130,6 +144,26 @@ pub struct Renders {
     begun: std::sync::atomic::AtomicU64,
     /// The last render: its number (of `begun`) and text.
     last: tokio::sync::Mutex<(u64, Bytes)>,
+}
+
+/// Every sample of a counter family: its `endpoint` label (if it has one) and value.
+fn counter_values(
+    f: &crate::metrics::Family<prometheus::IntCounterVec>,
+) -> impl Iterator<Item = (Option<String>, u64)> {
+    use prometheus::core::Collector;
+    f.vec().collect().into_iter().flat_map(|mf| {
+        mf.get_metric()
+            .iter()
+            .map(|x| {
+                let endpoint = x
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "endpoint")
+                    .map(|l| l.value().to_owned());
+                (endpoint, x.get_counter().get_value() as u64)
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 /// The paths the probe reserve serves.
@@ -258,15 +292,12 @@ impl Admin {
     fn status_document(&self) -> StatusDoc {
         let m = &self.metrics;
         let sum = |f: &crate::metrics::Family<prometheus::IntCounterVec>| -> u64 {
-            use prometheus::core::Collector;
-            f.vec()
-                .collect()
-                .iter()
-                .flat_map(|mf| {
-                    mf.get_metric()
-                        .iter()
-                        .map(|x| x.get_counter().get_value() as u64)
-                })
+            counter_values(f).map(|(_, v)| v).sum()
+        };
+        let of = |f: &crate::metrics::Family<prometheus::IntCounterVec>, endpoint: &str| -> u64 {
+            counter_values(f)
+                .filter(|(e, _)| e.as_deref() == Some(endpoint))
+                .map(|(_, v)| v)
                 .sum()
         };
         StatusDoc {
@@ -277,6 +308,17 @@ impl Admin {
             dead_lettered_total: sum(&m.dead_lettered),
             api_enabled: self.api.token.is_some(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            endpoints: m
+                .endpoint_names()
+                .iter()
+                .map(|e| EndpointCounts {
+                    name: e.to_string(),
+                    accepted_total: of(&m.deliveries_accepted, e),
+                    rejected_total: of(&m.deliveries_rejected, e),
+                    published_total: of(&m.published, e),
+                    dead_lettered_total: of(&m.dead_lettered, e),
+                })
+                .collect(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! `hookbridge asyncapi`: an AsyncAPI 3.0 document of what *this configuration* publishes, and
-//! the "Consume" tables of docs/messages.md, both built from one description ([`HEADERS`], the router, the
-//! catalogue, the payload schemas in `schemas/`) so the two cannot drift apart.
+//! the "Consume" tables of docs/messages.md, both built from one description ([`HEADERS`], each
+//! endpoint's router, the catalogue, the payload schemas in `schemas/`) so the two cannot drift
+//! apart. Every endpoint (`default` and each `[[endpoints]]` entry) gets its own channels; the
+//! default endpoint's keep the ids they had before endpoints existed.
 //!
 //! Pure functions of a validated configuration: no I/O, no clock, no secret (servers are named by
 //! host and port only; user info in a URL is dropped).
@@ -8,7 +10,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::cloudevents::{header_names, STRUCTURED_CONTENT_TYPE};
-use crate::config::{CloudEventsMode, Config, NatsMode, SinkKind};
+use crate::config::{self, CloudEventsMode, Config, NatsMode, SinkKind, DEFAULT_ENDPOINT};
 use crate::routing::{Router, KNOWN_ACTIONS};
 
 /// The payload schemas, one file each so they can be reviewed as data. Written from the field
@@ -51,12 +53,13 @@ enum When {
 const HEADERS: &[(&str, &str, When)] = &[
     ("webhook-id", "The delivery id (the sender's `webhook-id`/`svix-id`, or `sha256:<hex>` of the body): stable across the sender's retries and hookbridge's replays; de-duplicate on it.", When::Always),
     ("content-type", "`application/json` (structured CloudEvents: `application/cloudevents+json; charset=UTF-8`).", When::Always),
+    ("hookbridge-endpoint", "The endpoint the delivery came through: `default` for the top-level `http.path`, or an `[[endpoints]]` entry's `name`.", When::Always),
     ("sessionboard-action", "`metadata.action`.", When::IfPresent),
     ("sessionboard-resource-id", "`data.id`: the resource; changes to one resource are published in order.", When::IfPresent),
     ("sessionboard-org-id", "`metadata.org_id`.", When::IfPresent),
     ("sessionboard-event-id", "`metadata.event_id` (absent when null).", When::IfPresent),
     ("webhook-timestamp", "The sender's `webhook-timestamp`/`svix-timestamp` (Unix seconds).", When::IfPresent),
-    ("Nats-Msg-Id", "The delivery id again: JetStream drops a repeat within the stream's duplicate window.", When::JetStream),
+    ("Nats-Msg-Id", "The delivery id again (`<endpoint>:<id>` for an endpoint other than `default`, so two senders' ids never collide): JetStream drops a repeat within the stream's duplicate window.", When::JetStream),
     ("hookbridge-copy", "`replay` or `requeue`: this message is a copy an operator put back, published after changes received later; compare `hookbridge-received-at` (or `metadata.datetime`) with the newest you applied.", When::Copy),
     ("hookbridge-received-at", "When hookbridge received the original delivery (RFC 3339, milliseconds).", When::Copy),
 ];
@@ -65,7 +68,7 @@ const HEADERS: &[(&str, &str, When)] = &[
 const CE_ATTRIBUTES: &[(&str, &str, bool)] = &[
     ("specversion", "`1.0`.", true),
     ("id", "The delivery id (as `webhook-id`).", true),
-    ("source", "`sink.cloudevents_source` with `{org_id}` = `metadata.org_id` (percent-encoded), or `sink.cloudevents_source_fallback`.", true),
+    ("source", "`sink.cloudevents_source` with `{org_id}` = `metadata.org_id` (percent-encoded), or `sink.cloudevents_source_fallback`; for an `[[endpoints]]` entry its `cloudevents_source` (default `<sink.cloudevents_source_fallback>/<name>/orgs/{org_id}`), or `<sink.cloudevents_source_fallback>/<name>`.", true),
     ("type", "`sink.cloudevents_type_prefix` + `metadata.action` (`unroutable` for an action that is not a routing token).", true),
     ("subject", "`data.id` (absent when not header-safe).", false),
     ("time", "`metadata.datetime`, only when it is a valid RFC 3339 timestamp.", false),
@@ -76,7 +79,37 @@ const DEAD_LETTER_STORE: &str = "Records the broker refuses for good (not author
 const KEY: &str =
     "`data.id` (the Kafka record key; on NATS the `sessionboard-resource-id` header).";
 const ORDERING: &str = "Per resource: the next change to a `data.id` is published only after the broker confirmed the previous one. NATS: one stream holds every subject in one order. Kafka: one partition per key within a topic; different actions are different topics.";
-const DUPLICATES: &str = "At least once: the sender retries and hookbridge replays unconfirmed records after a crash. De-duplicate on `webhook-id`.";
+const DUPLICATES: &str = "At least once: the sender retries and hookbridge replays unconfirmed records after a crash. De-duplicate on `webhook-id` (with several endpoints, on `hookbridge-endpoint` and `webhook-id`: two senders may use the same id).";
+
+/// One endpoint's namespace, as the document describes it.
+struct Namespace {
+    name: String,
+    path: String,
+    router: Router,
+    /// Its CloudEvents `source` template and the source without an org id.
+    sources: (String, String),
+}
+
+impl Namespace {
+    fn is_default(&self) -> bool {
+        self.name == DEFAULT_ENDPOINT
+    }
+}
+
+/// Every endpoint's namespace, `default` first. Reads no secret file: only the routing.
+fn namespaces(c: &Config) -> Result<Vec<Namespace>, config::Error> {
+    c.endpoints()
+        .iter()
+        .map(|e| {
+            Ok(Namespace {
+                name: e.name.to_owned(),
+                path: e.path.to_owned(),
+                router: Router::for_endpoint(e)?,
+                sources: e.cloudevents_sources(&c.sink),
+            })
+        })
+        .collect()
+}
 
 /// One channel: the catalogued action (or `None` for the unroutable channel) and its address.
 struct Channel {
@@ -85,20 +118,30 @@ struct Channel {
     address: String,
 }
 
-fn channels(router: &Router) -> Vec<Channel> {
+/// The channels of one endpoint. The default endpoint's ids are the camel-cased action
+/// (`contactCreated`, `unroutable`); another's are `<name>_<camel-cased action>`
+/// (`sandbox_contactCreated`): a camel-cased action has no `_`, so no two endpoints' ids meet.
+fn channels(ns: &Namespace) -> Vec<Channel> {
+    let id = |suffix: String| {
+        if ns.is_default() {
+            suffix
+        } else {
+            format!("{}_{suffix}", ns.name)
+        }
+    };
     let mut out: Vec<Channel> = KNOWN_ACTIONS
         .iter()
         .map(|a| Channel {
-            id: camel(a),
+            id: id(camel(a)),
             action: Some(a),
-            address: router.route(a).destination,
+            address: ns.router.route(a).destination,
         })
         .collect();
     out.push(Channel {
-        id: "unroutable".into(),
+        id: id("unroutable".into()),
         action: None,
         // Any action that is not a routing token goes here (invariant 5).
-        address: router.route("").destination,
+        address: ns.router.route("").destination,
     });
     out
 }
@@ -178,7 +221,7 @@ fn servers(c: &Config) -> Value {
     Value::Object(out)
 }
 
-fn header_schema(c: &Config, action: Option<&str>) -> Value {
+fn header_schema(c: &Config, ns: &Namespace, action: Option<&str>) -> Value {
     let mut props = Map::new();
     let mut required = vec![];
     for (name, description, when) in HEADERS {
@@ -196,6 +239,7 @@ fn header_schema(c: &Config, action: Option<&str>) -> Value {
                 })
             }
             "hookbridge-copy" => s["enum"] = json!(["replay", "requeue"]),
+            "hookbridge-endpoint" => s["const"] = json!(ns.name),
             "sessionboard-action" => {
                 if let Some(a) = action {
                     s["const"] = json!(a);
@@ -215,6 +259,12 @@ fn header_schema(c: &Config, action: Option<&str>) -> Value {
             let mut s = json!({"type": "string", "description": format!("CloudEvents `{attr}`: {description}")});
             match (*attr, action) {
                 ("specversion", _) => s["const"] = json!("1.0"),
+                ("source", _) if !ns.is_default() => {
+                    s["description"] = json!(format!(
+                        "CloudEvents `source`: `{}` with `{{org_id}}` = `metadata.org_id` (percent-encoded), or `{}`.",
+                        ns.sources.0, ns.sources.1
+                    ))
+                }
                 ("type", Some(a)) => {
                     s["const"] = json!(format!("{}{a}", c.sink.cloudevents_type_prefix))
                 }
@@ -277,8 +327,9 @@ fn payload_schema(c: &Config, action: Option<&str>) -> Value {
     })
 }
 
-/// The AsyncAPI 3.0 document for `c` (validated) and its router.
-pub fn document(c: &Config, router: &Router) -> Value {
+/// The AsyncAPI 3.0 document for `c` (validated): every endpoint's channels, `default` first.
+/// An error only for a routing that `Config::validate` would have refused.
+pub fn document(c: &Config) -> Result<Value, config::Error> {
     let mut schemas = Map::new();
     for (name, text) in SCHEMAS {
         let mut s: Value = serde_json::from_str(text).expect("schemas/*.json are valid JSON");
@@ -293,44 +344,60 @@ pub fn document(c: &Config, router: &Router) -> Value {
         CloudEventsMode::Structured => STRUCTURED_CONTENT_TYPE,
         _ => "application/json",
     };
+    let all = namespaces(c)?;
+    let several = all.len() > 1;
     let (mut chans, mut ops, mut messages) = (Map::new(), Map::new(), Map::new());
-    for ch in channels(router) {
-        let description = match ch.action {
-            Some(a) => format!("Sessionboard `{a}` deliveries."),
-            None => format!(
-                "Deliveries whose `metadata.action` is not a routing token (`routing.dead_letter`). {DEAD_LETTER_STORE}"
-            ),
+    for ns in &all {
+        // With one endpoint the document reads as it did before endpoints existed.
+        let through = if several {
+            format!(" through endpoint `{}` (`{}`)", ns.name, ns.path)
+        } else {
+            String::new()
         };
-        let mut message = json!({
-            "name": ch.action.unwrap_or("unroutable"),
-            "title": ch.action.unwrap_or("unroutable"),
-            "contentType": content_type,
-            "headers": header_schema(c, ch.action),
-            "payload": payload_schema(c, ch.action),
-        });
-        if c.sink.kind == SinkKind::Kafka {
-            message["bindings"] = json!({"kafka": {
-                "key": {"type": "string", "description": "`data.id`"},
-                "bindingVersion": "0.5.0"
-            }});
+        for ch in channels(ns) {
+            let description = match ch.action {
+                Some(a) => format!("Sessionboard `{a}` deliveries{through}."),
+                None => format!(
+                    "Deliveries{through} whose `metadata.action` is not a routing token (`routing.dead_letter`). {DEAD_LETTER_STORE}"
+                ),
+            };
+            let name = ch.action.unwrap_or("unroutable");
+            let title = if ns.is_default() {
+                name.to_owned()
+            } else {
+                format!("{name} ({})", ns.name)
+            };
+            let mut message = json!({
+                "name": name,
+                "title": title,
+                "contentType": content_type,
+                "headers": header_schema(c, ns, ch.action),
+                "payload": payload_schema(c, ch.action),
+            });
+            if c.sink.kind == SinkKind::Kafka {
+                message["bindings"] = json!({"kafka": {
+                    "key": {"type": "string", "description": "`data.id`"},
+                    "bindingVersion": "0.5.0"
+                }});
+            }
+            messages.insert(ch.id.clone(), message);
+            chans.insert(
+                ch.id.clone(),
+                json!({
+                    "address": ch.address,
+                    "description": description,
+                    "messages": {ch.id.clone(): {"$ref": format!("#/components/messages/{}", ch.id)}}
+                }),
+            );
+            ops.insert(
+                format!("publish{}{}", ch.id[..1].to_uppercase(), &ch.id[1..]),
+                json!({
+                    "action": "send",
+                    "channel": {"$ref": format!("#/channels/{}", ch.id)},
+                    "messages": [{"$ref": format!("#/channels/{}/messages/{}", ch.id, ch.id)}]
+                }),
+            );
         }
-        messages.insert(ch.id.clone(), message);
-        chans.insert(
-            ch.id.clone(),
-            json!({
-                "address": ch.address,
-                "description": description,
-                "messages": {ch.id.clone(): {"$ref": format!("#/components/messages/{}", ch.id)}}
-            }),
-        );
-        ops.insert(
-            format!("publish{}{}", ch.id[..1].to_uppercase(), &ch.id[1..]),
-            json!({
-                "action": "send",
-                "channel": {"$ref": format!("#/channels/{}", ch.id)},
-                "messages": [{"$ref": format!("#/channels/{}/messages/{}", ch.id, ch.id)}]
-            }),
-        );
     }
     let description = format!(
         "What hookbridge publishes for Sessionboard's webhooks with this configuration. The body is the sender's request body byte for byte{}. Key: {KEY} Ordering: {ORDERING} Duplicates: {DUPLICATES} Dead-letter store: {DEAD_LETTER_STORE}",
@@ -340,7 +407,7 @@ pub fn document(c: &Config, router: &Router) -> Value {
             CloudEventsMode::Structured => ", embedded as `data` of a CloudEvents event (structured mode)",
         }
     );
-    json!({
+    Ok(json!({
         "asyncapi": "3.0.0",
         "info": {
             "title": "hookbridge: Sessionboard webhooks",
@@ -352,7 +419,7 @@ pub fn document(c: &Config, router: &Router) -> Value {
         "channels": chans,
         "operations": ops,
         "components": {"schemas": schemas, "messages": messages}
-    })
+    }))
 }
 
 /// Block-style YAML for a JSON value. Every string is written as a JSON string, which YAML reads
@@ -398,19 +465,30 @@ fn nested(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
-/// The "Consume" tables of docs/messages.md for a router (the headers do not depend on the rest): destinations, headers, and key / ordering / duplicates.
-pub fn markdown(router: &Router) -> String {
-    let mut out =
-        String::from("| action | subject / topic | `data` schema |\n| --- | --- | --- |\n");
-    for ch in channels(router) {
-        let (action, schema) = match ch.action {
-            Some(a) => (format!("`{a}`"), format!("`{}`", data_schema(a))),
-            None => (
-                "any other (not a routing token)".to_owned(),
-                "any".to_owned(),
-            ),
-        };
-        out.push_str(&format!("| {action} | `{}` | {schema} |\n", ch.address));
+/// The "Consume" tables of docs/messages.md for `c` (validated): each endpoint's destinations
+/// (headed by its name and path when there are several), the headers, and key / ordering /
+/// duplicates.
+pub fn markdown(c: &Config) -> Result<String, config::Error> {
+    let all = namespaces(c)?;
+    let mut out = String::new();
+    for (i, ns) in all.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if all.len() > 1 {
+            out.push_str(&format!("Endpoint `{}` (`{}`):\n\n", ns.name, ns.path));
+        }
+        out.push_str("| action | subject / topic | `data` schema |\n| --- | --- | --- |\n");
+        for ch in channels(ns) {
+            let (action, schema) = match ch.action {
+                Some(a) => (format!("`{a}`"), format!("`{}`", data_schema(a))),
+                None => (
+                    "any other (not a routing token)".to_owned(),
+                    "any".to_owned(),
+                ),
+            };
+            out.push_str(&format!("| {action} | `{}` | {schema} |\n", ch.address));
+        }
     }
     out.push_str("\n| header | value | set |\n| --- | --- | --- |\n");
     for (name, description, when) in HEADERS {
@@ -431,7 +509,7 @@ pub fn markdown(router: &Router) -> String {
     out.push_str(&format!(
         "\n- **Key:** {KEY}\n- **Ordering:** {ORDERING}\n- **Duplicates:** {DUPLICATES}\n- **Dead letters:** {DEAD_LETTER_STORE}\n"
     ));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -444,8 +522,7 @@ mod tests {
         c.routing
             .routes
             .insert("session.*".into(), "events.sessions".into());
-        let router = Router::from_config(&c.routing).unwrap();
-        let doc = document(&c, &router);
+        let doc = document(&c).unwrap();
         let chans = doc["channels"].as_object().unwrap();
         assert_eq!(chans.len(), KNOWN_ACTIONS.len() + 1);
         assert_eq!(
@@ -455,6 +532,97 @@ mod tests {
         assert_eq!(chans["sessionUpdated"]["address"], "events.sessions");
         assert_eq!(chans["unroutable"]["address"], "sessionboard.unroutable");
         assert_eq!(doc["servers"]["nats"]["host"], "127.0.0.1:4222");
+    }
+
+    /// The default endpoint on `sessionboard.` and `sandbox` (`/webhooks/sandbox`) on
+    /// `sandbox.sessionboard.` with one route of its own.
+    fn two_endpoints() -> Config {
+        let mut c = Config::default();
+        let mut routing = crate::config::RoutingConfig {
+            prefix: "sandbox.sessionboard.".into(),
+            ..Default::default()
+        };
+        routing
+            .routes
+            .insert("sponsor.*".into(), "sandbox.partners.sponsors".into());
+        c.endpoints.push(crate::config::EndpointConfig {
+            name: "sandbox".into(),
+            path: "/webhooks/sandbox".into(),
+            auth: crate::config::Credentials {
+                secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+                ..Default::default()
+            },
+            routing,
+            cloudevents_source: None,
+        });
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn every_endpoint_has_its_channels_and_no_two_share_an_address() {
+        let c = two_endpoints();
+        let doc = document(&c).unwrap();
+        let chans = doc["channels"].as_object().unwrap();
+        assert_eq!(chans.len(), 2 * (KNOWN_ACTIONS.len() + 1));
+        for (id, address) in [
+            // The default endpoint keeps its ids.
+            ("contactCreated", "sessionboard.contact.created"),
+            (
+                "sandbox_contactCreated",
+                "sandbox.sessionboard.contact.created",
+            ),
+            ("sandbox_sponsorCreated", "sandbox.partners.sponsors"),
+            ("sandbox_unroutable", "sandbox.sessionboard.unroutable"),
+        ] {
+            assert_eq!(chans[id]["address"], address, "{id}");
+        }
+        assert!(chans["sandbox_contactCreated"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint `sandbox` (`/webhooks/sandbox`)"));
+        // Each endpoint's addresses lie in its own namespace, and none is another's.
+        let mut seen = std::collections::HashMap::new();
+        for (id, ch) in chans {
+            let address = ch["address"].as_str().unwrap();
+            let sandbox = id.starts_with("sandbox_");
+            assert_eq!(address.starts_with("sandbox."), sandbox, "{id}: {address}");
+            if !sandbox {
+                assert!(address.starts_with("sessionboard."), "{id}: {address}");
+            }
+            if let Some(other) = seen.insert(address.to_owned(), id.clone()) {
+                // Several actions may share a fixed route, never across endpoints.
+                assert_eq!(other.starts_with("sandbox_"), sandbox, "{other} and {id}");
+            }
+        }
+        let messages = &doc["components"]["messages"];
+        let endpoint_header = |id: &str| {
+            messages[id]["headers"]["properties"]["hookbridge-endpoint"]["const"].clone()
+        };
+        assert_eq!(endpoint_header("contactCreated"), "default");
+        assert_eq!(endpoint_header("sandbox_contactCreated"), "sandbox");
+        assert_eq!(
+            messages["sandbox_contactCreated"]["title"],
+            "contact.created (sandbox)"
+        );
+        assert_eq!(
+            doc["operations"].as_object().unwrap().len(),
+            chans.len(),
+            "one operation per channel"
+        );
+        let md = markdown(&c).unwrap();
+        assert!(
+            md.contains("Endpoint `sandbox` (`/webhooks/sandbox`):"),
+            "{md}"
+        );
+        assert!(md.contains("| `contact.created` | `sandbox.sessionboard.contact.created` |"));
+    }
+
+    #[test]
+    fn one_endpoint_tables_have_no_endpoint_heading() {
+        let md = markdown(&Config::default()).unwrap();
+        assert!(md.starts_with("| action | subject / topic |"), "{md}");
+        assert!(md.contains("| `hookbridge-endpoint` |"));
     }
 
     #[test]
@@ -475,8 +643,7 @@ mod tests {
         let mut c = Config::default();
         c.sink.kind = SinkKind::Kafka;
         c.sink.cloudevents = CloudEventsMode::Binary;
-        let router = Router::from_config(&c.routing).unwrap();
-        let doc = document(&c, &router);
+        let doc = document(&c).unwrap();
         let h = &doc["components"]["messages"]["sessionUpdated"]["headers"]["properties"];
         assert_eq!(h["ce_type"]["const"], "com.sessionboard.session.updated");
         assert!(h.get("Nats-Msg-Id").is_none());

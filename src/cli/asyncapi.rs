@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::routing::Router;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -12,18 +11,15 @@ pub enum Format {
     Markdown,
 }
 
-/// Reads no secret file and no certificate: the document needs the routing and the sink only.
+/// Reads no secret file and no certificate: the document needs each endpoint's routing and the
+/// sink only.
 pub fn asyncapi(file: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let config = Config::load(file.as_deref())?;
     config.validate()?;
-    let router = Router::from_config(&config.routing)?;
     let out = match format {
-        Format::Markdown => crate::asyncapi::markdown(&router),
-        Format::Json => {
-            let doc = crate::asyncapi::document(&config, &router);
-            serde_json::to_string_pretty(&doc)? + "\n"
-        }
-        Format::Yaml => crate::asyncapi::to_yaml(&crate::asyncapi::document(&config, &router)),
+        Format::Markdown => crate::asyncapi::markdown(&config)?,
+        Format::Json => serde_json::to_string_pretty(&crate::asyncapi::document(&config)?)? + "\n",
+        Format::Yaml => crate::asyncapi::to_yaml(&crate::asyncapi::document(&config)?),
     };
     print!("{out}");
     Ok(())

@@ -264,6 +264,7 @@ impl Status {
             "since start",
             format!("{accepted:.0} accepted, {published:.0} published, {duplicates:.0} duplicates"),
         ));
+        lines.extend(self.endpoints_line());
         lines.push(("dead letters", self.dead_letters_line()));
         lines.push((
             "dedup waits",
@@ -375,6 +376,34 @@ impl Status {
             rate("hookbridge_published_total"),
             secs
         )
+    }
+
+    /// With several endpoints, each one's counts since start: accepted, rejected, published and
+    /// dead-lettered (`hookbridge_*_total{endpoint}`).
+    fn endpoints_line(&self) -> Option<(&'static str, String)> {
+        let a = &self.after;
+        let accepted = a.by("hookbridge_deliveries_accepted_total", "endpoint");
+        if accepted.len() < 2 {
+            return None;
+        }
+        let of = |name: &str, endpoint: &str| {
+            a.by(name, "endpoint")
+                .iter()
+                .find(|(e, _)| e == endpoint)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        let each: Vec<String> = accepted
+            .iter()
+            .map(|(e, n)| {
+                format!(
+                    "{e}: {n:.0} accepted, {:.0} rejected, {:.0} published, {:.0} dead-lettered",
+                    of("hookbridge_deliveries_rejected_total", e),
+                    of("hookbridge_published_total", e),
+                    of("hookbridge_dead_lettered_total", e),
+                )
+            })
+            .collect();
+        Some(("endpoints", each.join("; ")))
     }
 
     fn dead_letters_line(&self) -> String {
@@ -637,6 +666,25 @@ http answers  43 2xx, 2 4xx, 1 5xx
         );
         assert!(text.contains("errors        rejected: full 4\n"), "{text}");
         assert!(text.contains("dedup waits   none\n"), "{text}");
+    }
+
+    #[test]
+    fn summary_counts_each_endpoint_when_there_are_several() {
+        let several = r#"hookbridge_deliveries_accepted_total{action="session.updated",endpoint="default"} 30
+hookbridge_deliveries_accepted_total{action="session.updated",endpoint="sandbox"} 5
+hookbridge_deliveries_rejected_total{endpoint="sandbox",reason="no_matching_signature"} 2
+hookbridge_published_total{action="session.updated",endpoint="default",sink="nats"} 29
+hookbridge_published_total{action="session.updated",endpoint="sandbox",sink="nats"} 5
+hookbridge_dead_lettered_total{endpoint="default",reason="invalid_json"} 1
+"#;
+        let ready = r#"{"ready":true,"spool":"ok","broker":"up","backlog_records":0,"backlog_bytes":0,"dead_letters":1}"#;
+        let text = status(ready, several, several).render();
+        assert!(
+            text.contains("endpoints     default: 30 accepted, 0 rejected, 29 published, 1 dead-lettered; sandbox: 5 accepted, 2 rejected, 5 published, 0 dead-lettered"),
+            "{text}"
+        );
+        let one = status(ready, METRICS, METRICS).render();
+        assert!(!one.contains("endpoints"), "one endpoint: no line");
     }
 
     #[test]

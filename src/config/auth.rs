@@ -75,32 +75,7 @@ impl AuthConfig {
     }
 
     pub(super) fn validate(&self) -> Result<(), Error> {
-        match (&self.header_name, self.header_values.is_empty()) {
-            (None, true) => {}
-            (None, false) => {
-                return Err(invalid(
-                    "auth.header_name",
-                    "must be set when auth.header_values is",
-                ))
-            }
-            (Some(_), true) => {
-                return Err(invalid(
-                    "auth.header_values",
-                    "must list at least one token when auth.header_name is set",
-                ))
-            }
-            (Some(name), false) => {
-                if ::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(invalid("auth.header_name", "is not a valid header name"));
-                }
-                if self.header_values.iter().any(|v| v.len() < 16) {
-                    return Err(invalid(
-                        "auth.header_values",
-                        "each token must be at least 16 characters",
-                    ));
-                }
-            }
-        }
+        super::Credentials::of(self).validate("auth")?;
         if self.tolerance.is_zero() {
             return Err(invalid("auth.tolerance", "must be positive"));
         }

@@ -332,6 +332,53 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The keys of one `[[endpoints]]` entry (`config::EndpointConfig`): type, default, meaning.
+/// Environment variables cannot set them; `tests` check the names against the struct.
+pub const ENDPOINT_KEYS: &[(&str, &str, &str, &str)] = &[
+    (
+        "name",
+        "string",
+        "required",
+        "names the endpoint in metrics (`endpoint` label), logs, the spool and the `hookbridge-endpoint` header: 1 to 32 of `[a-z0-9_-]`, not `default` (the top-level keys are the endpoint `default`)",
+    ),
+    (
+        "path",
+        "string",
+        "required",
+        "the path its sender posts to on the webhook listener; unique, and not `http.path`",
+    ),
+    (
+        "auth.secrets",
+        "array",
+        "`[]`",
+        "as `auth.secrets`, for this endpoint only: a delivery signed with another endpoint's secret gets 401",
+    ),
+    ("auth.secret_files", "array", "`[]`", "as `auth.secret_files`"),
+    ("auth.header_name", "string", "none", "as `auth.header_name`"),
+    ("auth.header_values", "array", "`[]`", "as `auth.header_values`"),
+    ("auth.allow_cidrs", "array", "`[]`", "as `auth.allow_cidrs`"),
+    (
+        "auth.allow_unauthenticated",
+        "boolean",
+        "`false`",
+        "as `auth.allow_unauthenticated`: without any authentication, an endpoint on a non-loopback listener is refused unless this is set",
+    ),
+    (
+        "routing.prefix",
+        "string",
+        "`\"sessionboard.\"`",
+        "as `routing.prefix`. No two endpoints may be able to publish to the same subject / topic: prefixes where one starts with the other, or a route or dead-letter destination under another endpoint's prefix, are refused",
+    ),
+    ("routing.dead_letter", "string", "`\"unroutable\"`", "as `routing.dead_letter`"),
+    ("routing.routes", "table", "`{}`", "as `routing.routes`"),
+    (
+        "cloudevents_source",
+        "string",
+        "`<sink.cloudevents_source_fallback>/<name>/orgs/{org_id}`",
+        "the CloudEvents `source` of its messages; one without `metadata.org_id` gets `<sink.cloudevents_source_fallback>/<name>`",
+    ),
+];
+
 /// A key's type and default as the code has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyInfo {
@@ -345,6 +392,8 @@ fn default_keys() -> BTreeMap<String, KeyInfo> {
     let root = toml::Value::try_from(Config::default()).expect("the defaults serialize to TOML");
     let mut keys = BTreeMap::new();
     walk("", &root, &mut keys);
+    // A list of tables, empty by default: described by [`ENDPOINT_KEYS`] instead.
+    keys.remove("endpoints");
     for (key, kind) in UNSET_KEYS {
         keys.insert(
             key.to_string(),
@@ -424,6 +473,12 @@ pub fn reference_markdown() -> String {
             env_name(key)
         ));
     }
+    out.push_str(
+        "\n### `[[endpoints]]`\n\nEach entry adds one endpoint ([several senders](operations.md#several-senders)); the environment cannot set these.\n\n| key | type | default | meaning |\n| --- | --- | --- | --- |\n",
+    );
+    for (key, kind, default, meaning) in ENDPOINT_KEYS {
+        out.push_str(&format!("| `{key}` | {kind} | {default} | {meaning} |\n"));
+    }
     out.push('\n');
     out
 }
@@ -444,6 +499,28 @@ mod tests {
             missing.is_empty(),
             "keys without a description: {missing:?}"
         );
+    }
+
+    #[test]
+    fn endpoint_keys_are_the_entry_keys() {
+        let entry = crate::config::EndpointConfig {
+            name: "x".into(),
+            path: "/x".into(),
+            auth: crate::config::Credentials {
+                header_name: Some("h".into()),
+                ..Default::default()
+            },
+            routing: Default::default(),
+            cloudevents_source: Some("s".into()),
+        };
+        let mut keys = BTreeMap::new();
+        walk("", &toml::Value::try_from(entry).unwrap(), &mut keys);
+        let described: Vec<&str> = ENDPOINT_KEYS.iter().map(|(k, ..)| *k).collect();
+        assert_eq!(keys.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut d = described.clone();
+            d.sort();
+            d
+        });
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl Default for SinkConfig {
 pub const ORG_ID_PLACEHOLDER: &str = "{org_id}";
 
 /// Characters RFC 3986 allows in a URI-reference (unreserved, reserved, `%` of an escape).
-fn is_uri_reference(s: &str) -> bool {
+pub(super) fn is_uri_reference(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b))

@@ -11,7 +11,7 @@
 
 use std::hash::Hasher;
 
-use siphasher::sip128::SipHasher13;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// The fingerprint key and what is derived from it.
 #[derive(Clone)]
@@ -38,6 +38,22 @@ impl Key {
 
     pub(super) fn fingerprint(&self, id: &str) -> Fingerprint {
         Fingerprint::from_u128(self.sip.hash(id.as_bytes()).as_u128())
+    }
+
+    /// The fingerprint of `id` as delivered through `endpoint` (`None`: the default endpoint,
+    /// whose fingerprints are those of the id alone, as before endpoints existed, so a journal
+    /// written then still recognises its ids). Another endpoint's are of `name ‖ 0 ‖ id`: a
+    /// delivery id never holds a NUL (HTTP header values cannot), so no two (endpoint, id)
+    /// pairs hash the same input, and the same id from two senders is two deliveries.
+    pub(super) fn fingerprint_in(&self, endpoint: Option<&str>, id: &str) -> Fingerprint {
+        let Some(name) = endpoint else {
+            return self.fingerprint(id);
+        };
+        let mut h = self.sip;
+        h.write(name.as_bytes());
+        h.write(&[0]);
+        h.write(id.as_bytes());
+        Fingerprint::from_u128(h.finish128().as_u128())
     }
 }
 

@@ -202,9 +202,15 @@ impl Dedup {
         self.journal_bytes.load(Ordering::Relaxed)
     }
 
-    /// Claims `id` for storing, unless it was stored within the window or is being stored.
+    /// Claims `id` of the default endpoint; see [`Dedup::claim_in`].
     pub fn claim(self: &Arc<Self>, id: &str, now_ms: u64) -> Claim {
-        let fingerprint = self.key.fingerprint(id);
+        self.claim_in(None, id, now_ms)
+    }
+
+    /// Claims `id`, delivered through `endpoint` (`None`: the default), for storing, unless it
+    /// was stored within the window or is being stored. Ids are remembered per endpoint.
+    pub fn claim_in(self: &Arc<Self>, endpoint: Option<&str>, id: &str, now_ms: u64) -> Claim {
+        let fingerprint = self.key.fingerprint_in(endpoint, id);
         let mut s = self.lock();
         s.remembered.evict(now_ms, self.window_ms);
         if let Some(waiters) = s.pending.get_mut(&fingerprint) {

@@ -536,3 +536,29 @@ fn the_journal_thread_compacts_and_keeps_the_newest() {
     assert!(is_duplicate(d.claim(&format!("id{}", n - 1), now)));
     new(d.claim(&format!("id{}", n - 1 - max as u64), now));
 }
+
+#[test]
+fn ids_are_remembered_per_endpoint_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = open(dir.path(), DAY, 1000, 1);
+    new(d.claim_in(Some("sandbox"), "msg_1", 1)).commit(1);
+    // The same id through the default endpoint, or a third one, is another delivery.
+    new(d.claim("msg_1", 2)).commit(2);
+    new(d.claim_in(Some("agency"), "msg_1", 2)).commit(2);
+    // An endpoint name cannot be smuggled through the id: `sandbox` + `msg_1` is not the
+    // default endpoint's `sandbox\0msg_1`, nor another split of the same bytes.
+    new(d.claim_in(Some("sand"), "box\u{0}msg_1", 3)).commit(3);
+    for (endpoint, id) in [
+        (Some("sandbox"), "msg_1"),
+        (None, "msg_1"),
+        (Some("agency"), "msg_1"),
+    ] {
+        assert!(is_duplicate(d.claim_in(endpoint, id, 4)), "{endpoint:?}");
+    }
+    d.close();
+    drop(d);
+    let d = open(dir.path(), DAY, 1000, 5);
+    assert!(is_duplicate(d.claim_in(Some("sandbox"), "msg_1", 5)));
+    assert!(is_duplicate(d.claim("msg_1", 5)));
+    new(d.claim_in(Some("other"), "msg_1", 5));
+}

@@ -87,7 +87,7 @@ impl Forwarder {
         // Invariant 8: counted when the record is durably in the store, once.
         self.metrics
             .dead_lettered
-            .with_label_values(&[job.reason])
+            .with_label_values(&[rec.msg.endpoint, job.reason])
             .inc();
         self.metrics
             .dead_letter_records

@@ -4,13 +4,15 @@
 
 use crate::cloudevents::CloudEvents;
 use crate::delivery::Delivery;
-use crate::routing::Router;
+use crate::endpoint::Endpoint;
 use crate::sink::{self, Message};
 
-/// Builds the broker message for a stored delivery. CloudEvents only adds headers or wraps the
-/// body: destination and key come from routing alone, in every mode.
-pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Message {
-    let route = router.route(&d.action);
+/// Builds the broker message for a delivery stored through `endpoint`. CloudEvents only adds
+/// headers or wraps the body: destination and key come from the endpoint's routing alone, in
+/// every mode.
+pub fn message(endpoint: &Endpoint, seq: u64, d: Delivery) -> Message {
+    let ce: &CloudEvents = &endpoint.cloudevents;
+    let route = endpoint.router.route(&d.action);
     let optional = [
         ("sessionboard-action", Some(d.action.as_str())),
         ("sessionboard-resource-id", Some(d.resource_id.as_str())),
@@ -20,9 +22,10 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
     ];
     // Room for every header this function and CloudEvents can add: building one never
     // reallocates.
-    let mut headers = Vec::with_capacity(4 + optional.len() + CloudEvents::MAX_HEADERS);
+    let mut headers = Vec::with_capacity(5 + optional.len() + CloudEvents::MAX_HEADERS);
     headers.push(("webhook-id", d.id.clone()));
     headers.push(("content-type", "application/json".to_owned()));
+    headers.push(("hookbridge-endpoint", endpoint.name.clone()));
     for (name, value) in optional {
         if let Some(v) = value.and_then(sink::header_safe) {
             headers.push((name, v.to_owned()));
@@ -43,9 +46,14 @@ pub fn message(router: &Router, ce: &CloudEvents, seq: u64, d: Delivery) -> Mess
         None => ce.apply(&d, &mut headers),
         Some(_) => d.body.clone(),
     };
+    let id = if endpoint.name == crate::delivery::DEFAULT_ENDPOINT {
+        d.id
+    } else {
+        format!("{}:{}", endpoint.name, d.id)
+    };
     Message {
         seq,
-        id: d.id,
+        id,
         destination: route.destination,
         key: d.resource_id,
         headers,
@@ -69,20 +77,52 @@ mod tests {
             received_at_ms: 0,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body: bytes::Bytes::from_static(body),
+        }
+    }
+
+    /// An endpoint named `name` routing to `sb.<action>`, with `ce`.
+    fn endpoint(name: &str, ce: CloudEvents) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            path: "/hooks".into(),
+            gate: crate::ingress::auth::Gate::open(),
+            router: crate::routing::Router::new("sb.", "unroutable", &Default::default()).unwrap(),
+            cloudevents: ce,
+        }
+    }
+
+    #[test]
+    fn every_message_names_its_endpoint() {
+        for name in ["default", "sandbox"] {
+            let m = message(&endpoint(name, CloudEvents::off()), 1, delivery(b"{}"));
+            let value = m.headers.iter().find(|(n, _)| *n == "hookbridge-endpoint");
+            assert_eq!(value.map(|(_, v)| v.as_str()), Some(name));
+            let id = m.headers.iter().find(|(n, _)| *n == "webhook-id");
+            assert_eq!(id.map(|(_, v)| v.as_str()), Some("msg_1"), "as sent");
+            let dedup_key = if name == "default" {
+                "msg_1"
+            } else {
+                "sandbox:msg_1"
+            };
+            assert_eq!(
+                m.id, dedup_key,
+                "the broker's de-duplication key is per endpoint"
+            );
         }
     }
 
     #[test]
     fn message_headers_and_key() {
-        let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
         let d = Delivery {
             timestamp: Some("1700000000".into()),
             org_id: Some("org\r\nx".into()),
             event_id: Some("4001".into()),
             ..delivery(b"{}")
         };
-        let m = message(&router, &CloudEvents::off(), 7, d);
+        let m = message(&endpoint("default", CloudEvents::off()), 7, d);
         assert_eq!(m.destination, "sb.session.updated");
         assert_eq!(m.key, "r-1");
         let names: Vec<_> = m.headers.iter().map(|(n, _)| *n).collect();
@@ -96,7 +136,6 @@ mod tests {
 
     #[test]
     fn a_copy_says_so_with_the_original_receive_time() {
-        let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
         let d = Delivery {
             received_at_ms: 1_764_936_000_123,
             ..delivery(b"{}")
@@ -107,7 +146,7 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.clone())
         };
-        let original = message(&router, &CloudEvents::off(), 1, d.clone());
+        let original = message(&endpoint("default", CloudEvents::off()), 1, d.clone());
         assert_eq!(header(&original, "hookbridge-copy"), None);
         let copy = Delivery {
             copied: Some(crate::delivery::Copied {
@@ -116,7 +155,7 @@ mod tests {
             }),
             ..d
         };
-        let m = message(&router, &CloudEvents::off(), 2, copy);
+        let m = message(&endpoint("default", CloudEvents::off()), 2, copy);
         assert_eq!(header(&m, "hookbridge-copy").as_deref(), Some("requeue"));
         assert_eq!(
             header(&m, "hookbridge-received-at").as_deref(),
@@ -127,13 +166,12 @@ mod tests {
 
     #[test]
     fn cloudevents_never_change_destination_or_key() {
-        let router = Router::new("sb.", "unroutable", &Default::default()).unwrap();
         let d = delivery(br#"{"data":{"id":"r-1"}}"#);
-        let off = message(&router, &CloudEvents::off(), 1, d.clone());
+        let off = message(&endpoint("default", CloudEvents::off()), 1, d.clone());
         for mode in ["binary", "structured"] {
             let toml = format!("[sink]\ncloudevents = \"{mode}\"\n");
             let ce = CloudEvents::from_config(&crate::config::tests::load_str(&toml).unwrap());
-            let m = message(&router, &ce, 1, d.clone());
+            let m = message(&endpoint("default", ce.clone()), 1, d.clone());
             assert_eq!(
                 (&m.destination, &m.key, &m.id),
                 (&off.destination, &off.key, &off.id)
@@ -144,7 +182,7 @@ mod tests {
                 body: bytes::Bytes::from_static(b"not json"),
                 ..d.clone()
             };
-            let m = message(&router, &ce, 1, rejected);
+            let m = message(&endpoint("default", ce.clone()), 1, rejected);
             assert_eq!(m.payload, bytes::Bytes::from_static(b"not json"), "{mode}");
         }
     }

@@ -39,12 +39,11 @@ use futures_util::FutureExt;
 use rand::Rng;
 
 use crate::clock::Clock;
-use crate::cloudevents::CloudEvents;
 use crate::config::ForwardConfig;
 use crate::deadletter::{self, DeadLetters};
 use crate::delivery::Delivery;
+use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
-use crate::routing::Router;
 use crate::sink::{BrokerState, BrokerStatus, Message, SendError, Sink};
 use crate::spool::{self, Spool, StoredRecord};
 
@@ -59,13 +58,15 @@ const READ_BATCH: usize = 256;
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 /// Dead-letter reason of a spool record whose CRC matched but which does not decode.
 pub const UNDECODABLE: &str = "undecodable";
+/// Dead-letter reason of a record whose endpoint is no longer configured: publishing it under
+/// another endpoint's namespace would break their isolation (see `endpoint`).
+pub const UNKNOWN_ENDPOINT: &str = "unknown_endpoint";
 
 pub struct Forwarder {
     pub spool: Spool,
     pub sink: Arc<dyn Sink>,
-    pub router: Router,
-    /// `sink.cloudevents`: how the message carries CloudEvents attributes, if at all.
-    pub cloudevents: Arc<CloudEvents>,
+    /// Each endpoint's router and CloudEvents attributes (`sink.cloudevents`).
+    pub endpoints: Arc<Endpoints>,
     pub cfg: ForwardConfig,
     pub metrics: Arc<Metrics>,
     pub status: Arc<BrokerStatus>,
@@ -165,14 +166,31 @@ impl Forwarder {
         w.bytes += record.len() as u64;
         let (msg, ready, rejected) = match Delivery::decode(r.payload) {
             Ok(delivery) => {
-                let rejected = delivery
-                    .reject_reason
-                    .as_deref()
-                    .map(crate::delivery::reject_label);
-                let msg = message(&self.router, &self.cloudevents, seq, delivery);
+                let endpoint = self.endpoints.by_name(delivery.endpoint.as_deref());
+                let rejected = match (&delivery.reject_reason, endpoint) {
+                    (Some(reason), _) => Some(crate::delivery::reject_label(reason)),
+                    (None, None) => {
+                        tracing::error!(seq, delivery_id = %delivery.id,
+                            endpoint = delivery.endpoint_name(),
+                            "spool record names an endpoint that is not configured; moving it to the dead-letter store");
+                        Some(UNKNOWN_ENDPOINT)
+                    }
+                    (None, Some(_)) => None,
+                };
+                // A record of an unknown endpoint is never published; the default endpoint's
+                // router only names its dead-letter entry.
+                let endpoint = endpoint.unwrap_or(self.endpoints.default_endpoint());
+                let id = delivery.id.as_str().into();
+                let labels = (
+                    self.metrics.endpoint_label(delivery.endpoint.as_deref()),
+                    crate::routing::action_label(&delivery.action),
+                );
+                let msg = message(endpoint, seq, delivery);
                 let sent = Sent {
                     seq,
-                    id: msg.id.as_str().into(),
+                    endpoint: labels.0,
+                    action: labels.1,
+                    id,
                     destination: msg.destination.as_str().into(),
                     key: msg.key.clone(),
                 };
@@ -187,6 +205,8 @@ impl Forwarder {
                     "spool record cannot be decoded; moving it to the dead-letter store");
                 let sent = Sent {
                     seq,
+                    endpoint: crate::metrics::labels::NO_ENDPOINT,
+                    action: "invalid",
                     ..Sent::default()
                 };
                 (sent, None, Some(UNDECODABLE))
@@ -213,6 +233,8 @@ impl Forwarder {
             Some(kind) => {
                 let detail = if kind == UNDECODABLE {
                     "the spool record does not decode (written by another version?)".to_owned()
+                } else if kind == UNKNOWN_ENDPOINT {
+                    "the record's endpoint is not configured (add it back, then requeue)".to_owned()
                 } else {
                     format!("rejected at ingress: {kind}")
                 };
@@ -231,7 +253,11 @@ impl Forwarder {
         rec.ready.take().unwrap_or_else(|| {
             let d = Delivery::decode(rec.record.clone())
                 .expect("a record that is sent decoded when it was admitted");
-            message(&self.router, &self.cloudevents, rec.msg.seq, d)
+            let endpoint = self
+                .endpoints
+                .by_name(d.endpoint.as_deref())
+                .expect("a record that is sent has a configured endpoint (checked at admission)");
+            message(endpoint, rec.msg.seq, d)
         })
     }
 
@@ -278,7 +304,11 @@ impl Forwarder {
         attempts: &mut FuturesUnordered<Attempt>,
     ) {
         let sink = self.sink.name();
-        self.metrics.published.with_label_values(&[sink]).inc();
+        let msg = &w.pending[&seq].msg;
+        self.metrics
+            .published
+            .with_label_values(&[sink, msg.endpoint, msg.action])
+            .inc();
         self.metrics
             .publish_latency
             .with_label_values(&[sink])

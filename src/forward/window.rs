@@ -18,6 +18,10 @@ pub(super) struct Sent {
     pub(super) id: Arc<str>,
     pub(super) destination: Arc<str>,
     pub(super) key: String,
+    /// The `endpoint` and `action` labels of its metrics (`Metrics::endpoint_label`,
+    /// `routing::action_label`).
+    pub(super) endpoint: &'static str,
+    pub(super) action: &'static str,
 }
 
 /// A record read from the spool and not yet settled (published or dead-lettered).

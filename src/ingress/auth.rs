@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::signature::{self, Key, SigError};
 use crate::clock::Clock;
-use crate::config::{self, invalid, AuthConfig, Config};
+use crate::config::{self, invalid, Config, Endpoint};
 
 /// A request body that passed the gate, with the delivery headers the gate looked at.
 #[derive(Debug)]
@@ -145,16 +145,23 @@ pub fn digest(value: &[u8]) -> [u8; 32] {
 }
 
 impl Gate {
-    /// The gate a validated configuration asks for: `auth.header_name`/`auth.header_values`,
-    /// the secrets in `auth.secrets` and `auth.secret_files` (read here), `auth.allow_cidrs` and
-    /// `http.trusted_proxies`. Errors name the key (and the file and line), never a secret.
+    /// The default endpoint's gate (the top-level `[auth]`); see [`Gate::for_endpoint`].
     pub fn from_config(c: &Config) -> Result<Gate, config::Error> {
-        let auth = &c.auth;
+        Gate::for_endpoint(c, &c.endpoints()[0])
+    }
+
+    /// The gate a validated configuration asks for at endpoint `e`: its token
+    /// (`header_name`/`header_values`), the secrets in `secrets` and `secret_files` (read
+    /// here), `allow_cidrs`, and the global `auth.tolerance` and `http.trusted_proxies`. Errors
+    /// name the key (and the file and line), never a secret.
+    pub fn for_endpoint(c: &Config, e: &Endpoint<'_>) -> Result<Gate, config::Error> {
+        let auth = &e.auth;
         let token = match &auth.header_name {
             None => None,
             Some(name) => Some(TokenAuth {
-                header: http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| invalid("auth.header_name", "is not a valid header name"))?,
+                header: http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(e.auth_key("header_name"), "is not a valid header name")
+                })?,
                 digests: auth
                     .header_values
                     .iter()
@@ -162,11 +169,11 @@ impl Gate {
                     .collect(),
             }),
         };
-        let keys = load_keys(auth)?;
+        let keys = load_keys(e)?;
         if keys.is_empty() && !auth.secret_files.is_empty() && auth.secrets.is_empty() {
             // Listing secret files that hold nothing would silently turn signature checks off.
             return Err(invalid(
-                "auth.secret_files",
+                e.auth_key("secret_files"),
                 "the files hold no secret (every line is empty or a comment)",
             ));
         }
@@ -174,7 +181,7 @@ impl Gate {
             token,
             signatures: (!keys.is_empty()).then_some(SignatureAuth {
                 keys,
-                tolerance: auth.tolerance,
+                tolerance: c.auth.tolerance,
             }),
             source: SourceAuth {
                 allow: auth.allow_cidrs.clone(),
@@ -273,19 +280,20 @@ impl Gate {
     }
 }
 
-/// Parses `auth.secrets` and the secrets in `auth.secret_files`. Errors name the key and the
-/// position, never the secret.
-fn load_keys(auth: &AuthConfig) -> Result<Vec<Key>, config::Error> {
+/// Parses endpoint `e`'s `secrets` and the secrets in its `secret_files`. Errors name the key
+/// and the position, never the secret.
+fn load_keys(ep: &Endpoint<'_>) -> Result<Vec<Key>, config::Error> {
+    let auth = &ep.auth;
     let mut keys = Vec::new();
     for (i, s) in auth.secrets.iter().enumerate() {
         keys.push(Key::parse(s).map_err(|e| config::Error::Invalid {
-            key: "auth.secrets",
+            key: ep.auth_key("secrets"),
             reason: format!("entry {i}: {e}"),
         })?);
     }
     for path in &auth.secret_files {
         let text = std::fs::read_to_string(path).map_err(|e| config::Error::Invalid {
-            key: "auth.secret_files",
+            key: ep.auth_key("secret_files"),
             reason: format!("{}: {e}", path.display()),
         })?;
         for (n, line) in text.lines().enumerate() {
@@ -294,7 +302,7 @@ fn load_keys(auth: &AuthConfig) -> Result<Vec<Key>, config::Error> {
                 continue;
             }
             keys.push(Key::parse(line).map_err(|e| config::Error::Invalid {
-                key: "auth.secret_files",
+                key: ep.auth_key("secret_files"),
                 reason: format!("{} line {}: {e}", path.display(), n + 1),
             })?);
         }

@@ -23,8 +23,9 @@ use hyper::Request;
 
 use crate::dedup::{Claim, ClaimGuard, Dedup};
 use crate::delivery::Delivery;
+use crate::endpoint::{Endpoint, Endpoints};
 use crate::metrics::Metrics;
-use crate::routing::{self, Router};
+use crate::routing;
 use crate::server::{self, HttpResponse};
 use crate::spool::{self, Spool};
 use auth::{Gate, Verified};
@@ -35,12 +36,11 @@ const MAX_ID_HEADER_LEN: usize = 256;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Ingress {
-    pub path: String,
+    /// The paths served, each with its gate and routing.
+    pub endpoints: Arc<Endpoints>,
     pub max_body_bytes: u32,
     pub request_timeout: Duration,
     pub retry_after: Duration,
-    pub gate: Gate,
-    pub router: Router,
     pub spool: Spool,
     /// Replay protection; `None` when `auth.dedup_window` is 0.
     pub dedup: Option<Arc<Dedup>>,
@@ -185,25 +185,50 @@ impl Ingress {
         resp
     }
 
-    /// Stores the delivery (or recognises a duplicate); returns only once it is durable.
+    /// Stores the delivery (or recognises a duplicate) at the endpoint its path names; returns
+    /// only once it is durable. A refusal by a configured endpoint is counted under its name.
     async fn accept(
         &self,
         req: Request<Incoming>,
         peer: std::net::IpAddr,
     ) -> Result<Accepted, Reject> {
-        self.check_head(&req, peer)?;
-        let (headers, body, reservation) = self.receive(req, peer).await?;
+        let Some(endpoint) = self.endpoints.by_path(req.uri().path()) else {
+            return Err(reject(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            ));
+        };
+        let result = self.accept_at(endpoint, req, peer).await;
+        if let Err(r) = &result {
+            self.metrics
+                .deliveries_rejected
+                .with_label_values(&[&endpoint.name, r.code])
+                .inc();
+        }
+        result
+    }
+
+    async fn accept_at(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Result<Accepted, Reject> {
+        self.check_head(endpoint, &req, peer)?;
+        let (headers, body, reservation) = self.receive(req, peer, &endpoint.gate).await?;
         let id = id_header(&headers, "webhook-id", "svix-id")?;
         let timestamp = id_header(&headers, "webhook-timestamp", "svix-timestamp")?;
-        let verified = self
+        // Only this endpoint's gate: another endpoint's secret opens nothing here.
+        let verified = endpoint
             .gate
             .check(&headers, id.as_deref(), timestamp.as_deref(), body)
             .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
-        let delivery = self.build(verified, id, timestamp)?;
+        let delivery = self.build(endpoint, verified, id, timestamp)?;
         let claim = match &self.dedup {
             None => None,
             Some(dedup) => match self
-                .claim(dedup, &delivery.id, delivery.received_at_ms)
+                .claim(dedup, &delivery, delivery.received_at_ms)
                 .await?
             {
                 Some(guard) => Some(guard),
@@ -213,19 +238,17 @@ impl Ingress {
                 }
             },
         };
-        self.store(delivery, claim, reservation).await
+        self.store(endpoint, delivery, claim, reservation).await
     }
 
-    /// What can be refused before the body is read: the path, the method, and the gate's checks
-    /// of the source address and headers.
-    fn check_head(&self, req: &Request<Incoming>, peer: std::net::IpAddr) -> Result<(), Reject> {
-        if req.uri().path() != self.path {
-            return Err(reject(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            ));
-        }
+    /// What can be refused before the body is read: the method, and the endpoint's gate's
+    /// checks of the source address and headers.
+    fn check_head(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request<Incoming>,
+        peer: std::net::IpAddr,
+    ) -> Result<(), Reject> {
         if req.method() != Method::POST {
             return Err(reject(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -233,7 +256,8 @@ impl Ingress {
                 "deliveries are POSTed",
             ));
         }
-        self.gate
+        endpoint
+            .gate
             .check_head(peer, req.headers())
             .map_err(|d| reject(d.status(), d.code(), d.detail()))
     }
@@ -244,6 +268,7 @@ impl Ingress {
         &self,
         req: Request<Incoming>,
         peer: std::net::IpAddr,
+        gate: &Gate,
     ) -> Result<(HeaderMap, Bytes, Reservation), Reject> {
         let limit = self.max_body_bytes as usize;
         let length = content_length(req.headers());
@@ -256,7 +281,7 @@ impl Ingress {
         let slot = match &self.per_client {
             None => None,
             Some(per_client) => {
-                let client = self.gate.client_ip(peer, &parts.headers);
+                let client = gate.client_ip(peer, &parts.headers);
                 let slot = per_client.enter(client).ok_or_else(|| {
                     self.body_rejected("too_many_bodies");
                     reject(
@@ -295,6 +320,7 @@ impl Ingress {
     /// Appends the delivery to the spool and waits for its fsync.
     async fn store(
         &self,
+        endpoint: &Endpoint,
         mut delivery: Delivery,
         claim: Option<ClaimGuard>,
         reservation: Reservation,
@@ -334,7 +360,7 @@ impl Ingress {
             .map_err(|e| self.not_stored(e, &id))?;
         self.metrics
             .deliveries_accepted
-            .with_label_values(&[label])
+            .with_label_values(&[&endpoint.name, label])
             .inc();
         if let Some(reason) = dead_letter {
             self.metrics
@@ -345,7 +371,7 @@ impl Ingress {
                 "authentic delivery cannot be routed; stored for the dead-letter store");
         } else if label == "unroutable" {
             self.metrics.deliveries_unroutable.inc();
-            let route = self.router.route(&delivery.action);
+            let route = endpoint.router.route(&delivery.action);
             tracing::warn!(delivery_id = %id, seq, destination = %route.destination,
                 "action is not a valid routing token; routed to the dead-letter destination");
         }
@@ -430,20 +456,22 @@ impl Ingress {
         }
     }
 
-    /// Claims `id` for storing. `Ok(None)`: stored before, answer `duplicate`. While another
-    /// request is storing the same id, waits (up to `auth.dedup_wait`) for its outcome: stored
-    /// means duplicate; failed means this request stores it.
+    /// Claims the delivery's id, on its endpoint, for storing. `Ok(None)`: stored before, answer
+    /// `duplicate`. While another request is storing the same id, waits (up to
+    /// `auth.dedup_wait`) for its outcome: stored means duplicate; failed means this request
+    /// stores it.
     async fn claim(
         &self,
         dedup: &Arc<Dedup>,
-        id: &str,
+        delivery: &Delivery,
         now_ms: u64,
     ) -> Result<Option<ClaimGuard>, Reject> {
+        let id = delivery.id.as_str();
         // Set when the first wait starts: a request that does not wait never reads the clock.
         let mut deadline = None;
         loop {
             let waited = deadline.is_some();
-            match dedup.claim(id, now_ms) {
+            match dedup.claim_in(delivery.endpoint.as_deref(), id, now_ms) {
                 Claim::New(guard) => {
                     if waited {
                         self.metrics
@@ -496,6 +524,7 @@ impl Ingress {
     /// dead-letter store): refusing it would lose data the sender will never send differently.
     fn build(
         &self,
+        endpoint: &Endpoint,
         verified: Verified,
         id: Option<String>,
         timestamp: Option<String>,
@@ -503,7 +532,10 @@ impl Ingress {
         let authentic = verified.authentic();
         let body = verified.into_body();
         let id = id.unwrap_or_else(|| body_id(&body));
-        let received_at_ms = self.gate.clock.wall_ms();
+        let received_at_ms = endpoint.gate.clock.wall_ms();
+        // The default endpoint's records are written as before endpoints existed.
+        let through =
+            (endpoint.name != crate::delivery::DEFAULT_ENDPOINT).then(|| endpoint.name.clone());
         let env = match envelope::parse(&body) {
             Ok(env) => env,
             Err(e) if authentic => {
@@ -517,6 +549,8 @@ impl Ingress {
                     received_at_ms,
                     reject_reason: Some(e.code().to_owned()),
                     copied: None,
+                    endpoint: through,
+                    trace: None,
                     body,
                 })
             }
@@ -545,6 +579,8 @@ impl Ingress {
             received_at_ms,
             reject_reason: None,
             copied: None,
+            endpoint: through,
+            trace: None,
             body,
         })
     }

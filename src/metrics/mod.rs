@@ -90,10 +90,40 @@ pub mod labels {
     /// What the forwarder itself records: `retries_exhausted` (a record that kept failing while
     /// the broker confirmed others) and `undecodable` (a record that passed its CRC but does not
     /// decode); a publish-error kind and a dead-letter reason.
-    pub const FORWARD_REASONS: &[&str] = &["retries_exhausted", "undecodable"];
+    pub const FORWARD_REASONS: &[&str] = &["retries_exhausted", "undecodable", "unknown_endpoint"];
     /// `hookbridge_http_rejected_bodies_total{reason}` (the ingress memory budget): the budget
     /// is spent, or one client has too many unfinished bodies.
     pub const HTTP_REJECTED_BODY_REASONS: &[&str] = &["buffer_full", "too_many_bodies"];
+    /// `hookbridge_deliveries_rejected_total{reason}`: every error code the ingress answers a
+    /// request to a configured endpoint with (the JSON `error` field).
+    pub const REJECT_REASONS: &[&str] = &[
+        "body_read_failed",
+        "buffer_full",
+        "conflicting_headers",
+        "forbidden_source",
+        "in_progress",
+        "invalid_header",
+        "invalid_json",
+        "invalid_timestamp",
+        "invalid_token",
+        "malformed_signature",
+        "method_not_allowed",
+        "missing_action",
+        "missing_data_id",
+        "missing_signature_headers",
+        "missing_token",
+        "no_matching_signature",
+        "payload_too_large",
+        "request_timeout",
+        "shutting_down",
+        "spool_failed",
+        "spool_full",
+        "timestamp_out_of_tolerance",
+        "too_many_bodies",
+    ];
+    /// The `endpoint` label of a record whose endpoint is not configured (any more), or that does
+    /// not decode: the label set stays bounded by the configuration.
+    pub const NO_ENDPOINT: &str = "none";
     /// Values only the unit tests' sinks use (accepted only in `cfg(test)` builds).
     pub(super) const TEST_ONLY: &[&str] = &["scripted"];
 }
@@ -132,8 +162,14 @@ const BATCH_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The configured endpoint names, `default` first: the values of every `endpoint` label
+    /// (plus [`labels::NO_ENDPOINT`] where a record may name none).
+    endpoints: &'static [&'static str],
     pub http_requests: Family<IntCounterVec>,
+    /// `{endpoint, action}`.
     pub deliveries_accepted: Family<IntCounterVec>,
+    /// `hookbridge_deliveries_rejected_total{endpoint, reason}`.
+    pub deliveries_rejected: Family<IntCounterVec>,
     pub deliveries_unroutable: IntCounter,
     pub deliveries_duplicate: IntCounter,
     pub dedup_waits: Family<IntCounterVec>,
@@ -175,6 +211,7 @@ pub struct Metrics {
     pub spool_evicted_segments: IntCounter,
     pub spool_evicted_records: IntCounter,
 
+    /// `{sink, endpoint, action}`.
     pub published: Family<IntCounterVec>,
     pub publish_errors: Family<IntCounterVec>,
     pub publish_latency: Family<HistogramVec>,
@@ -185,18 +222,39 @@ pub struct Metrics {
     pub forward_stuck_records: IntGauge,
     pub forward_oldest_age: prometheus::Gauge,
     pub forward_oldest_attempts: IntGauge,
+    /// `{endpoint, reason}`.
     pub dead_lettered: Family<IntCounterVec>,
     pub dead_letter_records: IntGauge,
     pub kafka_queue_messages: IntGauge,
 }
 
 impl Metrics {
-    // One table on purpose: every family's name, help, labels and buckets, read top to bottom.
+    /// The metrics of a bridge with only the endpoint `default`.
     pub fn new() -> Metrics {
+        Metrics::for_endpoints(&[crate::delivery::DEFAULT_ENDPOINT.to_owned()])
+    }
+
+    // One table on purpose: every family's name, help, labels and buckets, read top to bottom.
+    /// The metrics of a bridge serving `endpoints` (their names, `default` first). The names are
+    /// kept for the life of the process (label values are `&'static`); a bridge builds its
+    /// metrics once.
+    pub fn for_endpoints(endpoints: &[String]) -> Metrics {
+        let names: &'static [&'static str] = Box::leak(
+            endpoints
+                .iter()
+                .map(|n| &*Box::leak(n.clone().into_boxed_str()))
+                .collect::<Vec<&'static str>>()
+                .into_boxed_slice(),
+        );
+        let endpoint: Dim = Box::leak(Box::new([names]));
+        let endpoint_or_none: Dim = Box::leak(Box::new([names, &[labels::NO_ENDPOINT][..]]));
+        let dims = |d: Vec<Dim>| -> &'static [Dim] { Box::leak(d.into_boxed_slice()) };
         let registry = Registry::new();
         let m = Metrics {
+            endpoints: names,
             http_requests: counter_family("hookbridge_http_requests_total", "Ingress HTTP responses by status code.", &["status"], &[STATUS]),
-            deliveries_accepted: counter_family("hookbridge_deliveries_accepted_total", "Deliveries made durable and acknowledged with 2xx, by action (catalogued actions, `other`, `unroutable`).", &["action"], &[ACTION]),
+            deliveries_accepted: counter_family("hookbridge_deliveries_accepted_total", "Deliveries made durable and acknowledged with 2xx, by endpoint and action (catalogued actions, `other`, `unroutable`, `invalid`).", &["endpoint", "action"], dims(vec![endpoint, ACTION])),
+            deliveries_rejected: counter_family("hookbridge_deliveries_rejected_total", "Requests to an endpoint's path answered with an error, by endpoint and reason (the JSON `error` code): authentication, malformed requests, and a full or failed spool. Requests to no endpoint's path are only in hookbridge_http_requests_total.", &["endpoint", "reason"], dims(vec![endpoint, &[labels::REJECT_REASONS]])),
             deliveries_unroutable: IntCounter::new(
                 "hookbridge_deliveries_unroutable_total",
                 "Accepted deliveries whose action is not a valid subject token, routed to the dead-letter subject.",
@@ -352,7 +410,7 @@ impl Metrics {
                 "Confirmed records in the segments counted by hookbridge_spool_evicted_segments_total.",
             )
             .unwrap(),
-            published: counter_family("hookbridge_published_total", "Records confirmed by the broker.", &["sink"], &[SINK]),
+            published: counter_family("hookbridge_published_total", "Records confirmed by the broker, by endpoint and action.", &["sink", "endpoint", "action"], dims(vec![SINK, endpoint, ACTION])),
             publish_errors: counter_family("hookbridge_publish_errors_total", "Failed publish attempts by sink and error kind (each is retried).", &["sink", "kind"], &[SINK, SEND_ERROR]),
             publish_latency: Family::new(
                 HistogramVec::new(
@@ -403,7 +461,7 @@ impl Metrics {
             )
             .unwrap(),
             forward_retries: counter_family("hookbridge_forward_retries_total", "Records scheduled for another publish attempt, by sink.", &["sink"], &[SINK]),
-            dead_lettered: counter_family("hookbridge_dead_lettered_total", "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.", &["reason"], &[DEAD_LETTER_REASON]),
+            dead_lettered: counter_family("hookbridge_dead_lettered_total", "Records written (fsync'd) to the local dead-letter store, by reason: permanent broker refusals, records that kept failing while others were confirmed (retries_exhausted), undecodable records and unusable bodies; counted once per record, after the write.", &["endpoint", "reason"], dims(vec![endpoint_or_none, DEAD_LETTER_REASON])),
             dead_letter_records: IntGauge::new(
                 "hookbridge_dead_letter_records",
                 "Records in the local dead-letter store.",
@@ -426,6 +484,7 @@ impl Metrics {
         for f in [
             &self.http_requests,
             &self.deliveries_accepted,
+            &self.deliveries_rejected,
             &self.dedup_waits,
             &self.deliveries_invalid,
             &self.http_connection_errors,
@@ -481,6 +540,7 @@ impl Metrics {
         vec![
             Box::new(self.http_requests.vec().clone()),
             Box::new(self.deliveries_accepted.vec().clone()),
+            Box::new(self.deliveries_rejected.vec().clone()),
             Box::new(self.deliveries_unroutable.clone()),
             Box::new(self.ack_latency.clone()),
             Box::new(self.deliveries_duplicate.clone()),
@@ -533,6 +593,22 @@ impl Metrics {
             Box::new(self.dead_letter_records.clone()),
             Box::new(self.kafka_queue_messages.clone()),
         ]
+    }
+
+    /// The configured endpoint names, `default` first.
+    pub fn endpoint_names(&self) -> &'static [&'static str] {
+        self.endpoints
+    }
+
+    /// The `endpoint` label of a record through `endpoint` (`None`: the default):
+    /// [`labels::NO_ENDPOINT`] when it is not configured.
+    pub fn endpoint_label(&self, endpoint: Option<&str>) -> &'static str {
+        let name = endpoint.unwrap_or(crate::delivery::DEFAULT_ENDPOINT);
+        self.endpoints
+            .iter()
+            .find(|n| **n == name)
+            .copied()
+            .unwrap_or(labels::NO_ENDPOINT)
     }
 
     /// Prometheus text exposition of everything registered.

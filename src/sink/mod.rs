@@ -17,7 +17,9 @@ use futures_util::future::BoxFuture;
 pub struct Message {
     /// Spool sequence number (for logs).
     pub seq: u64,
-    /// Delivery id: broker-side de-duplication key (`Nats-Msg-Id`) and `webhook-id` header.
+    /// The broker-side de-duplication key (`Nats-Msg-Id`): the delivery id, as `<endpoint>:<id>`
+    /// for an endpoint other than `default`, so two senders' equal ids stay two messages in one
+    /// stream. (The `webhook-id` header is the delivery id as sent.)
     pub id: String,
     /// Subject / topic, already checked by the router.
     pub destination: String,

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 
 use super::{BrokerState, BrokerStatus, Message, SendError, Sink};
 use crate::config::{NatsConfig, NatsMode};
-use crate::routing::Router;
+use crate::endpoint::Endpoints;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,7 +61,7 @@ impl NatsSink {
     /// Returns at once; the connection is made (and remade) in the background.
     pub async fn connect(
         cfg: &NatsConfig,
-        router: &Router,
+        endpoints: &Endpoints,
         status: Arc<BrokerStatus>,
     ) -> Result<NatsSink, Error> {
         let mut opts = ConnectOptions::new()
@@ -112,7 +112,7 @@ impl NatsSink {
                     .build(client.clone());
                 let stream = cfg.create_stream.then(|| StreamSpec {
                     name: cfg.stream.clone(),
-                    subjects: stream_subjects(router),
+                    subjects: stream_subjects(endpoints),
                     replicas: cfg.replicas,
                     replicas_warned: AtomicBool::new(false),
                 });
@@ -132,13 +132,15 @@ impl NatsSink {
     }
 }
 
-/// `<prefix>>` plus every fixed route destination outside the prefix.
-fn stream_subjects(router: &Router) -> Vec<String> {
-    let wildcard = format!("{}>", router.prefix());
-    let mut subjects = vec![wildcard];
-    for d in router.fixed_destinations() {
-        if !d.starts_with(router.prefix()) && !subjects.iter().any(|s| s == d) {
-            subjects.push(d.to_owned());
+/// For every endpoint, `<prefix>>` plus every fixed route destination outside the prefix.
+fn stream_subjects(endpoints: &Endpoints) -> Vec<String> {
+    let mut subjects = Vec::new();
+    for router in endpoints.iter().map(|e| &e.router) {
+        subjects.push(format!("{}>", router.prefix()));
+        for d in router.fixed_destinations() {
+            if !d.starts_with(router.prefix()) && !subjects.iter().any(|s| s == d) {
+                subjects.push(d.to_owned());
+            }
         }
     }
     subjects
@@ -348,23 +350,29 @@ fn classify_core(kind: async_nats::client::PublishErrorKind, detail: String) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
-    fn stream_covers_prefix_and_outside_routes() {
-        let routes: BTreeMap<_, _> = [
-            ("session.*".to_string(), "other.sessions".to_string()),
-            (
-                "contact.created".to_string(),
-                "sessionboard.contacts".to_string(),
-            ),
-        ]
-        .into_iter()
-        .collect();
-        let r = Router::new("sessionboard.", "unroutable", &routes).unwrap();
+    fn stream_covers_every_endpoint_prefix_and_outside_routes() {
+        let c = crate::config::tests::load_str(
+            r#"
+[routing]
+routes = { "session.*" = "other.sessions", "contact.created" = "sessionboard.contacts" }
+[[endpoints]]
+name = "sandbox"
+path = "/sandbox"
+routing = { prefix = "sandbox.", routes = { "session.*" = "sandbox-sessions" } }
+"#,
+        )
+        .unwrap();
+        let endpoints = Endpoints::from_config(&c).unwrap();
         assert_eq!(
-            stream_subjects(&r),
-            vec!["sessionboard.>".to_string(), "other.sessions".to_string()]
+            stream_subjects(&endpoints),
+            [
+                "sessionboard.>",
+                "other.sessions",
+                "sandbox.>",
+                "sandbox-sessions"
+            ]
         );
     }
 }

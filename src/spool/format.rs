@@ -4,11 +4,35 @@
 //! endianness, or change what a CRC covers without bumping [`FORMAT_VERSION`] and teaching
 //! recovery to read the previous version: a spool written by the running release must stay
 //! readable by the next one. All integers are little-endian.
+//!
+//! Segment format versions (the header's version field):
+//!
+//! | version | written by | frames | payloads (`crate::delivery`) |
+//! |--------:|------------|--------|------------------------------|
+//! | 1 | up to release efe9fd6 | as below | delivery records V1–V3 |
+//! | 2 | this release on | as below (unchanged) | V1–V4 (V4: endpoint, trace context) |
+//!
+//! The frame layout did not change in version 2; what changed is what a payload may be. The
+//! version is bumped so that a release that cannot decode a V4 payload never reads one: it
+//! refuses every segment of version 2 at open (`Error::Incompatible`, naming the file) before
+//! changing anything. For that to hold, the writer never appends to a segment of an older
+//! version: recovery does not hand it one as the active segment, so the first append after an
+//! upgrade starts a new segment of [`FORMAT_VERSION`] (`recovery.rs`, `scan_segments`).
+//! Readers accept [`OLDEST_READABLE_VERSION`] ..= [`FORMAT_VERSION`].
 
 use std::fmt;
 
-/// Format version written into segment headers and the confirmed file.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format version written into the header of every new segment.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// Oldest segment format version this build reads (and keeps reading until its records are
+/// confirmed and the segment deleted; it is never appended to).
+pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
+
+/// Format version of the confirmed-position file, written and the only one read. Its layout
+/// did not change with segment version 2, so it stays 1: an older release reads it, and
+/// refuses the spool by its version-2 segment instead, naming that file.
+pub(crate) const CONFIRMED_VERSION: u32 = 1;
 
 /// First 8 bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"HBSPOOL\0";
@@ -21,7 +45,7 @@ pub(crate) const CONFIRMED_MAGIC: [u8; 8] = *b"HBCONFRM";
 /// | offset | size | field                         |
 /// |-------:|-----:|-------------------------------|
 /// | 0      | 8    | magic `b"HBSPOOL\0"`          |
-/// | 8      | 4    | format version (u32)          |
+/// | 8      | 4    | format version (u32): 1 or 2  |
 /// | 12     | 4    | reserved, written as zero     |
 /// | 16     | 8    | base seq (u64): first record  |
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
@@ -51,12 +75,12 @@ pub(crate) const FRAME_HEADER_LEN: u64 = 24;
 /// never produces a frame a reader would refuse. Changing it is a format change.
 pub const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024 + 8 * 1024;
 
-/// Confirmed-position file — do not reorder / change without bumping the format version:
+/// Confirmed-position file — do not reorder / change without bumping [`CONFIRMED_VERSION`]:
 ///
 /// | offset | size | field                                   |
 /// |-------:|-----:|-----------------------------------------|
 /// | 0      | 8    | magic `b"HBCONFRM"`                     |
-/// | 8      | 4    | format version (u32)                    |
+/// | 8      | 4    | format version (u32): [`CONFIRMED_VERSION`] |
 /// | 12     | 8    | confirmed seq (u64)                     |
 /// | 20     | 4    | CRC-32C over bytes 0 .. 20              |
 pub(crate) const CONFIRMED_LEN: usize = 24;
@@ -95,8 +119,16 @@ pub(crate) fn encode_segment_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN as
     h
 }
 
-/// Returns the base seq of a valid header.
-pub(crate) fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
+/// What a valid segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DecodedHeader {
+    pub base_seq: u64,
+    /// [`OLDEST_READABLE_VERSION`] ..= [`FORMAT_VERSION`].
+    pub version: u32,
+}
+
+/// Decodes a header of any version this build reads.
+pub(crate) fn decode_segment_header(b: &[u8]) -> Result<DecodedHeader, HeaderError> {
     if b.len() < SEGMENT_HEADER_LEN as usize {
         return Err(HeaderError::Short(b.len()));
     }
@@ -104,10 +136,13 @@ pub(crate) fn decode_segment_header(b: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::BadMagic);
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::UnsupportedVersion(version));
     }
-    Ok(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")))
+    Ok(DecodedHeader {
+        base_seq: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+        version,
+    })
 }
 
 /// Appends one frame to `out`. `payload` must be at most [`MAX_RECORD_BYTES`] long (`append`
@@ -199,7 +234,7 @@ pub(crate) enum ConfirmedError {
 pub(crate) fn encode_confirmed(seq: u64) -> [u8; CONFIRMED_LEN] {
     let mut b = [0u8; CONFIRMED_LEN];
     b[0..8].copy_from_slice(&CONFIRMED_MAGIC);
-    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&CONFIRMED_VERSION.to_le_bytes());
     b[12..20].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..20]);
     b[20..24].copy_from_slice(&crc.to_le_bytes());
@@ -215,7 +250,7 @@ pub(crate) fn decode_confirmed(b: &[u8]) -> Result<u64, ConfirmedError> {
         return Err(ConfirmedError::Corrupt);
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if version != CONFIRMED_VERSION {
         return Err(ConfirmedError::UnsupportedVersion(version));
     }
     Ok(u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")))
@@ -312,17 +347,49 @@ mod tests {
     #[test]
     fn segment_header_validation() {
         let h = encode_segment_header(12345);
-        assert_eq!(decode_segment_header(&h), Ok(12345));
+        assert_eq!(
+            decode_segment_header(&h),
+            Ok(DecodedHeader {
+                base_seq: 12345,
+                version: 2
+            })
+        );
         assert_eq!(decode_segment_header(&h[..23]), Err(HeaderError::Short(23)));
         assert_eq!(decode_segment_header(&[]), Err(HeaderError::Short(0)));
         let mut bad = h;
         bad[0] = b'X';
         assert_eq!(decode_segment_header(&bad), Err(HeaderError::BadMagic));
-        let mut v2 = h;
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        // Version 1 (written up to release efe9fd6) is still read.
+        let mut v1 = h;
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(
-            decode_segment_header(&v2),
-            Err(HeaderError::UnsupportedVersion(2))
+            decode_segment_header(&v1),
+            Ok(DecodedHeader {
+                base_seq: 12345,
+                version: 1
+            })
+        );
+        for v in [0, 3, u32::MAX] {
+            let mut other = h;
+            other[8..12].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(
+                decode_segment_header(&other),
+                Err(HeaderError::UnsupportedVersion(v))
+            );
+        }
+    }
+
+    #[test]
+    fn the_confirmed_file_stays_version_1() {
+        let b = encode_confirmed(5);
+        assert_eq!(b[8..12], 1u32.to_le_bytes());
+        let mut v2 = b;
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v2[0..20]);
+        v2[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_confirmed(&v2),
+            Err(ConfirmedError::UnsupportedVersion(2))
         );
     }
 

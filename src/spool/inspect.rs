@@ -380,7 +380,7 @@ impl Survey {
         let header =
             judge_segment_header(base, len, |h| file.read_exact_at(h, 0)).map_err(io_err(path))?;
         let (kind, offset) = match header {
-            SegmentHeader::Valid => {
+            SegmentHeader::Valid { .. } => {
                 self.segments += 1;
                 self.bytes += len;
                 return Ok(Some((file, len)));
@@ -613,6 +613,34 @@ mod tests {
         assert_eq!(s.torn_tail_bytes(), b.len() as u64 - offsets[4]);
         assert!(s.findings.iter().any(|f| f.kind == FindingKind::TempFile));
         assert_eq!(s.next_seq, 10);
+    }
+
+    fn set_version(path: &Path, version: u32) {
+        let mut b = std::fs::read(path).unwrap();
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn version_1_segments_are_read_and_version_3_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = write_segment(dir.path(), 1, 3);
+        set_version(&old, 1);
+        let (new, _) = write_segment(dir.path(), 4, 2);
+        let s = survey(dir.path(), &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!((s.segments, s.records_on_disk), (2, 5));
+        assert_eq!(s.damage().count(), 0, "{:?}", s.findings);
+
+        set_version(&new, 3);
+        let s = survey(dir.path(), &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!((s.segments, s.records_on_disk), (1, 3));
+        assert!(
+            s.findings
+                .iter()
+                .any(|f| f.kind == FindingKind::Unsupported(3) && f.offset == Some(0)),
+            "{:?}",
+            s.findings
+        );
     }
 
     #[test]

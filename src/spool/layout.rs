@@ -90,7 +90,9 @@ pub(super) fn read_confirmed(sfs: &dyn SpoolFs, path: &Path) -> io::Result<Confi
 /// How a segment file looks by its length and header, before any frame is scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SegmentHeader {
-    Valid,
+    /// A header of a version this build reads (`format::OLDEST_READABLE_VERSION` ..=
+    /// `format::FORMAT_VERSION`).
+    Valid { version: u32 },
     /// Zero length: segments appear by rename after their header is fsync'd, so it never held a
     /// record of ours.
     Empty,
@@ -113,11 +115,14 @@ pub(super) fn judge_segment_header(
     let mut header = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
     read_header(&mut header)?;
     Ok(match decode_segment_header(&header) {
-        Ok(0) => SegmentHeader::Damaged("base seq 0 (seqs start at 1)".to_owned()),
-        Ok(b) if b == base => SegmentHeader::Valid,
-        Ok(b) => {
-            SegmentHeader::Damaged(format!("header base seq {b} does not match the file name"))
+        Ok(h) if h.base_seq == 0 => {
+            SegmentHeader::Damaged("base seq 0 (seqs start at 1)".to_owned())
         }
+        Ok(h) if h.base_seq == base => SegmentHeader::Valid { version: h.version },
+        Ok(h) => SegmentHeader::Damaged(format!(
+            "header base seq {} does not match the file name",
+            h.base_seq
+        )),
         Err(HeaderError::UnsupportedVersion(v)) => SegmentHeader::Unsupported(v),
         Err(e) => SegmentHeader::Damaged(e.to_string()),
     })

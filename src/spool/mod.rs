@@ -28,13 +28,32 @@
 //! ```
 //!
 //! All integers are little-endian. The layouts below are persistent format: **do not reorder or
-//! change them without bumping the format version** (`FORMAT_VERSION`, currently 1, in
-//! `format.rs`, which holds the authoritative definitions).
+//! change them without bumping the format version** (`format.rs` holds the authoritative
+//! definitions and the table of versions).
+//!
+//! ## Versions
+//!
+//! New segments are written with segment format version 2 (`FORMAT_VERSION`); versions 1 and 2
+//! are read (`OLDEST_READABLE_VERSION` ..= `FORMAT_VERSION`), anything else refuses the spool
+//! at open ([`Error::Incompatible`], naming the file). Version 2 has the frames of version 1;
+//! it marks segments that may hold payloads a release writing version 1 cannot decode
+//! (delivery records V4, with endpoint and trace context). So:
+//!
+//! * **Upgrade**: a spool of version-1 segments is read and forwarded as it is. The writer never
+//!   appends to a segment older than `FORMAT_VERSION` (recovery step 7): the first append after
+//!   the upgrade starts a new segment of version 2, and the old segments are deleted once
+//!   confirmed, like any other.
+//! * **Downgrade**: a release that writes version 1 refuses to open a spool holding any
+//!   version-2 segment (`…seg: spool format version 2 is not supported by this build`) and
+//!   changes nothing. Forward the backlog with the newer release first (or let it drain).
+//!
+//! The confirmed file has its own version (`CONFIRMED_VERSION`), still 1: its layout did not
+//! change.
 //!
 //! ## Segment file
 //!
-//! A 24-byte header — magic `b"HBSPOOL\0"` (8), format version u32 (4), reserved u32 = 0 (4),
-//! base seq u64 (8) — followed by frames back to back. The base seq is also the file name, and
+//! A 24-byte header — magic `b"HBSPOOL\0"` (8), format version u32 (4, 1 or 2), reserved
+//! u32 = 0 (4), base seq u64 (8) — followed by frames back to back. The base seq is also the file name, and
 //! recovery rejects a header that disagrees with its name. The newest segment may end in zeros
 //! after its last frame (see "Preallocation"); every other segment ends at its last frame.
 //!
@@ -59,7 +78,7 @@
 //!
 //! ## Confirmed file
 //!
-//! `magic b"HBCONFRM" (8) | format version u32 (4) | seq u64 (8) | crc32c u32 (4)`, the CRC over
+//! `magic b"HBCONFRM" (8) | format version u32 = 1 (4) | seq u64 (8) | crc32c u32 (4)`, the CRC over
 //! the first 20 bytes. It holds a position P such that every record with seq <= P was confirmed
 //! by the broker. It is replaced crash-safely: write `confirmed.tmp`, fsync it, rename it over
 //! `confirmed`, fsync the directory. A crash leaves either the old or the new position, both
@@ -235,8 +254,9 @@
 //!      fsync'd, and the report says how many bytes were cut.
 //!    * The same at the end of an older segment cannot be a torn write (older segments are
 //!      fsync'd before the next exists), so it is reported as corruption, not truncated.
-//! 7. New records continue the newest segment if it scanned clean and keeps seqs consecutive,
-//!    else they start a new segment.
+//! 7. New records continue the newest segment if it scanned clean, keeps seqs consecutive and
+//!    is of the version this build writes (`FORMAT_VERSION`), else they start a new segment. A
+//!    segment of an older version is thus never appended to (see "Versions").
 //!
 //! # Reading
 //!
@@ -441,7 +461,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A file in the spool has a format version this build cannot read (e.g. after a
     /// downgrade); `open` refuses rather than guess, and has changed nothing on disk.
-    #[error("{}: spool format version {version} is not supported by this build", path.display())]
+    #[error("{}: spool format version {version} is not supported by this build (a newer hookbridge wrote it; nothing was changed)", path.display())]
     Incompatible { path: PathBuf, version: u32 },
 }
 

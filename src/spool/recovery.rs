@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::format::{FORMAT_VERSION, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::fs::{self, DirLock, SpoolFile, SpoolFs};
 use super::layout::{
     entry_kind, judge_segment_header, read_confirmed, ConfirmedState, EntryKind, SegmentHeader,
@@ -75,6 +75,7 @@ pub(crate) fn recover(
     let listing = list(sfs, dir)?;
     // Phase 2: act.
     let newest_base = listing.segments.last().map(|c| c.0);
+    let newest_writable = newest_writable(&listing.segments);
     let confirmed = use_confirmed(sfs, dir, listing.confirmed)?;
     report.confirmed = confirmed;
     remove_stray_tmp(sfs, listing.stray_tmp)?;
@@ -86,7 +87,10 @@ pub(crate) fn recover(
         metrics,
         sfs,
         &usable.segments,
-        newest_base,
+        Newest {
+            base: newest_base,
+            writable: newest_writable,
+        },
         confirmed,
         &mut report,
     )?;
@@ -134,6 +138,21 @@ pub(crate) fn recover(
         commit,
         report,
     })
+}
+
+/// Whether new records may go to the newest segment file: only if it is of the version this
+/// build writes. A segment of an older version is read, never appended to, so a record only this
+/// build can decode (delivery V4) never lands in a file an older release would read; the first
+/// append starts a new segment instead (`scan_segments` hands the writer no active segment).
+fn newest_writable(segments: &[(u64, PathBuf, u64, SegmentHeader)]) -> bool {
+    match segments.last() {
+        Some((_, _, _, SegmentHeader::Valid { version })) if *version == FORMAT_VERSION => true,
+        Some((_, path, _, SegmentHeader::Valid { version })) => {
+            tracing::info!(segment = %path.display(), version, "newest segment has an older format version: it is read but not appended to; new records go to a new segment");
+            false
+        }
+        _ => false,
+    }
 }
 
 /// Where the writer's commit point starts: the end of the newest segment.
@@ -237,7 +256,7 @@ fn set_aside_unusable(
     let mut usable = Vec::new();
     for (base, path, len, header) in segments {
         match header {
-            SegmentHeader::Valid => usable.push((base, path, len)),
+            SegmentHeader::Valid { .. } => usable.push((base, path, len)),
             SegmentHeader::Empty => {
                 // Segments are published by rename after their header is fsync'd, so an empty
                 // .seg file never held records of ours: nothing to keep. Its name still says
@@ -291,20 +310,27 @@ fn delete_confirmed_segments(
     Ok(())
 }
 
+/// The newest segment file (valid or not): its base, and whether its version may be appended to
+/// ([`newest_writable`]).
+struct Newest {
+    base: Option<u64>,
+    writable: bool,
+}
+
 /// Steps 6 and 7: scans every usable segment, and opens the newest for appending if it scanned
-/// clean.
+/// clean and is of the version this build writes.
 fn scan_segments(
     metrics: &Metrics,
     sfs: &dyn SpoolFs,
     segments: &[(u64, PathBuf, u64)],
-    newest_base: Option<u64>,
+    newest: Newest,
     confirmed: u64,
     report: &mut RecoveryReport,
 ) -> Result<Scanned, Error> {
     let mut s = Scanned::default();
     for (i, (base, path, len)) in segments.iter().enumerate() {
         let base = *base;
-        let is_newest = Some(base) == newest_base;
+        let is_newest = Some(base) == newest.base;
         let target = ScanTarget {
             path,
             base,
@@ -323,7 +349,7 @@ fn scan_segments(
         s.seq_floor = s.seq_floor.max(cut_seqs);
         s.last_seq_on_disk = s.last_seq_on_disk.max(meta.last_seq.unwrap_or(0));
         s.disk_bytes += meta.len;
-        if is_newest && clean {
+        if is_newest && clean && newest.writable {
             let next = meta.last_seq.map_or(base, |s| s + 1);
             s.active = Some(ActiveSegment {
                 base,

@@ -323,6 +323,9 @@ impl Writer {
     /// Whether the frame for `seq` (`flen` bytes, following `pending_frames` frames of
     /// `pending_bytes` encoded for the active segment but not yet written) needs a new segment.
     fn must_rotate(&self, seq: u64, pending_frames: u64, pending_bytes: u64, flen: u64) -> bool {
+        // No active segment: none yet, the newest scanned unclean, or it is of an older format
+        // version, which is never appended to (recovery hands it over only if it is of
+        // `format::FORMAT_VERSION`).
         let Some(a) = &self.active else { return true };
         // Seqs within a segment must stay consecutive from its base (resync relies on it); they
         // would not after a recovery that had to skip numbers.

@@ -35,6 +35,8 @@ pub fn put_dead_letter(dir: &Path, seq: u64, id: &str, rid: &str, n: u64, reason
         received_at_ms: hookbridge::clock::now_ms(),
         reject_reason: None,
         copied: None,
+        endpoint: None,
+        trace: None,
         body: Bytes::from(body(DL_ACTION, rid, n)),
     };
     let meta = Meta {

@@ -1,7 +1,8 @@
 //! Shared test harness, by concern: the bridge under test ([`process`]), HTTP ([`http`]), NATS
 //! ([`nats`]), Kafka ([`kafka`]), child servers ([`child`]), which services this machine has
-//! ([`tier`]), waiting on a condition ([`wait`]) and load writers ([`load`]). Their items are re-exported here, so a test says `use common::*;` (the modules
-//! stay private: a module named `http` would shadow the `http` crate in the tests).
+//! ([`tier`]), waiting on a condition ([`wait`]), load writers ([`load`]) and spool files read by
+//! hand ([`spool_files`]). Their items are re-exported here, so a test says `use common::*;` (the
+//! modules stay private: a module named `http` would shadow the `http` crate in the tests).
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ mod kafka;
 pub mod load;
 mod nats;
 mod process;
+pub mod spool_files;
 mod tier;
 pub mod tls;
 mod wait;

@@ -234,3 +234,14 @@ impl BridgeProcess {
         format!("http://{}{}", self.admin, path)
     }
 }
+
+/// Runs `cmd` to completion and returns its stdout; panics with its stderr when it fails.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

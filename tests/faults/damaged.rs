@@ -44,6 +44,8 @@ async fn damaged_spool_starts_keeps_every_intact_record_and_moves_damage_aside()
             received_at_ms: 0,
             reject_reason: None,
             copied: None,
+            endpoint: None,
+            trace: None,
             body: body(ACTION, &format!("r{}", n % 5), n).into(),
         };
         spool.append(d.encode()).await.unwrap();

@@ -36,6 +36,13 @@ pub(super) struct RecordJson<'a> {
     event_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     received_at: Option<String>,
+    /// Only for a record of an endpoint other than the default one (delivery record V4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -98,6 +105,9 @@ pub(super) fn record_line(
         org_id: None,
         event_id: None,
         received_at: None,
+        endpoint: None,
+        traceparent: None,
+        tracestate: None,
         error: None,
     };
     let body = match delivery {
@@ -108,6 +118,9 @@ pub(super) fn record_line(
             j.org_id = d.org_id.as_deref();
             j.event_id = d.event_id.as_deref();
             j.received_at = Some(rfc3339(d.received_at_ms));
+            j.endpoint = d.endpoint.as_deref();
+            j.traceparent = d.trace.as_ref().map(|t| t.traceparent.as_str());
+            j.tracestate = d.trace.as_ref().and_then(|t| t.tracestate.as_deref());
             Some(body_json(&d.body))
         }
         Err(e) => {

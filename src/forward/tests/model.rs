@@ -180,6 +180,8 @@ fn delivery(i: u64, key: &str) -> Delivery {
         received_at_ms: 0,
         reject_reason: None,
         copied: None,
+        endpoint: None,
+        trace: None,
         body: bytes::Bytes::from(format!("{{\"n\":{i}}}")),
     }
 }
@@ -196,6 +198,8 @@ fn unusable(i: u64) -> Delivery {
         received_at_ms: 0,
         reject_reason: Some("invalid_json".into()),
         copied: None,
+        endpoint: None,
+        trace: None,
         body: bytes::Bytes::from(format!("not json {i}")),
     }
 }
@@ -268,11 +272,17 @@ impl Bed {
         self.spool.stats().confirmed
     }
 
+    /// Dead letters counted for `reason`, whichever endpoint label they have.
     fn dead_lettered(&self, reason: &str) -> u64 {
-        self.metrics
-            .dead_lettered
-            .with_label_values(&[reason])
-            .get()
+        ["default", crate::metrics::labels::NO_ENDPOINT]
+            .iter()
+            .map(|e| {
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[e, reason])
+                    .get()
+            })
+            .sum()
     }
 
     /// Starts the forwarder; it stops when the returned sender is dropped or fired.
@@ -280,8 +290,15 @@ impl Bed {
         let forwarder = Forwarder {
             spool: self.spool.clone(),
             sink: Arc::new(self.sink.clone()),
-            router: Router::new("sb.", "unroutable", &Default::default()).unwrap(),
-            cloudevents: Arc::new(crate::cloudevents::CloudEvents::off()),
+            endpoints: Arc::new(crate::endpoint::Endpoints::new(vec![
+                crate::endpoint::Endpoint {
+                    name: "default".into(),
+                    path: "/hooks".into(),
+                    gate: crate::ingress::auth::Gate::open(),
+                    router: Router::new("sb.", "unroutable", &Default::default()).unwrap(),
+                    cloudevents: crate::cloudevents::CloudEvents::off(),
+                },
+            ])),
             cfg,
             metrics: self.metrics.clone(),
             status: Arc::new(BrokerStatus::default()),
@@ -547,6 +564,30 @@ async fn an_undecodable_record_is_dead_lettered() {
     assert_eq!(meta.reason, crate::forward::UNDECODABLE);
     assert_eq!(payload, garbage, "the record as it was stored");
     assert_eq!(bed.dead_lettered(crate::forward::UNDECODABLE), 1);
+    bed.spool.close().await.unwrap();
+}
+
+/// A record whose endpoint is no longer configured is dead-lettered as it is, never published
+/// under another endpoint's namespace, and the records after it flow.
+#[tokio::test(start_paused = true)]
+async fn a_record_of_an_unknown_endpoint_is_dead_lettered() {
+    let mut bed = Bed::new(vec![delivery(1, "a")], Arc::new(RealFs)).await;
+    let orphan = Delivery {
+        endpoint: Some("removed".into()),
+        ..delivery(2, "a")
+    };
+    let seq = bed.spool.append(orphan.encode()).await.unwrap();
+    bed.records
+        .insert(seq, (orphan.id.clone(), orphan.encode()));
+    let after = delivery(3, "a");
+    let seq3 = bed.spool.append(after.encode()).await.unwrap();
+    bed.records.insert(seq3, (after.id.clone(), after.encode()));
+    bed.run_to_end(forward_cfg(16)).await;
+    assert_eq!(bed.sink.published(), ["msg_1", "msg_3"]);
+    let (meta, payload) = bed.dead_letters.get(seq).unwrap().expect("dead-lettered");
+    assert_eq!(meta.reason, crate::forward::UNKNOWN_ENDPOINT);
+    assert_eq!(payload, orphan.encode(), "the record as it was stored");
+    assert_eq!(bed.dead_lettered(crate::forward::UNKNOWN_ENDPOINT), 1);
     bed.spool.close().await.unwrap();
 }
 
