@@ -209,6 +209,7 @@ impl Ingress {
         result
     }
 
+    /// [`Ingress::accept`] at `endpoint`, with its gate alone.
     async fn accept_at(
         &self,
         endpoint: &Endpoint,
