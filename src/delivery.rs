@@ -75,6 +75,44 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
+/// Longest `tracestate` carried (W3C Trace Context: 32 list members of at most 256 bytes are
+/// allowed, but a platform should propagate at least 512 characters; longer ones are dropped).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+impl TraceContext {
+    /// The context a request's `traceparent` and `tracestate` header values carry, if the
+    /// `traceparent` is a valid W3C Trace Context version-00 value (`00-<32 hex trace id>-<16 hex
+    /// parent id>-<2 hex flags>`, lower case, ids not all zero). A missing or invalid one gives
+    /// `None` (the delivery is taken all the same: tracing is never a reason to refuse it). A
+    /// `tracestate` is kept only beside a valid `traceparent`, and only if it is at most
+    /// [`MAX_TRACESTATE_LEN`] visible ASCII characters.
+    pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
+        let tp = traceparent?.trim();
+        let parts: Vec<&str> = tp.split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        let valid = matches!(parts.as_slice(), [version, trace, parent, flags]
+            if *version == "00" && hex(trace, 32) && nonzero(trace) && hex(parent, 16)
+                && nonzero(parent) && hex(flags, 2));
+        if !valid {
+            return None;
+        }
+        let tracestate = tracestate.map(str::trim).filter(|s| {
+            !s.is_empty()
+                && s.len() <= MAX_TRACESTATE_LEN
+                && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        });
+        Some(TraceContext {
+            traceparent: tp.to_owned(),
+            tracestate: tracestate.map(str::to_owned),
+        })
+    }
+}
+
 /// How and when a record was copied back into the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Copied {
@@ -315,6 +353,37 @@ fn get_str(p: &mut Bytes) -> Result<Option<String>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_from_headers() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::from_headers(Some(TP), Some("rojo=00f067aa0ba902b7")).unwrap();
+        assert_eq!(ctx.traceparent, TP);
+        assert_eq!(ctx.tracestate.as_deref(), Some("rojo=00f067aa0ba902b7"));
+        let long = "a=".to_owned() + &"x".repeat(MAX_TRACESTATE_LEN);
+        assert_eq!(
+            TraceContext::from_headers(Some(TP), Some(&long))
+                .unwrap()
+                .tracestate,
+            None
+        );
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(
+                TraceContext::from_headers(Some(bad), Some("a=b")),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(TraceContext::from_headers(None, Some("a=b")), None);
+    }
 
     fn sample() -> Delivery {
         Delivery {

@@ -59,6 +59,8 @@ const HEADERS: &[(&str, &str, When)] = &[
     ("sessionboard-org-id", "`metadata.org_id`.", When::IfPresent),
     ("sessionboard-event-id", "`metadata.event_id` (absent when null).", When::IfPresent),
     ("webhook-timestamp", "The sender's `webhook-timestamp`/`svix-timestamp` (Unix seconds).", When::IfPresent),
+    ("traceparent", "The W3C Trace Context `traceparent` the sender sent with the delivery, when it sent a valid one: continue the trace from it.", When::IfPresent),
+    ("tracestate", "The sender's W3C `tracestate`, beside its `traceparent` (at most 512 characters).", When::IfPresent),
     ("Nats-Msg-Id", "The delivery id again (`<endpoint>:<id>` for an endpoint other than `default`, so two senders' ids never collide): JetStream drops a repeat within the stream's duplicate window.", When::JetStream),
     ("hookbridge-copy", "`replay` or `requeue`: this message is a copy an operator put back, published after changes received later; compare `hookbridge-received-at` (or `metadata.datetime`) with the newest you applied.", When::Copy),
     ("hookbridge-received-at", "When hookbridge received the original delivery (RFC 3339, milliseconds).", When::Copy),

@@ -22,13 +22,20 @@ pub fn message(endpoint: &Endpoint, seq: u64, d: Delivery) -> Message {
     ];
     // Room for every header this function and CloudEvents can add: building one never
     // reallocates.
-    let mut headers = Vec::with_capacity(5 + optional.len() + CloudEvents::MAX_HEADERS);
+    let mut headers = Vec::with_capacity(7 + optional.len() + CloudEvents::MAX_HEADERS);
     headers.push(("webhook-id", d.id.clone()));
     headers.push(("content-type", "application/json".to_owned()));
     headers.push(("hookbridge-endpoint", endpoint.name.clone()));
     for (name, value) in optional {
         if let Some(v) = value.and_then(sink::header_safe) {
             headers.push((name, v.to_owned()));
+        }
+    }
+    // The sender's trace context, so a consumer's span can join the sender's trace.
+    if let Some(t) = &d.trace {
+        headers.push(("traceparent", t.traceparent.clone()));
+        if let Some(state) = &t.tracestate {
+            headers.push(("tracestate", state.clone()));
         }
     }
     // A copy an operator put back reaches consumers after changes received later: say so, with
@@ -112,6 +119,31 @@ mod tests {
                 "the broker's de-duplication key is per endpoint"
             );
         }
+    }
+
+    #[test]
+    fn the_senders_trace_context_is_published_as_headers() {
+        let d = Delivery {
+            trace: Some(crate::delivery::TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                tracestate: Some("rojo=1".into()),
+            }),
+            ..delivery(b"{}")
+        };
+        let m = message(&endpoint("default", CloudEvents::off()), 1, d);
+        let header = |name: &str| {
+            m.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header("traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(header("tracestate"), Some("rojo=1"));
+        let untraced = message(&endpoint("default", CloudEvents::off()), 1, delivery(b"{}"));
+        assert!(!untraced.headers.iter().any(|(n, _)| n.starts_with("trace")));
     }
 
     #[test]

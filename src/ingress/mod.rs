@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::dedup::{Claim, ClaimGuard, Dedup};
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, TraceContext};
 use crate::endpoint::{Endpoint, Endpoints};
 use crate::metrics::Metrics;
 use crate::routing;
@@ -225,7 +225,11 @@ impl Ingress {
             .gate
             .check(&headers, id.as_deref(), timestamp.as_deref(), body)
             .map_err(|d| reject(d.status(), d.code(), d.detail()))?;
-        let delivery = self.build(endpoint, verified, id, timestamp)?;
+        let mut delivery = self.build(endpoint, verified, id, timestamp)?;
+        // The sender's W3C trace context, if it sent a valid one: it travels with the record
+        // and every message published from it (`traceparent` / `tracestate` headers).
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        delivery.trace = TraceContext::from_headers(header("traceparent"), header("tracestate"));
         let claim = match &self.dedup {
             None => None,
             Some(dedup) => match self
