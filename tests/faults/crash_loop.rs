@@ -7,8 +7,8 @@ use rand::{Rng, SeedableRng};
 use super::common::load::Load;
 use super::common::*;
 use super::{
-    arrivals_kafka, arrivals_nats, check, env_for, env_num, stop_and_clean, Broker, ACTION, PATH,
-    RESTART_ACKS,
+    arrivals_kafka, arrivals_nats, check, env_for, env_num, start_broker, stop_and_clean, Broker,
+    ACTION, PATH, RESTART_ACKS,
 };
 
 /// Writers keep posting distinct deliveries (8 clients, each owning 4 resources with their own
@@ -27,14 +27,7 @@ async fn crash_loop(broker: Broker) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("crash");
-    let tansu = match broker {
-        Broker::Kafka => Some(Tansu::started().await),
-        Broker::Nats => None,
-    };
-    let target = match &tansu {
-        Some(t) => t.brokers(),
-        None => nats_url(),
-    };
+    let (_tansu, target) = start_broker(broker).await;
     let env = env_for(broker, dir.path(), &prefix, &target);
     let mut bridge = BridgeProcess::spawn(&env).await;
     let client = http_client();

@@ -6,8 +6,8 @@ use super::common::load::Load;
 use super::common::*;
 use super::delivered::Ack;
 use super::{
-    arrivals_kafka, arrivals_nats, check, env_for, stop_and_clean, Broker, ACTION, PATH,
-    RESTART_ACKS,
+    arrivals_kafka, arrivals_nats, check, env_for, start_broker, stop_and_clean, Broker, ACTION,
+    PATH, RESTART_ACKS,
 };
 
 /// SIGTERM while 16 clients post: every 2xx arrives (after a restart), every other answer is a
@@ -22,14 +22,7 @@ async fn graceful(broker: Broker, frozen: bool) {
     let grace = Duration::from_secs(5);
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("term");
-    let tansu = match broker {
-        Broker::Kafka => Some(Tansu::started().await),
-        Broker::Nats => None,
-    };
-    let target = match &tansu {
-        Some(t) => t.brokers(),
-        None => nats_url(),
-    };
+    let (tansu, target) = start_broker(broker).await;
     let mut env = env_for(broker, dir.path(), &prefix, &target);
     env.push(("HOOKBRIDGE_SHUTDOWN__GRACE".into(), "5s".into()));
     if let Ok(l) = std::env::var("HOOKBRIDGE_FAULT_LOG") {

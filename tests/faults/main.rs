@@ -100,6 +100,19 @@ async fn stop_and_clean(bridge: BridgeProcess, broker: Broker, target: &str, pre
     }
 }
 
+/// The broker a test runs against: a tansu it started (kept alive by the caller) and its
+/// address, or the shared NATS server's URL.
+async fn start_broker(broker: Broker) -> (Option<Tansu>, String) {
+    match broker {
+        Broker::Kafka => {
+            let tansu = Tansu::started().await;
+            let target = tansu.brokers();
+            (Some(tansu), target)
+        }
+        Broker::Nats => (None, nats_url()),
+    }
+}
+
 fn env_for(broker: Broker, dir: &Path, prefix: &str, target: &str) -> Vec<(String, String)> {
     match broker {
         Broker::Nats => {
