@@ -73,6 +73,19 @@ async fn post_signed(
     (status, word.unwrap_or_default().to_owned())
 }
 
+/// Posts as [`post_signed`] and asserts the status and JSON `status` / `error`.
+async fn expect_post(
+    bridge: &BridgeProcess,
+    path: &str,
+    secret: &str,
+    id: &str,
+    body: &str,
+    want: (u16, &str),
+) {
+    let got = post_signed(bridge, path, secret, id, body).await;
+    assert_eq!((got.0, got.1.as_str()), want, "{id} to {path}");
+}
+
 /// One published message: where it went, its `webhook-id` and `hookbridge-endpoint`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Out {
@@ -159,65 +172,59 @@ where
     // Each sender on its own path.
     let mut expected = Vec::new();
     for i in 0..3 {
-        let id = format!("msg_prod_{i}");
-        assert_eq!(
-            post_signed(&bridge, PROD_PATH, PROD_SECRET, &id, &body("p")).await,
-            (200, "accepted".into())
-        );
-        expected.push(("default", id));
-        let id = format!("msg_sandbox_{i}");
-        assert_eq!(
-            post_signed(&bridge, SANDBOX_PATH, SANDBOX_SECRET, &id, &body("s")).await,
-            (200, "accepted".into())
-        );
-        expected.push(("sandbox", id));
+        for (endpoint, path, secret, tag) in [
+            ("default", PROD_PATH, PROD_SECRET, "prod"),
+            ("sandbox", SANDBOX_PATH, SANDBOX_SECRET, "sandbox"),
+        ] {
+            let id = format!("msg_{tag}_{i}");
+            expect_post(&bridge, path, secret, &id, &body(tag), (200, "accepted")).await;
+            expected.push((endpoint, id));
+        }
     }
     // Cross-posting: a secret opens its own endpoint only.
-    assert_eq!(
-        post_signed(
-            &bridge,
-            PROD_PATH,
-            SANDBOX_SECRET,
-            "msg_cross_1",
-            &body("x")
-        )
-        .await,
-        (401, "no_matching_signature".into())
-    );
-    assert_eq!(
-        post_signed(
-            &bridge,
-            SANDBOX_PATH,
-            PROD_SECRET,
-            "msg_cross_2",
-            &body("x")
-        )
-        .await,
-        (401, "no_matching_signature".into())
-    );
+    expect_post(
+        &bridge,
+        PROD_PATH,
+        SANDBOX_SECRET,
+        "msg_cross_1",
+        &body("x"),
+        (401, "no_matching_signature"),
+    )
+    .await;
+    expect_post(
+        &bridge,
+        SANDBOX_PATH,
+        PROD_SECRET,
+        "msg_cross_2",
+        &body("x"),
+        (401, "no_matching_signature"),
+    )
+    .await;
     // The same id on both endpoints is two deliveries; a repeat on one is a duplicate.
     for (path, secret, endpoint) in [
         (PROD_PATH, PROD_SECRET, "default"),
         (SANDBOX_PATH, SANDBOX_SECRET, "sandbox"),
     ] {
-        assert_eq!(
-            post_signed(&bridge, path, secret, "msg_same", &body("same")).await,
-            (200, "accepted".into()),
-            "{endpoint}"
-        );
+        expect_post(
+            &bridge,
+            path,
+            secret,
+            "msg_same",
+            &body("same"),
+            (200, "accepted"),
+        )
+        .await;
         expected.push((endpoint, "msg_same".into()));
     }
-    assert_eq!(
-        post_signed(
-            &bridge,
-            SANDBOX_PATH,
-            SANDBOX_SECRET,
-            "msg_same",
-            &body("same")
-        )
-        .await,
-        (200, "duplicate".into())
-    );
+    expect_post(
+        &bridge,
+        SANDBOX_PATH,
+        SANDBOX_SECRET,
+        "msg_same",
+        &body("same"),
+        (200, "duplicate"),
+    )
+    .await;
 
     // A restart on the same spool and configuration changes none of this. (A clean stop: the
     // de-duplication journal is written behind the acknowledgements, so a SIGKILL right after
@@ -229,34 +236,34 @@ where
     );
     let bridge = BridgeProcess::spawn(&env).await;
     for (path, secret) in [(PROD_PATH, PROD_SECRET), (SANDBOX_PATH, SANDBOX_SECRET)] {
-        assert_eq!(
-            post_signed(&bridge, path, secret, "msg_same", &body("same")).await,
-            (200, "duplicate".into()),
-            "{path}"
-        );
+        expect_post(
+            &bridge,
+            path,
+            secret,
+            "msg_same",
+            &body("same"),
+            (200, "duplicate"),
+        )
+        .await;
     }
-    assert_eq!(
-        post_signed(
-            &bridge,
-            SANDBOX_PATH,
-            PROD_SECRET,
-            "msg_cross_3",
-            &body("x")
-        )
-        .await,
-        (401, "no_matching_signature".into())
-    );
-    assert_eq!(
-        post_signed(
-            &bridge,
-            SANDBOX_PATH,
-            SANDBOX_SECRET,
-            "msg_after",
-            &body("s")
-        )
-        .await,
-        (200, "accepted".into())
-    );
+    expect_post(
+        &bridge,
+        SANDBOX_PATH,
+        PROD_SECRET,
+        "msg_cross_3",
+        &body("x"),
+        (401, "no_matching_signature"),
+    )
+    .await;
+    expect_post(
+        &bridge,
+        SANDBOX_PATH,
+        SANDBOX_SECRET,
+        "msg_after",
+        &body("s"),
+        (200, "accepted"),
+    )
+    .await;
     expected.push(("sandbox", "msg_after".into()));
 
     let mut want: Vec<Out> = expected
