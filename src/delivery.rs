@@ -88,16 +88,23 @@ impl TraceContext {
     /// [`MAX_TRACESTATE_LEN`] visible ASCII characters.
     pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
         let tp = traceparent?.trim();
-        let parts: Vec<&str> = tp.split('-').collect();
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-        let valid = matches!(parts.as_slice(), [version, trace, parent, flags]
-            if *version == "00" && hex(trace, 32) && nonzero(trace) && hex(parent, 16)
-                && nonzero(parent) && hex(flags, 2));
+        // `00-<32 trace>-<16 parent>-<2 flags>`: 55 bytes, every field at a fixed offset.
+        let field = |at: usize, n: usize| tp.get(at..at + n).unwrap_or("");
+        let (trace, parent, flags) = (field(3, 32), field(36, 16), field(53, 2));
+        let valid = tp.len() == 55
+            && field(0, 3) == "00-"
+            && field(35, 1) == "-"
+            && field(52, 1) == "-"
+            && hex(trace)
+            && nonzero(trace)
+            && hex(parent)
+            && nonzero(parent)
+            && hex(flags);
         if !valid {
             return None;
         }
